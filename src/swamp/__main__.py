@@ -1,0 +1,5 @@
+import sys
+
+from swamp.cli import main
+
+sys.exit(main())

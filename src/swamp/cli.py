@@ -1,0 +1,126 @@
+"""The `swamp` command. Only this module knows about the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, fields
+from typing import Any, Sequence
+
+from swamp.config import METHODS, SECTIONS, Settings
+from swamp.errors import SwampError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SwampError(f"{message} (see `{self.prog} --help`)")
+
+
+def _flag_type(kind: str):
+    if kind.startswith("int"):
+        return int
+    if kind.startswith("float"):
+        return float
+    return str
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, grouped by section, help text from the dataclass."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file (.toml, .yaml or .json); flags override it")
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} settings")
+        for f in fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            help_text = f"{f.metadata['help']} (default: {default})"
+            kind = str(f.type)
+            if kind.startswith("bool"):
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=help_text)
+            elif kind.startswith("list"):
+                group.add_argument(flag, dest=f.name, metavar="A,B", default=argparse.SUPPRESS,
+                                   help=help_text + "; comma-separated")
+            else:
+                group.add_argument(flag, dest=f.name, type=_flag_type(kind),
+                                   default=argparse.SUPPRESS, help=help_text,
+                                   metavar=f.name.upper())
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_file(args.config) if args.config else Settings()
+    owners = {f.name for cls in SECTIONS.values() for f in fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in owners}
+    settings.update(flags, source="command line")
+    return settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="swamp", description="SWAMP and the IMP family of pruning methods.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run (or resume) a pruning study",
+                         description="Run a pruning study; re-running the same command "
+                                     "resumes it. Methods: " + ", ".join(METHODS) + ".")
+    add_settings_flags(run)
+    run.add_argument("--run-dir", metavar="DIR",
+                     help="exact run directory (default: <out>/<method>-<settings hash>)")
+    run.add_argument("--quiet", action="store_true", help="print nothing while running")
+    sub.add_parser("list", help="list datasets, models and methods")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from swamp.display import RunDisplay
+    from swamp.loop import LevelLoop
+
+    settings = settings_from_args(args)
+    display = RunDisplay(Console(highlight=False), quiet=args.quiet)
+    loop = LevelLoop(settings, run_dir=args.run_dir, display=display)
+    s = loop.settings
+    display.info(f"[bold]swamp[/bold] {s.method.method}: {s.model.model} on {s.data.dataset}, "
+                 f"{s.method.particles} particle(s), {s.prune.levels} levels of "
+                 f"{s.prune.prune_fraction:g}, device {loop.device}, engine {loop.engine.name}")
+    display.info(f"run directory: {loop.store.root}")
+    result = loop.run()
+    last = result.levels[-1]
+    display.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
+                 f"test accuracy {100 * last['test_acc']:.2f}%; metrics in "
+                 f"{loop.store.metrics_csv}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from swamp.data import list_datasets
+    from swamp.models import list_models
+
+    print("datasets: " + ", ".join(list_datasets()))
+    print("models:   " + ", ".join(list_models()))
+    print("methods:")
+    for spec in METHODS.values():
+        print(f"  {spec.name:<9} {spec.summary}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        handler: Any = {"run": cmd_run, "list": cmd_list}[args.command]
+        return handler(args)
+    except SwampError as exc:
+        print(f"swamp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("swamp: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

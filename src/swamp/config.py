@@ -1,0 +1,320 @@
+"""Typed settings for a run: dataclasses, file loading, validation and the run hash.
+
+Every setting lives in one section dataclass; field names are unique across sections so that
+each one is also a command-line flag (`train.lr` <-> `--lr`). Settings files (TOML, YAML or
+JSON) may use sections (`[train] lr = 0.1`) or flat keys (`lr = 0.1`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+from swamp.errors import SwampError
+
+
+def _setting(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class DataSettings:
+    dataset: str = _setting("mnist1d", "dataset name (see `swamp list`)")
+    data_dir: str | None = _setting(None, "directory holding the dataset files (CIFAR, MNIST); "
+                                    "default: $SWAMP_DATA_DIR")
+    data_size: int | None = _setting(None, "number of samples for generated datasets "
+                                     "(mnist1d: 10000, synthetic: 512)")
+    val_fraction: float = _setting(0.1, "fraction of the training data held out for validation "
+                                   "(selection never uses the test split)")
+    augment: bool = _setting(True, "use the dataset's training augmentation, if it has one")
+
+
+@dataclass
+class ModelSettings:
+    model: str = _setting("conv1d", "model name (see `swamp list`)")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = _setting(20, "training epochs per level (from initialisation, including the "
+                           "rewind segment)")
+    batch_size: int = _setting(128, "mini-batch size")
+    optimizer: str = _setting("sgd", "optimiser: sgd | adam")
+    lr: float = _setting(0.1, "peak learning rate")
+    momentum: float = _setting(0.9, "SGD momentum (Adam: beta1)")
+    weight_decay: float = _setting(5e-4, "L2 weight decay")
+    schedule: str = _setting("cosine", "learning-rate schedule: cosine | constant")
+    rewind_epochs: float = _setting(0.0, "rewind point in epochs; 0 rewinds to initialisation")
+    rewind_iters: int = _setting(0, "rewind point in iterations (instead of --rewind-epochs)")
+    swa_start: float = _setting(0.75, "fraction of training after which SWA averages weights "
+                                "(0 <= value < 1)")
+    swa_lr: float | None = _setting(None, "constant learning rate during SWA "
+                                    "(default: lr / 20); before it the schedule anneals to it")
+    swa_freq: int = _setting(0, "iterations between SWA updates; 0 = at the end of every epoch")
+
+
+@dataclass
+class PruneSettings:
+    levels: int = _setting(14, "number of pruning levels after the dense level 0 "
+                           "(density after the last one: (1 - prune_fraction)^levels)")
+    prune_fraction: float = _setting(0.2, "fraction of the remaining weights removed per level")
+    scorer: str = _setting("magnitude", "pruning score: magnitude | lamp | random")
+    scope: str = _setting("global", "ranking scope: global | layerwise")
+    include: list[str] = _setting([], "name patterns of prunable tensors (default: conv and "
+                                  "linear weights)")
+    exclude: list[str] = _setting([], "name patterns excluded from pruning")
+
+
+@dataclass
+class MethodSettings:
+    method: str = _setting("swamp", "method (see `swamp list`)")
+    particles: int | None = _setting(None, "particles per level (default: the method's)")
+    swa: bool | None = _setting(None, "keep an SWA average inside each particle "
+                                "(default: the method's)")
+
+
+@dataclass
+class RunSettings:
+    seed: int = _setting(0, "run seed: initialisation, data orders, validation split")
+    device: str = _setting("auto", "torch device: auto | cpu | cuda | cuda:N | mps")
+    out: str = _setting("runs", "directory that holds the run directories")
+    engine: str = _setting("sequential", "how particles are trained: sequential")
+    save_particles: bool = _setting(True, "save every particle's weights in the level folder")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSettings,
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "prune": PruneSettings,
+    "method": MethodSettings,
+    "run": RunSettings,
+}
+
+# Settings that do not change what a run computes; they stay out of the run hash.
+UNHASHED = {"data_dir", "device", "out", "engine", "save_particles"}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """Defaults that make a named method a setting of the one level loop (DESIGN.md 2)."""
+
+    name: str
+    particles: int
+    swa: bool
+    summary: str
+    fixed_particles: bool = False
+
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in [
+        MethodSpec("imp", 1, False, "IMP with rewinding (T0=0: lottery ticket)", True),
+        MethodSpec("imp-swa", 1, True, "IMP with SWA inside the single particle", True),
+        MethodSpec("imp-wa", 4, False, "ablation: average N particles without SWA"),
+        MethodSpec("swamp", 4, True, "SWAMP: average N particles, each with SWA"),
+    ]
+}
+
+
+@dataclass
+class Settings:
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    method: MethodSettings = field(default_factory=MethodSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "settings") -> "Settings":
+        """Sectioned or flat mapping -> Settings; unknown keys are an error."""
+        settings = cls()
+        settings.update(values, source)
+        return settings
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Settings":
+        return cls.from_dict(read_settings_file(path), str(path))
+
+    def update(self, values: dict[str, Any], source: str = "settings") -> None:
+        owners = field_owners()
+        for key, value in values.items():
+            key = key.replace("-", "_")
+            if key in SECTIONS and isinstance(value, dict):
+                section = getattr(self, key)
+                for sub, v in value.items():
+                    sub = sub.replace("-", "_")
+                    if owners.get(sub) != key:
+                        raise SwampError(f"{source}: unknown setting '{key}.{sub}'; "
+                                         f"see `swamp run --help` for the settings")
+                    setattr(section, sub, _coerce(sub, v, section, source))
+            elif key in owners:
+                section = getattr(self, owners[key])
+                setattr(section, key, _coerce(key, value, section, source))
+            else:
+                raise SwampError(f"{source}: unknown setting '{key}'; "
+                                 f"see `swamp run --help` for the settings")
+
+    # ---- views --------------------------------------------------------------------------
+    def items(self) -> Iterator[tuple[str, str, Any]]:
+        """(section, name, value) for every setting."""
+        for section in SECTIONS:
+            obj = getattr(self, section)
+            for f in fields(obj):
+                yield section, f.name, getattr(obj, f.name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def resolved(self) -> "Settings":
+        """A copy with the method's defaults filled in, validated."""
+        out = dataclasses.replace(
+            self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
+        spec = method_spec(out.method.method)
+        if out.method.particles is None:
+            out.method.particles = spec.particles
+        if out.method.swa is None:
+            out.method.swa = spec.swa
+        validate(out)
+        return out
+
+    def run_hash(self) -> str:
+        """Stable hash of the settings that differ from the defaults (OpenLTH-style)."""
+        defaults = {(s, n): v for s, n, v in Settings().items()}
+        changed = {f"{s}.{n}": v for s, n, v in self.resolved().items()
+                   if n not in UNHASHED and v != defaults[(s, n)]}
+        blob = json.dumps(changed, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        return f"{self.method.method}-{self.run_hash()}"
+
+
+def field_owners() -> dict[str, str]:
+    """Setting name -> its section."""
+    return {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise SwampError(f"unknown method '{name}'; known: {', '.join(METHODS)} "
+                         f"(see `swamp list`)")
+    return METHODS[name]
+
+
+def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
+    """Check a file/flag value against the field's type; ints are accepted for floats."""
+    kind = {f.name: f.type for f in fields(section)}[name]
+    kind = str(kind)
+    ok: bool
+    if value is None:
+        ok = "None" in kind
+    elif kind.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif kind.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind.startswith("str"):
+        ok = isinstance(value, str)
+    elif kind.startswith("list"):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:  # pragma: no cover - a new field type must be added above
+        raise TypeError(f"unsupported settings type {kind}")
+    if not ok:
+        raise SwampError(f"{source}: setting '{name}' expects {kind}, got {value!r}")
+    return value
+
+
+def read_settings_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SwampError(f"settings file {path} does not exist; check the path")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise SwampError(f"settings file {path}: unknown format '{path.suffix}'; "
+                             f"use .toml, .yaml or .json")
+    except SwampError:
+        raise
+    except Exception as exc:  # parser errors differ per format; report them in one line
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SwampError(f"settings file {path} could not be parsed: {msg}") from None
+    if not isinstance(data, dict):
+        raise SwampError(f"settings file {path} must hold a mapping of settings")
+    return data
+
+
+def validate(s: Settings) -> None:
+    """Reject impossible settings with one line naming the setting and the fix."""
+    t, p, m = s.train, s.prune, s.method
+    spec = method_spec(m.method)
+    checks = [
+        (m.particles is not None and m.particles < 1,
+         f"--particles must be at least 1 (got {m.particles})"),
+        (spec.fixed_particles and m.particles != 1,
+         f"method {spec.name} trains one particle (got --particles {m.particles}); "
+         f"use --method imp-wa or swamp for several"),
+        (not 0.0 < p.prune_fraction < 1.0,
+         f"--prune-fraction must be in (0, 1) (got {p.prune_fraction})"),
+        (p.levels < 0, f"--levels must be 0 or more (got {p.levels})"),
+        (t.epochs < 1, f"--epochs must be at least 1 (got {t.epochs})"),
+        (t.batch_size < 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
+        (t.lr <= 0, f"--lr must be positive (got {t.lr})"),
+        (t.swa_lr is not None and t.swa_lr < 0, f"--swa-lr must be >= 0 (got {t.swa_lr})"),
+        (t.weight_decay < 0, f"--weight-decay must be >= 0 (got {t.weight_decay})"),
+        (not 0.0 <= t.momentum < 1.0, f"--momentum must be in [0, 1) (got {t.momentum})"),
+        (t.swa_start >= 1.0,
+         f"--swa-start {t.swa_start} starts SWA at or after the end of training; "
+         f"use a fraction in [0, 1)"),
+        (t.swa_start < 0, f"--swa-start must be in [0, 1) (got {t.swa_start})"),
+        (t.swa_freq < 0, f"--swa-freq must be >= 0 (got {t.swa_freq})"),
+        (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
+        (t.rewind_epochs > 0 and t.rewind_iters > 0,
+         "give the rewind point in epochs or in iterations, not both"),
+        (t.rewind_epochs >= t.epochs,
+         f"--rewind-epochs {t.rewind_epochs} is not before the end of training "
+         f"(--epochs {t.epochs})"),
+        (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
+        (t.schedule not in ("cosine", "constant"),
+         f"unknown schedule '{t.schedule}'; use cosine or constant"),
+        (p.scorer not in ("magnitude", "lamp", "random"),
+         f"unknown scorer '{p.scorer}'; use magnitude, lamp or random"),
+        (p.scope not in ("global", "layerwise"),
+         f"unknown scope '{p.scope}'; use global or layerwise"),
+        (not 0.0 <= s.data.val_fraction < 1.0,
+         f"--val-fraction must be in [0, 1) (got {s.data.val_fraction})"),
+        (s.data.data_size is not None and s.data.data_size < 10,
+         f"--data-size must be at least 10 (got {s.data.data_size})"),
+        (s.run.engine not in ENGINES,
+         f"unknown engine '{s.run.engine}'; use one of: {', '.join(ENGINES)}"),
+    ]
+    for bad, message in checks:
+        if bad:
+            raise SwampError(message)
+
+
+ENGINES = ("sequential",)

@@ -1,0 +1,77 @@
+"""Datasets held in memory as tensors: a registry, loaders and user data.
+
+    bundle = load_dataset("mnist1d")            # the default; generated offline and cached
+    bundle = from_tensors((x, y), (x_test, y_test))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from swamp.data.augment import CropFlip
+from swamp.data.bundle import Augment, DataBundle, Split, from_tensors, split_validation
+from swamp.data import sources
+from swamp.errors import SwampError
+
+__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "Split",
+           "from_tensors", "list_datasets", "load_dataset", "split_validation"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    loader: Callable[[str | None, int | None, bool], sources.Raw]
+    needs_files: bool = False  # read from data_dir / SWAMP_DATA_DIR
+
+
+DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
+    DatasetInfo("mnist1d", "MNIST-1D, generated offline (size=10000: 8000 train/2000 test), "
+                "shape (1, 40), 10 classes [default]", sources.load_mnist1d),
+    DatasetInfo("synthetic", "Gaussian class clusters for tests (size=512, 80/20), shape (1, 32), "
+                "10 classes", sources.load_synthetic),
+    DatasetInfo("synthetic-image", "smooth symmetric image clusters for tests (size=512, 80/20), "
+                "shape (3, 8, 8), 10 classes, crop(1)+flip", sources.load_synthetic_image),
+    DatasetInfo("digits", "scikit-learn 8x8 digits (1437 train/360 test), shape (1, 8, 8), "
+                "10 classes", sources.load_digits_),
+    DatasetInfo("mnist", "MNIST from IDX files, shape (1, 28, 28), 10 classes",
+                sources.load_mnist, True),
+    DatasetInfo("fashion-mnist", "Fashion-MNIST from IDX files, shape (1, 28, 28), 10 classes",
+                sources.load_fashion_mnist, True),
+    DatasetInfo("cifar10", "CIFAR-10 python batches, shape (3, 32, 32), 10 classes, crop(4)+flip",
+                sources.load_cifar10, True),
+    DatasetInfo("cifar100", "CIFAR-100 python batches (fine labels), shape (3, 32, 32), "
+                "100 classes, crop(4)+flip", sources.load_cifar100, True),
+]}
+
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar-100": "cifar100", "mnist-1d": "mnist1d",
+            "synthetic_image": "synthetic-image"}
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
+                 split_seed: int = 0, size: int | None = None, augment: bool = True) -> DataBundle:
+    """Load a registered dataset into memory, normalised, with a seeded validation split.
+
+    `size`: for generated data (mnist1d, synthetic*) the number of examples generated in all;
+    for the others the number of training examples kept (the first ones).
+    `augment=False` drops the dataset's training augmentation.
+    """
+    key = _ALIASES.get(name.lower(), name.lower())
+    info = DATASETS.get(key)
+    if info is None:
+        raise SwampError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
+                         "(see `swamp list`)")
+    if not 0.0 <= float(val_fraction) < 1.0:  # fail before any slow loading
+        raise SwampError(f"val_fraction must be in [0, 1), got {val_fraction}; "
+                         "use e.g. 0.1, or 0 for no validation split")
+    raw = info.loader(data_dir, size, augment)
+    train, val = split_validation(raw.x_train, raw.y_train, val_fraction, split_seed)
+    return DataBundle(info.name, train, val, Split(raw.x_test, raw.y_test), raw.num_classes,
+                      tuple(int(s) for s in raw.x_train.shape[1:]),
+                      raw.augment if augment else None)

@@ -1,0 +1,58 @@
+"""The engine interface shared by every way of running particles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch import nn
+
+from swamp.config import TrainSettings
+from swamp.data import DataBundle
+from swamp.masks import Mask
+from swamp.training import ParticleResult, Schedule
+
+StateDict = dict[str, torch.Tensor]
+# progress(particle_index, steps_done) is called as training goes
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ParticleJob:
+    """One particle of a level: its own data order and augmentation randomness."""
+
+    level: int
+    index: int
+    order_seed: int
+    augment_seed: int
+    subset: torch.Tensor | None = None   # train only on these training indices (e.g. COLT)
+
+
+@dataclass
+class LevelTask:
+    """What all particles of a level share."""
+
+    level: int
+    start_state: StateDict       # the ticket: rewind weights (or previous solution) * mask
+    mask: Mask
+    start_step: int              # schedule iteration the particles start from (T0)
+    jobs: list[ParticleJob] = field(default_factory=list)
+
+
+@dataclass
+class TrainContext:
+    """Everything about training that does not change between levels."""
+
+    model: nn.Module             # a module on the training device, used as a template
+    data: DataBundle
+    schedule: Schedule
+    settings: TrainSettings
+
+
+class Engine(Protocol):
+    name: str
+
+    def train_particles(self, task: LevelTask, ctx: TrainContext,
+                        progress: ProgressFn | None = None) -> list[ParticleResult]:
+        ...

@@ -1,0 +1,284 @@
+"""The level loop of DESIGN.md section 2, for every method in the family.
+
+Idempotent: each artefact is looked for before it is made, so running the same command again
+resumes an interrupted run from the last finished level and redoes no finished work.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from swamp.averaging import average_states, recompute_batchnorm
+from swamp.config import UNHASHED, Settings
+from swamp.data import DataBundle, load_dataset
+from swamp.display import RunDisplay
+from swamp.engines import LevelTask, ParticleJob, TrainContext, make_engine
+from swamp.errors import SwampError
+from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
+from swamp.masks import Mask, select_prunable
+from swamp.models import build_model
+from swamp.pruning import prune
+from swamp.store import RunStore, load_state, read_json, save_state, write_json
+from swamp.training import ParticleResult, Schedule, clone_state, derive_seed, train_steps
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class RunResult:
+    """What a finished (or resumed-to-the-end) run hands back to Python callers."""
+
+    run_dir: Path
+    settings: Settings
+    levels: list[dict[str, Any]] = field(default_factory=list)
+
+    def solution(self, level: int, device: str = "cpu") -> StateDict:
+        return load_state(RunStore(self.run_dir).solution_path(level), device)
+
+    def mask(self, level: int) -> Mask:
+        return Mask.load(RunStore(self.run_dir).mask_path(level))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SwampError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SwampError(f"device '{name}' was asked for but CUDA is not available here; "
+                         f"use --device cpu")
+    return device
+
+
+def _comparable(settings_dict: dict[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, sec in settings_dict.items() for k, v in sec.items()
+            if k not in UNHASHED}
+
+
+def open_run_dir(settings: Settings, run_dir: str | Path | None) -> RunStore:
+    """The run directory for these settings; refuses one made with different settings."""
+    root = Path(run_dir) if run_dir is not None else Path(settings.run.out) / settings.run_name()
+    store = RunStore(root)
+    if store.exists():
+        saved = read_json(store.settings_path)
+        mine = _comparable(settings.to_dict())
+        try:
+            theirs = _comparable(saved)
+        except AttributeError:
+            raise SwampError(f"{store.settings_path} is not a swamp settings file") from None
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff[:3])
+            raise SwampError(f"{root} holds a run with different settings ({shown}); "
+                             f"use another --out or the run's own settings")
+    elif root.exists() and any(root.iterdir()):
+        raise SwampError(f"{root} exists and is not a swamp run directory; choose another --out")
+    return store
+
+
+class LevelLoop:
+    """Runs (or resumes) one pruning study: rewind point, then levels 0..L."""
+
+    def __init__(self, settings: Settings, *, model: nn.Module | None = None,
+                 data: DataBundle | None = None, run_dir: str | Path | None = None,
+                 display: RunDisplay | None = None):
+        self.settings = settings.resolved()
+        self.display = display or RunDisplay(quiet=True)
+        self.device = resolve_device(self.settings.run.device)
+        s = self.settings
+        # Everything that can fail on bad input happens before the run directory is touched.
+        self.store = open_run_dir(s, run_dir)
+        self.engine = make_engine(s.run.engine)
+        if data is None:
+            data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
+                                val_fraction=s.data.val_fraction, split_seed=s.run.seed,
+                                size=s.data.data_size, augment=s.data.augment)
+        self.data = data.to(self.device)
+        if model is None:
+            torch.manual_seed(derive_seed(s.run.seed, "init"))
+            model = build_model(s.model.model, self.data.input_shape, self.data.num_classes)
+        else:
+            model = copy.deepcopy(model)
+        self.model = model.to(self.device)
+        self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
+        self.schedule = Schedule.build(s.train, len(self.data.train), bool(s.method.swa))
+        self.ctx = TrainContext(self.model, self.data, self.schedule, s.train)
+
+    # ---- artefacts before level 0 -------------------------------------------------------
+    def _init_state(self) -> StateDict:
+        if self.store.init_path.is_file():
+            return load_state(self.store.init_path, self.device)
+        state = clone_state(self.model.state_dict())
+        save_state(self.store.init_path, state)
+        return state
+
+    def _rewind_state(self, init: StateDict) -> StateDict:
+        """Weights at T0: the dense network trained T0 iterations (T0 = 0: init)."""
+        if self.store.rewind_path.is_file():
+            return load_state(self.store.rewind_path, self.device)
+        if self.schedule.rewind == 0:
+            state = init
+        else:
+            self.display.info(f"training the dense network to the rewind point "
+                              f"({self.schedule.rewind} iterations)")
+            self.model.load_state_dict(init)
+            dense = Schedule(**{**self.schedule.__dict__, "swa": False})
+            train_steps(self.model, None, self.data.train, dense, self.settings.train,
+                        start=0, stop=self.schedule.rewind,
+                        order_seed=derive_seed(self.settings.run.seed, "rewind-order"),
+                        augment=self.data.augment,
+                        augment_seed=derive_seed(self.settings.run.seed, "rewind-augment"),
+                        label="rewind training")
+            state = clone_state(self.model.state_dict())
+        save_state(self.store.rewind_path, state)
+        return state
+
+    # ---- one level ----------------------------------------------------------------------
+    def _jobs(self, level: int) -> list[ParticleJob]:
+        seed = self.settings.run.seed
+        return [ParticleJob(level, i, derive_seed(seed, "order", level, i),
+                            derive_seed(seed, "augment", level, i))
+                for i in range(int(self.settings.method.particles or 1))]
+
+    def _finish_particle(self, result: ParticleResult) -> StateDict:
+        """A particle's solution, with BN statistics recomputed if it is an average."""
+        if result.averaged > 1:
+            self.model.load_state_dict(result.state)
+            recompute_batchnorm(self.model, self.data.train)
+            return clone_state(self.model.state_dict())
+        return result.state
+
+    def run_level(self, level: int, start: StateDict, mask: Mask
+                  ) -> tuple[dict[str, Any], StateDict]:
+        """Train, combine, evaluate and save one level; returns its row and solution."""
+        s = self.settings
+        task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
+                         self._jobs(level))
+        t0 = time.perf_counter()
+        self.display.level_started(level, len(task.jobs),
+                                   self.schedule.total - self.schedule.rewind)
+        results = self.engine.train_particles(task, self.ctx, self.display.particle_progress)
+        particles = [self._finish_particle(r) for r in results]
+
+        # Evaluate every particle and their output ensemble.
+        test_lp, particle_scores = [], []
+        for state in particles:
+            self.model.load_state_dict(state)
+            lp = log_probs(self.model, self.data.test)
+            test_lp.append(lp)
+            particle_scores.append(evaluate(self.model, self.data.test))
+        ensemble = evaluate_ensemble(test_lp, self.data.test)
+
+        # The level's solution: the particles' average, masked, BN recomputed.
+        if len(particles) > 1:
+            solution = mask.apply_to_state_dict(average_states(particles))
+            self.model.load_state_dict(solution)
+            recompute_batchnorm(self.model, self.data.train)
+            solution = clone_state(self.model.state_dict())
+        else:
+            solution = particles[0]
+        self.model.load_state_dict(solution)
+        test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
+        seconds = time.perf_counter() - t0
+
+        accs = [p.acc for p in particle_scores]
+        row = {
+            "level": level,
+            "density": mask.density,
+            "sparsity": 1.0 - mask.density,
+            "target_density": (1 - s.prune.prune_fraction) ** level,
+            "test_acc": test.acc, "test_nll": test.nll,
+            "val_acc": val.acc, "val_nll": val.nll,
+            "particle_acc_mean": statistics.fmean(accs),
+            "particle_acc_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+            "particle_nll_mean": statistics.fmean(p.nll for p in particle_scores),
+            "ensemble_acc": ensemble.acc, "ensemble_nll": ensemble.nll,
+            "particles": len(particles),
+            "train_seconds": seconds,
+        }
+        details = {
+            **row,
+            "particle_test": [{"acc": p.acc, "nll": p.nll} for p in particle_scores],
+            "particle_train_loss": [r.train_loss for r in results],
+            "swa_snapshots": [r.averaged for r in results],
+            "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
+                       for name, (nnz, numel) in mask.per_layer().items()},
+        }
+        # metrics.json is written last: it marks the level finished.
+        self.store.level_dir(level).mkdir(parents=True, exist_ok=True)
+        mask.save(self.store.mask_path(level))
+        if s.run.save_particles:
+            for i, state in enumerate(particles):
+                save_state(self.store.particle_path(level, i), state)
+        save_state(self.store.solution_path(level), solution)
+        write_json(self.store.level_metrics_path(level), details)
+        self.store.write_metrics_csv()
+        return row, solution
+
+    def next_mask(self, level: int, solution: StateDict, mask: Mask) -> Mask:
+        p = self.settings.prune
+        generator = torch.Generator().manual_seed(
+            derive_seed(self.settings.run.seed, "prune", level))
+        return prune(solution, mask, p.prune_fraction, scorer=p.scorer, scope=p.scope,
+                     generator=generator)
+
+    # ---- the whole study ----------------------------------------------------------------
+    def run(self) -> RunResult:
+        s = self.settings
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        if not self.store.exists():
+            write_json(self.store.settings_path, s.to_dict())
+        init = self._init_state()
+        rewind = self._rewind_state(init)
+        finished = self.store.finished_levels()
+        rows = self.store.level_metrics()
+        if finished:
+            self.display.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
+                              f"finished")
+            for row in rows:
+                self.display.level_finished(row)
+            last = finished[-1]
+            mask = Mask.load(self.store.mask_path(last), self.device)
+            solution = load_state(self.store.solution_path(last), self.device)
+            if last < s.prune.levels:
+                mask = self.next_mask(last, solution, mask)
+        else:
+            mask = Mask.ones(self.model, self.prunable)
+        try:
+            for level in range(len(finished), s.prune.levels + 1):
+                row, solution = self.run_level(level, rewind, mask)
+                rows.append(row)
+                self.display.level_finished(row)
+                if level < s.prune.levels:
+                    mask = self.next_mask(level, solution, mask)
+        finally:
+            self.display.close()
+        return RunResult(self.store.root, s, rows)
+
+
+def run(settings: Settings | None = None, *, model: nn.Module | None = None,
+        data: DataBundle | None = None, run_dir: str | Path | None = None,
+        display: RunDisplay | None = None) -> RunResult:
+    """Run (or resume) a pruning study. `model` and `data` replace the built-in ones."""
+    settings = settings or Settings()
+    if model is not None and settings.model.model == "conv1d":
+        settings = copy.deepcopy(settings)
+        settings.model.model = "custom"
+    if data is not None and settings.data.dataset == "mnist1d":
+        settings = copy.deepcopy(settings)
+        settings.data.dataset = data.name
+    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, display=display).run()

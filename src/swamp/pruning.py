@@ -1,0 +1,350 @@
+"""Pruning: score the remaining weights, then remove an exact number of the lowest-scoring.
+
+Scorers (`SCORERS`) map one layer's weights and mask to non-negative float scores:
+
+- ``magnitude``: |w|.
+- ``lamp``: Layer-Adaptive Magnitude Pruning (Lee et al., ICLR 2021). Within a layer, sort the
+  remaining weights by w² ascending; the weight at sorted position u scores
+  w_u² / Σ_{v≥u} w_v². Only unpruned weights enter the sums. The largest weight of each layer
+  scores 1, so global LAMP pruning does not empty a layer unless asked to remove almost all.
+- ``random``: uniform [0, 1) scores from an explicit `torch.Generator` (reproducible).
+
+Scopes: ``global`` ranks all prunable tensors together; ``layerwise`` removes the same fraction
+of each layer's own remaining weights.
+
+Exactness rules (shared by every path):
+
+- the number removed is ``n = floor(fraction * remaining + 0.5)`` (round half up, in float64;
+  Python's `round` would round 2.5 to 2), per layer for the layerwise scope;
+- pruned weights are never revived (they are not candidates);
+- scores are compared as float32; among equal scores the weight with the lower flat index is
+  removed first, where the global index runs over the tensors in `mask.names` order.
+
+The selection (`prune_to_count`) is an exact radix select over float32 bit patterns: for
+non-negative floats the int32 bit pattern is monotone in the value, so a histogram of the
+high 16 bits (per-layer `bincount`) finds the bucket holding the n-th smallest score, and a
+histogram of the low 16 bits of that bucket's few elements finds the exact threshold.
+Only per-layer temporaries are allocated and magnitude scores are recomputed per pass rather
+than stored, so pruning needs no second full copy of the weights. Tiny inputs, and scores
+the radix path does not handle (negative, -0.0, inf, NaN), take a simple sort-based path that
+gives identical masks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from swamp.errors import SwampError
+from swamp.masks import Mask
+
+__all__ = [
+    "SCORERS",
+    "SCOPES",
+    "Scorer",
+    "n_to_remove",
+    "score",
+    "prune",
+    "prune_to_count",
+    "keep_top",
+]
+
+Scorer = Callable[[Tensor, Tensor, "torch.Generator | None"], Tensor]
+"""(weight, layer mask, generator) -> float scores of the weight's shape; higher = keep."""
+
+
+# ---------------------------------------------------------------------------------------
+# scorers
+
+
+def magnitude(weight: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """|w|."""
+    return weight.detach().abs()
+
+
+def lamp(weight: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """LAMP scores w_u² / Σ_{v≥u} w_v² over the layer's unpruned weights; pruned score 0."""
+    a = weight.detach().flatten().abs()
+    m = mask.flatten().to(a.device)
+    # Sorting |w| orders w² without float32 rounding ties; stable: equal |w| keep index order.
+    vals, order = torch.sort(a[m], stable=True)
+    vals = vals.double().square()  # float64: suffix sums over millions of weights
+    suffix = vals.flip(0).cumsum(0).flip(0)
+    s = torch.where(suffix > 0, vals / suffix.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    kept = torch.empty(s.shape, dtype=torch.float32, device=s.device)
+    kept[order] = s.float()
+    out = torch.zeros(a.shape, dtype=torch.float32, device=a.device)
+    out[m] = kept
+    return out.view(weight.shape)
+
+
+def random(weight: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Uniform [0, 1) scores drawn from `generator` (one draw per element, whatever the mask)."""
+    if generator is None:
+        raise SwampError(
+            "the 'random' scorer needs a generator; pass generator=torch.Generator()."
+            "manual_seed(seed) so that the mask is reproducible"
+        )
+    s = torch.rand(weight.shape, generator=generator, device=generator.device)
+    return s.to(weight.device)
+
+
+SCORERS: dict[str, Scorer] = {"magnitude": magnitude, "lamp": lamp, "random": random}
+SCOPES = ("global", "layerwise")
+
+
+def _get_scorer(scorer: str | Scorer) -> Scorer:
+    if callable(scorer):
+        return scorer
+    try:
+        return SCORERS[scorer]
+    except KeyError:
+        raise SwampError(
+            f"unknown scorer {scorer!r}; known scorers: {', '.join(sorted(SCORERS))}"
+        ) from None
+
+
+def _check_weights(weights: Mapping[str, Tensor], mask: Mask) -> None:
+    for n in mask.names:
+        if n not in weights:
+            raise SwampError(
+                f"the weights lack the prunable tensor {n!r}; pass the state dict of the "
+                f"model the mask was made for"
+            )
+        if weights[n].shape != mask[n].shape:
+            raise SwampError(
+                f"weight {n!r} has shape {tuple(weights[n].shape)} but the mask has "
+                f"{tuple(mask[n].shape)}; pass the state dict of the model the mask was made for"
+            )
+
+
+def score(
+    weights: Mapping[str, Tensor],
+    mask: Mask,
+    scorer: str | Scorer = "magnitude",
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Scores of every prunable tensor (only names in `mask` are read from `weights`)."""
+    fn = _get_scorer(scorer)
+    _check_weights(weights, mask)
+    with torch.no_grad():
+        return {n: fn(weights[n], mask[n], generator) for n in mask.names}
+
+
+class _LazyScores(Mapping[str, Tensor]):
+    """Scores computed on access: |w| is cheaper to recompute per pass than to store."""
+
+    def __init__(self, weights: Mapping[str, Tensor], mask: Mask, fn: Scorer) -> None:
+        self._w, self._m, self._fn = weights, mask, fn
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._fn(self._w[name], self._m[name], None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._m.names)
+
+    def __len__(self) -> int:
+        return len(self._m)
+
+
+# ---------------------------------------------------------------------------------------
+# exact selection
+
+_RADIX_MIN = 1 << 16  # below this many remaining weights the sort path is as fast
+_BUCKETS = 1 << 16
+_OFFSET = (1 << 15) + 1  # bucket of a non-negative float = its high 16 bits + _OFFSET
+_INF_HIGH = 0x7F80  # high 16 bits of +inf; higher buckets hold NaNs
+
+
+def _flat_f32(t: Tensor) -> Tensor:
+    return t.detach().flatten().to(torch.float32).contiguous()
+
+
+def _remove_lowest_sort(
+    get_score: Callable[[int], Tensor], masks: list[Tensor], k: int
+) -> list[Tensor]:
+    """Reference path: concatenate remaining scores, stable sort, drop the first k."""
+    vals, idx, offset = [], [], 0
+    for i, m in enumerate(masks):
+        s = _flat_f32(get_score(i))
+        vals.append(s[m])
+        idx.append(m.nonzero().squeeze(1) + offset)
+        offset += m.numel()
+    v = torch.cat(vals)
+    if torch.isnan(v).any():
+        raise SwampError("pruning scores contain NaN (did training diverge?); check the weights")
+    order = torch.sort(v, stable=True).indices[:k]  # stable: ties keep index order
+    keep = torch.cat(masks)
+    keep[torch.cat(idx)[order]] = False
+    return list(keep.split([m.numel() for m in masks]))
+
+
+def _buckets(s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """int32 bits of `s`, and bucket = high 16 bits + 32769 in [1, 65536]; pruned -> 0.
+
+    Bucket 0 for pruned weights lets pass 2 keep `bucket >= b` without re-reading the mask.
+    """
+    bits = s.view(torch.int32)
+    high = bits >> 16  # arithmetic shift: negative floats land in [-32768, 0)
+    high += _OFFSET  # negative floats -> [1, 32769), non-negative floats -> [32769, 65537)
+    # In place and without temporaries (mul_ by a bool tensor would allocate an int copy).
+    torch.where(m, high, torch.zeros((), dtype=high.dtype, device=high.device), out=high)
+    return bits, high
+
+
+# One function per pass and layer, so that a layer's temporaries die before the next layer's.
+def _pass1(s: Tensor, m: Tensor) -> Tensor:
+    return torch.bincount(_buckets(s, m)[1], minlength=_BUCKETS + 1)
+
+
+def _pass2(s: Tensor, m: Tensor, b: int) -> tuple[Tensor, Tensor, Tensor]:
+    bits, high = _buckets(s, m)
+    keep = high >= b  # pruned are in bucket 0 < b; bucket b is kept for now, fixed later
+    idx = (high == b).nonzero().squeeze(1)  # index order = tie-break order
+    return keep, idx, bits[idx] & 0xFFFF
+
+
+def _remove_lowest_radix(
+    get_score: Callable[[int], Tensor], masks: list[Tensor], k: int
+) -> list[Tensor] | None:
+    """Exact radix select on float32 bit patterns; None if a score is negative/-0.0/inf/NaN."""
+    device = masks[0].device
+    # Pass 1: histogram of the high 16 bits over all layers (bucket 0: pruned, ignored).
+    hist = torch.zeros(_BUCKETS + 1, dtype=torch.int64, device=device)
+    for i, m in enumerate(masks):
+        hist += _pass1(_flat_f32(get_score(i)), m)
+    hist = hist.cpu()
+    hist[0] = 0
+    if hist[:_OFFSET].any() or hist[_OFFSET + _INF_HIGH :].any():
+        return None  # sign bit set (negative or -0.0), or inf/NaN: let the sort path decide
+    cum = hist.cumsum(0)
+    b = int(torch.searchsorted(cum, k))  # bucket of the k-th smallest score (b >= _OFFSET)
+    k_in_b = k - int(cum[b - 1])
+
+    # Pass 2: keep everything above bucket b; collect bucket b's elements (few) by index.
+    keeps, cand_idx, cand_low = [], [], []
+    low_hist = torch.zeros(_BUCKETS, dtype=torch.int64, device=device)
+    for i, m in enumerate(masks):
+        keep, idx, low = _pass2(_flat_f32(get_score(i)), m, b)
+        keeps.append(keep)
+        cand_idx.append(idx)
+        cand_low.append(low)
+        low_hist += torch.bincount(low, minlength=_BUCKETS)
+    low_cum = low_hist.cpu().cumsum(0)
+    lo = int(torch.searchsorted(low_cum, k_in_b))  # low bits of the exact threshold
+    ties_to_remove = k_in_b - (int(low_cum[lo - 1]) if lo > 0 else 0)
+
+    # Remove bucket-b elements below the threshold, then the first ties in global index order.
+    for keep, idx, low in zip(keeps, cand_idx, cand_low):
+        drop = idx[low < lo]
+        if ties_to_remove > 0:
+            ties = idx[low == lo][:ties_to_remove]
+            ties_to_remove -= ties.numel()
+            drop = torch.cat([drop, ties])
+        keep[drop] = False
+    return keeps
+
+
+def _remove_lowest(
+    get_score: Callable[[int], Tensor],
+    masks: list[Tensor],
+    k: int,
+    remaining: int,
+    method: Literal["auto", "radix", "sort"] = "auto",
+) -> list[Tensor]:
+    """New flat masks with the k lowest-scoring of the `remaining` kept weights removed."""
+    if k == 0:
+        return [m.clone() for m in masks]
+    if k == remaining:
+        return [torch.zeros_like(m) for m in masks]
+    if method == "radix" or (method == "auto" and remaining >= _RADIX_MIN):
+        out = _remove_lowest_radix(get_score, masks, k)
+        if out is not None:
+            return out
+    return _remove_lowest_sort(get_score, masks, k)
+
+
+def prune_to_count(scores: Mapping[str, Tensor], mask: Mask, n_remove: int) -> Mask:
+    """Remove exactly `n_remove` of the remaining weights with the lowest scores.
+
+    Ties go to the lower global flat index (tensors in `mask.names` order); pruned weights
+    are ignored and stay pruned. `scores` needs only the names in `mask`.
+    """
+    remaining = mask.nnz
+    if not 0 <= n_remove <= remaining:
+        raise SwampError(
+            f"cannot remove {n_remove} weights: the mask has {remaining} remaining; "
+            f"ask for between 0 and {remaining}"
+        )
+    _check_weights(scores, mask)
+    return _prune_to_count(scores, mask, n_remove, remaining)
+
+
+def _prune_to_count(
+    scores: Mapping[str, Tensor], mask: Mask, n_remove: int, remaining: int
+) -> Mask:
+    names = mask.names
+    masks = [mask[n].flatten() for n in names]
+    with torch.no_grad():
+        flat = _remove_lowest(lambda i: scores[names[i]], masks, n_remove, remaining)
+    return Mask({n: f.view(mask[n].shape) for n, f in zip(names, flat)})
+
+
+def keep_top(scores: Mapping[str, Tensor], mask: Mask, n_keep: int) -> Mask:
+    """Keep exactly the `n_keep` highest-scoring remaining weights (same tie rule)."""
+    remaining = mask.nnz
+    if not 0 <= n_keep <= remaining:
+        raise SwampError(
+            f"cannot keep {n_keep} weights: the mask has {remaining} remaining; "
+            f"ask for between 0 and {remaining}"
+        )
+    return prune_to_count(scores, mask, remaining - n_keep)
+
+
+def n_to_remove(fraction: float, remaining: int) -> int:
+    """floor(fraction * remaining + 0.5): round half up (Python's round(2.5) would give 2)."""
+    return math.floor(fraction * remaining + 0.5)
+
+
+def prune(
+    weights: Mapping[str, Tensor],
+    mask: Mask,
+    fraction: float,
+    scorer: str | Scorer = "magnitude",
+    scope: str = "global",
+    generator: torch.Generator | None = None,
+) -> Mask:
+    """The next mask: remove `fraction` of the remaining weights, lowest scores first.
+
+    `weights` may be a model's state dict; only the names in `mask` are read. Global scope
+    removes `n_to_remove(fraction, mask.nnz)` weights in one ranking; layerwise scope removes
+    `n_to_remove(fraction, remaining in layer)` from each layer.
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise SwampError(
+            f"prune fraction must lie strictly between 0 and 1, got {fraction!r}; "
+            f"e.g. 0.2 removes a fifth of the remaining weights"
+        )
+    fn = _get_scorer(scorer)
+    if scope not in SCOPES:
+        raise SwampError(f"unknown pruning scope {scope!r}; known scopes: {', '.join(SCOPES)}")
+    _check_weights(weights, mask)
+    # |w| is recomputed per pass (no full copy of the weights); other scores are stored once.
+    scores: Mapping[str, Tensor]
+    if fn is magnitude:
+        scores = _LazyScores(weights, mask, fn)
+    else:
+        scores = score(weights, mask, fn, generator)
+    if scope == "global":
+        remaining = mask.nnz
+        return _prune_to_count(scores, mask, n_to_remove(fraction, remaining), remaining)
+    out = {}
+    for n in mask.names:
+        layer = Mask({n: mask[n]})
+        remaining = layer.nnz
+        out[n] = _prune_to_count(scores, layer, n_to_remove(fraction, remaining), remaining)[n]
+    return Mask(out)

@@ -1,0 +1,168 @@
+"""The run directory: layout, atomic writes, and reading back what a run produced.
+
+    <out>/<method>-<hash>/
+        settings.json            resolved settings (written once; a resume must match it)
+        init.safetensors         weights at initialisation
+        rewind.safetensors       weights at the rewind point T0
+        metrics.csv              one row per finished level
+        level_<n>/
+            mask.safetensors     bool mask per prunable tensor used to train this level
+            particle_<i>.safetensors   each particle's solution (optional)
+            solution.safetensors the level's solution, zero wherever the mask is off
+            metrics.json         written last: its presence marks the level finished
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves a
+half-written artefact under its real name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from swamp.errors import SwampError
+
+StateDict = dict[str, torch.Tensor]
+
+METRICS_COLUMNS = [
+    "level", "density", "sparsity", "target_density", "test_acc", "test_nll", "val_acc",
+    "val_nll", "particle_acc_mean", "particle_acc_std", "particle_nll_mean", "ensemble_acc",
+    "ensemble_nll", "particles", "train_seconds",
+]
+LEVEL_DIR = re.compile(r"^level_(\d+)$")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+                              + "\n").encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SwampError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SwampError(f"{path} is corrupted (not valid JSON); delete it to recompute "
+                         f"that artefact") from None
+
+
+def save_state(path: Path, state: StateDict) -> None:
+    """Save a state dict with safetensors (copies to CPU; the live tensors are untouched)."""
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(cpu, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path, device: str | torch.device = "cpu") -> StateDict:
+    if not path.is_file():
+        raise SwampError(f"{path} does not exist; the run directory is incomplete")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception:  # safetensors raises several error types for damaged files
+        raise SwampError(f"{path} is corrupted and cannot be read; delete it (or its level "
+                         f"folder) and re-run the same command to recompute it") from None
+
+
+class RunStore:
+    """Paths and artefacts of one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # paths
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "settings.json"
+
+    @property
+    def init_path(self) -> Path:
+        return self.root / "init.safetensors"
+
+    @property
+    def rewind_path(self) -> Path:
+        return self.root / "rewind.safetensors"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    def level_dir(self, level: int) -> Path:
+        return self.root / f"level_{level}"
+
+    def mask_path(self, level: int) -> Path:
+        return self.level_dir(level) / "mask.safetensors"
+
+    def solution_path(self, level: int) -> Path:
+        return self.level_dir(level) / "solution.safetensors"
+
+    def particle_path(self, level: int, index: int) -> Path:
+        return self.level_dir(level) / f"particle_{index}.safetensors"
+
+    def level_metrics_path(self, level: int) -> Path:
+        return self.level_dir(level) / "metrics.json"
+
+    # queries
+    def exists(self) -> bool:
+        return self.settings_path.is_file()
+
+    def is_level_done(self, level: int) -> bool:
+        return (self.level_metrics_path(level).is_file() and self.solution_path(level).is_file()
+                and self.mask_path(level).is_file())
+
+    def finished_levels(self) -> list[int]:
+        """Levels 0..k that are finished, in order (stops at the first gap)."""
+        done = []
+        while self.is_level_done(len(done)):
+            done.append(len(done))
+        return done
+
+    def level_metrics(self) -> list[dict[str, Any]]:
+        return [read_json(self.level_metrics_path(level)) for level in self.finished_levels()]
+
+    def write_metrics_csv(self) -> None:
+        rows = self.level_metrics()
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k))
+                             for k in METRICS_COLUMNS})
+        atomic_write_bytes(self.metrics_csv, buf.getvalue().encode())

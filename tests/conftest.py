@@ -1,0 +1,23 @@
+"""Shared tiny settings: every whole-pipeline test runs in seconds on 2 cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swamp.config import Settings
+
+torch.set_num_threads(1)
+
+
+def tiny_settings(tmp_path, **overrides) -> Settings:
+    values = dict(dataset="synthetic", data_size=320, model="mlp", epochs=2, batch_size=64,
+                  levels=2, method="swamp", particles=2, out=str(tmp_path / "runs"),
+                  device="cpu", lr=0.05)
+    values.update(overrides)
+    return Settings.from_dict(values)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda **kw: tiny_settings(tmp_path, **kw)

@@ -1,0 +1,69 @@
+"""The command line: bad input gives one clear line, a non-zero exit, and writes nothing."""
+
+import subprocess
+import sys
+
+import pytest
+
+from swamp.cli import main
+
+TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
+        "--batch-size", "50", "--levels", "1", "--particles", "2", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--model", "resnet99"], "unknown model"),
+    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--method", "magic"], "unknown method"),
+    (["--particles", "0"], "--particles"),
+    (["--prune-fraction", "1.5"], "--prune-fraction"),
+    (["--swa-start", "1.2"], "after the end of training"),
+    (["--levels", "-1"], "--levels"),
+    (["--epochs", "ten"], "invalid int"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, fragment):
+    out = tmp_path / "runs"
+    code = main(["run", *TINY, "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_run_then_resume_with_other_settings(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert main(["run", *TINY, "--run-dir", str(run_dir), "--quiet"]) == 0
+    assert (run_dir / "metrics.csv").is_file()
+    assert main(["run", *TINY, "--run-dir", str(run_dir), "--lr", "0.3"]) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def test_run_prints_a_row_per_level(tmp_path, capsys):
+    assert main(["run", *TINY, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "level" in out and "density" in out
+    assert sum(1 for line in out.splitlines() if line.strip().startswith(("0 ", "1 "))) == 2
+
+
+def test_config_file_with_flag_override(tmp_path):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[data]\ndataset = "synthetic"\ndata_size = 200\n[model]\nmodel = "mlp"\n'
+                   '[train]\nepochs = 1\nbatch_size = 50\n[prune]\nlevels = 0\n')
+    assert main(["run", "--config", str(cfg), "--particles", "1", "--method", "imp-swa",
+                 "--device", "cpu", "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    (run_dir,) = (tmp_path / "o").iterdir()
+    assert run_dir.name.startswith("imp-swa-")
+
+
+def test_list_and_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "swamp", "list"], capture_output=True,
+                          text=True, check=True)
+    assert "mnist1d" in proc.stdout and "conv1d" in proc.stdout and "swamp" in proc.stdout
+    help_text = subprocess.run([sys.executable, "-m", "swamp", "run", "--help"],
+                               capture_output=True, text=True, check=True).stdout
+    for flag in ["--method", "--dataset", "--model", "--levels", "--particles", "--epochs",
+                 "--rewind-epochs", "--prune-fraction", "--scorer", "--scope", "--optimizer",
+                 "--lr", "--momentum", "--weight-decay", "--batch-size", "--swa-start",
+                 "--swa-lr", "--seed", "--device", "--out"]:
+        assert flag in help_text

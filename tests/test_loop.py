@@ -1,0 +1,168 @@
+"""The whole level loop on tiny settings: output contract, resume, reproducibility."""
+
+import csv
+import json
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from swamp.engines import SequentialEngine
+from swamp.errors import SwampError
+from swamp.loop import LevelLoop, run
+from swamp.masks import Mask
+from swamp.averaging import recompute_batchnorm
+
+
+def read_csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def stable(rows):
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+
+def test_three_levels_write_the_output_contract_in_seconds(tiny):
+    start = time.perf_counter()
+    result = run(tiny())
+    assert time.perf_counter() - start < 30
+    root = result.run_dir
+    assert root.name.startswith("swamp-")
+    settings = json.loads((root / "settings.json").read_text())
+    assert settings["method"]["particles"] == 2 and settings["method"]["swa"] is True
+    rows = read_csv(root / "metrics.csv")
+    assert [int(r["level"]) for r in rows] == [0, 1, 2]
+    for col in ["level", "density", "test_acc", "test_nll", "particle_acc_mean", "ensemble_acc"]:
+        assert col in rows[0]
+    densities = [float(r["density"]) for r in rows]
+    assert densities[0] == 1.0 and densities[0] > densities[1] > densities[2]
+    assert densities[2] == pytest.approx(0.64, abs=0.01)
+    for level in range(3):
+        d = root / f"level_{level}"
+        mask = load_file(str(d / "mask.safetensors"))
+        solution = load_file(str(d / "solution.safetensors"))
+        assert set(mask) == {"0.weight", "2.weight", "4.weight"} or len(mask) >= 2
+        for name, m in mask.items():
+            assert m.dtype == torch.bool and m.shape == solution[name].shape
+            assert torch.all(solution[name][~m] == 0)
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["level"] == level and len(metrics["particle_test"]) == 2
+        assert (d / "particle_0.safetensors").is_file()
+    # the model learned something on the synthetic data (10 classes: chance is 0.1)
+    assert float(rows[0]["test_acc"]) > 0.3
+
+
+def test_same_seed_same_metrics_other_seed_other_metrics(tiny, tmp_path):
+    a = read_csv(run(tiny(levels=1)).run_dir / "metrics.csv")
+    b = read_csv(run(tiny(levels=1), run_dir=tmp_path / "again").run_dir / "metrics.csv")
+    c = read_csv(run(tiny(levels=1, seed=1)).run_dir / "metrics.csv")
+    assert stable(a) == stable(b)
+    assert stable(a) != stable(c)
+
+
+class CountingEngine(SequentialEngine):
+    def __init__(self, fail_at=None):
+        self.tasks = []
+        self.fail_at = fail_at
+
+    def train_particles(self, task, ctx, progress=None):
+        if task.level == self.fail_at:
+            raise KeyboardInterrupt
+        self.tasks.append(task)
+        return super().train_particles(task, ctx, progress)
+
+
+def loop_with(settings, engine, **kw):
+    loop = LevelLoop(settings, **kw)
+    loop.engine = engine
+    return loop
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(tiny, tmp_path):
+    reference = read_csv(run(tiny(), run_dir=tmp_path / "ref").run_dir / "metrics.csv")
+    interrupted = CountingEngine(fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        loop_with(tiny(), interrupted).run()
+    resumed = CountingEngine()
+    result = loop_with(tiny(), resumed).run()
+    assert [t.level for t in resumed.tasks] == [2]          # no finished level trained again
+    assert stable(read_csv(result.run_dir / "metrics.csv")) == stable(reference)
+    again = CountingEngine()
+    loop_with(tiny(), again).run()                            # a finished run does no work
+    assert again.tasks == []
+
+
+def test_every_level_restarts_exactly_from_the_rewind_point(tiny):
+    engine = CountingEngine()
+    loop = loop_with(tiny(rewind_epochs=1.0), engine)
+    loop.run()
+    rewind = load_file(str(loop.store.rewind_path))
+    init = load_file(str(loop.store.init_path))
+    assert any(not torch.equal(rewind[k], init[k]) for k in rewind)   # T0 > 0 trained
+    for task in engine.tasks:
+        assert task.start_step == loop.schedule.steps_per_epoch     # schedule position T0
+        for k, v in task.start_state.items():
+            expected = rewind[k] * task.mask[k] if k in task.mask.names else rewind[k]
+            assert torch.equal(v, expected)
+    # particles of a level see different data orders, hence end in different places
+    assert len({j.order_seed for j in engine.tasks[0].jobs}) == 2
+    p0 = load_file(str(loop.store.particle_path(0, 0)))
+    p1 = load_file(str(loop.store.particle_path(0, 1)))
+    assert any(not torch.equal(p0[k], p1[k]) for k in p0)
+
+
+def test_solution_batchnorm_statistics_are_recomputed(tiny):
+    result = run(tiny(dataset="synthetic-image", model="resnet20", levels=0, epochs=1))
+    loop = LevelLoop(tiny(dataset="synthetic-image", model="resnet20", levels=0, epochs=1))
+    solution = result.solution(0)
+    loop.model.load_state_dict(solution)
+    stale = {k: v.clone() for k, v in loop.model.state_dict().items() if "running" in k}
+    recompute_batchnorm(loop.model, loop.data.train)
+    fresh = {k: v for k, v in loop.model.state_dict().items() if "running" in k}
+    assert stale and all(torch.allclose(stale[k], fresh[k], atol=1e-5) for k in stale)
+
+
+def test_pruning_follows_the_solution_masks(tiny):
+    result = run(tiny(method="imp", particles=1))
+    masks = [result.mask(level) for level in range(3)]
+    for earlier, later in zip(masks, masks[1:]):
+        for name in earlier.names:
+            assert not torch.any(later[name] & ~earlier[name])   # nothing revived
+        removed = earlier.nnz - later.nnz
+        assert removed == int(earlier.nnz * 0.2 + 0.5)
+
+
+def test_resume_with_other_settings_is_refused_and_changes_nothing(tiny, tmp_path):
+    root = run(tiny(levels=0), run_dir=tmp_path / "r").run_dir
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    with pytest.raises(SwampError, match="different settings"):
+        LevelLoop(tiny(levels=0, lr=0.3), run_dir=root).run()
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tiny, tmp_path):
+    root = run(tiny(levels=1), run_dir=tmp_path / "r").run_dir
+    (root / "level_1" / "metrics.json").unlink()           # level 1 unfinished
+    (root / "level_0" / "solution.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SwampError, match="corrupted"):
+        LevelLoop(tiny(levels=1), run_dir=root).run()
+
+
+def test_python_api_with_a_users_module_and_tensors(tmp_path):
+    import swamp
+    from torch import nn
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 5)
+    y = (x.sum(1) > 0).long()
+    model = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 2))
+    data = swamp.from_tensors(train=(x[:160], y[:160]), test=(x[160:], y[160:]))
+    settings = swamp.Settings.from_dict({"levels": 1, "epochs": 3, "batch_size": 32,
+                                         "particles": 2, "device": "cpu",
+                                         "out": str(tmp_path)})
+    result = swamp.run(settings, model=model, data=data)
+    assert [r["level"] for r in result.levels] == [0, 1]
+    assert result.levels[0]["test_acc"] > 0.7
+    assert result.settings.model.model == "custom"
