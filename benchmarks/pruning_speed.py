@@ -1,8 +1,9 @@
 """Speed and temporary memory of pruning an 11.7M-weight model (ResNet-18 conv/fc shapes).
 
-Usage:  python benchmarks/pruning_speed.py [--repeats 7] [--threads N] [--out PATH]
+Usage:  python benchmarks/pruning_speed.py [--repeats 7] [--threads 1,2] [--out PATH]
 
-Times (median and min of `--repeats` runs after one warm-up) each pruning call on random
+Times (median and min of `--repeats` runs after one warm-up, for each torch thread count in
+`--threads`) each pruning call on random
 weights with the shapes of torchvision's ResNet-18 prunable tensors (built by hand: no
 torchvision needed). Memory: the peak of torch CPU tensor bytes allocated during one call and
 still live at that moment, relative to before the call, read from the torch profiler's
@@ -81,7 +82,12 @@ def peak_alloc_bytes(fn: Callable[[], object]) -> int:
         key=lambda e: e["ts"],
     )
     del result
-    return max((e["args"]["Total Allocated"] for e in mem), default=0)
+    if not mem:
+        return 0
+    # The counter carries over from earlier profiler sessions: measure from its value just
+    # before the first allocation of this call.
+    base = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
+    return max(e["args"]["Total Allocated"] for e in mem) - base
 
 
 def naive_threshold(ws: dict[str, torch.Tensor], mask: Mask, fraction: float) -> Mask:
@@ -95,11 +101,14 @@ def naive_threshold(ws: dict[str, torch.Tensor], mask: Mask, fraction: float) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--threads",
+        default=f"1,{torch.get_num_threads()}",
+        help="comma-separated torch thread counts to time with (default: 1 and torch's default)",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pruning_speed.md"))
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = sorted({int(t) for t in args.threads.split(",")})
 
     ws = make_weights()
     dense = Mask({n: torch.ones_like(w, dtype=torch.bool) for n, w in ws.items()})
@@ -140,13 +149,16 @@ def main() -> None:
 
     numel = dense.numel
     load0 = os.getloadavg()
-    rows = []
-    for name, fn in cases:
-        med, best = time_call(fn, args.repeats)
-        peak = peak_alloc_bytes(fn)
-        rows.append((name, med, best, peak))
-        print(f"{name:66s} {med:7.3f} s  (min {best:.3f})  peak {peak / 2**20:7.1f} MiB", flush=True)
+    times: dict[tuple[str, int], tuple[float, float]] = {}
+    for t in threads:
+        torch.set_num_threads(t)
+        for name, fn in cases:
+            times[name, t] = med, best = time_call(fn, args.repeats)
+            print(f"{t} thread(s)  {name:66s} {med:7.3f} s  (min {best:.3f})", flush=True)
     load1 = os.getloadavg()
+    peaks = {name: peak_alloc_bytes(fn) for name, fn in cases}
+    for name, _ in cases:
+        print(f"peak extra  {name:66s} {peaks[name] / 2**20:7.1f} MiB")
 
     cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     lines = [
@@ -156,21 +168,27 @@ def main() -> None:
         "",
         f"- prunable weights: {numel:,} in {len(ws)} tensors (float32, {numel * 4 / 2**20:.1f} MiB)"
         f"; fraction 0.2 (removes {k1:,} at level 0 -> 1)",
-        f"- torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{os.cpu_count()} CPU(s), {platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}",
-        f"- load average (1 min) before / after: {load0[0]:.2f} / {load1[0]:.2f} "
+        f"- torch {torch.__version__}, {os.cpu_count()} CPU(s), "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}",
+        f"- load average (1 min) before / after timing: {load0[0]:.2f} / {load1[0]:.2f} "
         f"(other processes share this machine; timings are wall-clock)",
-        f"- time: median and min of {args.repeats} runs after one warm-up",
+        f"- time: median (min) of {args.repeats} runs after one warm-up, per torch thread count",
         "- peak extra: the highest live torch CPU tensor bytes allocated during one call, from "
         "the profiler's memory events; includes the result mask "
         f"({numel / 2**20:.1f} MiB, 1 byte per weight); allocator caching and Python objects "
         "are not counted",
+        "- magnitude scores are recomputed per pass (per-layer temporaries only); LAMP and random "
+        "scores are stored once (one float32 copy of the weights), as the table shows",
+        "- if other processes keep the cores busy, multi-thread timings become erratic (OpenMP "
+        "threads wait for a descheduled peer); the 1-thread column is the stable one then",
         "",
-        "| case | median (s) | min (s) | peak extra (MiB) |",
-        "|---|---:|---:|---:|",
+        "| case | " + " | ".join(f"{t} thread(s): median (min) s" for t in threads)
+        + " | peak extra (MiB) |",
+        "|---|" + "---:|" * (len(threads) + 1),
     ]
-    lines += [f"| {n} | {m:.3f} | {b:.3f} | {p / 2**20:.1f} |" for n, m, b, p in rows]
+    for name, _ in cases:
+        cells = [f"{times[name, t][0]:.3f} ({times[name, t][1]:.3f})" for t in threads]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {peaks[name] / 2**20:.1f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -229,10 +229,10 @@ class Mask(Mapping[str, Tensor]):
             state = optimizer.state.get(p)
             if not state:
                 continue
-            for v in state.values():
-                # Shape equality picks momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq
-                # and skips scalars such as Adam's `step`.
-                if isinstance(v, Tensor) and v.shape == p.shape and v is not p:
+            for k, v in state.items():
+                # Shape equality picks momentum_buffer, exp_avg, exp_avg_sq, max_exp_avg_sq;
+                # `step` is skipped by name too, in case a masked parameter is a scalar.
+                if isinstance(v, Tensor) and v.shape == p.shape and k != "step":
                     targets.append(v)
                     factors.append(self._factor(n, v.dtype, v.device))
         return targets, factors
@@ -326,7 +326,9 @@ class BoundMask:
     def apply_(self) -> None:
         """Zero pruned weights and their optimizer state, in place."""
         opt = self.optimizer
-        if opt is not None and (opt.state is not self._state_ref or len(opt.state) != self._state_len):
+        if opt is not None and (
+            opt.state is not self._state_ref or len(opt.state) != self._state_len
+        ):
             self.refresh()
         with torch.no_grad():
             torch._foreach_mul_(self._targets, self._factors)

@@ -6,7 +6,8 @@ Scorers (`SCORERS`) map one layer's weights and mask to non-negative float score
 - ``lamp``: Layer-Adaptive Magnitude Pruning (Lee et al., ICLR 2021). Within a layer, sort the
   remaining weights by w² ascending; the weight at sorted position u scores
   w_u² / Σ_{v≥u} w_v². Only unpruned weights enter the sums. The largest weight of each layer
-  scores 1, so global LAMP pruning does not empty a layer unless asked to remove almost all.
+  scores 1 (the rest score less), so global LAMP pruning keeps every non-zero layer alive
+  unless asked to remove almost everything.
 - ``random``: uniform [0, 1) scores from an explicit `torch.Generator` (reproducible).
 
 Scopes: ``global`` ranks all prunable tensors together; ``layerwise`` removes the same fraction
