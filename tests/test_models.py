@@ -117,9 +117,8 @@ def test_resnet20_count_follows_from_the_formula():
 def test_small_model_counts():
     # mlp at (1, 40): 40*256+256 + 256*256+256 + 256*10+10.
     assert n_params(build_model("mlp", (1, 40), 10)) == 10_496 + 65_792 + 2_570
-    # conv1d at (1, 40): convs 1*32*5 + 32*64*5 + 64*64*5, BN 2*(32+64+64), fc 64*10*10+10.
-    m = build_model("conv1d", (1, 40), 10)
-    assert n_params(m) == 160 + 10_240 + 20_480 + 320 + 6_410
+    # conv1d at (1, 40): convs 1*32*5 + 2*(32*32*5), BN 3*2*32, fc (32*10)*10 + 10 = 13,802.
+    assert n_params(build_model("conv1d", (1, 40), 10)) == 160 + 10_240 + 192 + 3_210
 
 
 def test_standard_initialisation():
@@ -141,10 +140,15 @@ def test_standard_initialisation():
 
 def test_wrn_depth_and_width_are_checked():
     with pytest.raises(SwampError, match="6n\\+4") as e:
-        build_model("wrn-32-4", (3, 32, 32), 100)
+        build_model("wrn-30-4", (3, 32, 32), 100)
     assert "\n" not in str(e.value)
     with pytest.raises(SwampError, match="6n\\+4"):
         build_model("wrn-4-2", (3, 32, 32), 10)
+    # wrn-32-4 (the SWAMP paper's CIFAR-100 net) counts depth as 6n+2: 5 blocks per stage,
+    # one more than wrn-28-4 (6n+4, n=4) has.
+    blocks = lambda m: sum(1 for x in m.modules() if type(x).__name__ == "WideBlock")
+    assert blocks(build_model("wrn-32-4", (3, 32, 32), 100)) == 15
+    assert blocks(build_model("wrn-28-4", (3, 32, 32), 100)) == 12
     with pytest.raises(SwampError, match="width"):
         build_model("wrn-28-0", (3, 32, 32), 10)
     assert n_params(build_model("WRN-16-1", (3, 32, 32), 10)) > 0  # case-insensitive

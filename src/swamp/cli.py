@@ -7,8 +7,9 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any, Sequence
 
-from swamp.config import METHODS, SECTIONS, Settings
+from swamp.config import METHODS, SECTIONS, Settings, read_settings_file
 from swamp.errors import SwampError
+from swamp.presets import PRESETS, preset_values
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,6 +29,9 @@ def _flag_type(kind: str):
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, grouped by section, help text from the dataclass."""
+    parser.add_argument("--preset", metavar="NAME",
+                        help="standard training recipe of a model (see `swamp list`); a "
+                             "settings file and flags override it")
     parser.add_argument("--config", metavar="FILE",
                         help="settings file (.toml, .yaml or .json); flags override it")
     for section, cls in SECTIONS.items():
@@ -50,7 +54,11 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_file(args.config) if args.config else Settings()
+    settings = Settings()
+    if getattr(args, "preset", None):
+        settings.update(preset_values(args.preset), source=f"preset {args.preset}")
+    if args.config:
+        settings.update(read_settings_file(args.config), source=args.config)
     owners = {f.name for cls in SECTIONS.values() for f in fields(cls)}
     flags = {k: v for k, v in vars(args).items() if k in owners}
     settings.update(flags, source="command line")
@@ -68,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exact run directory (default: <out>/<method>-<settings hash>)")
     run.add_argument("--quiet", action="store_true", help="print nothing while running")
     sub.add_parser("list", help="list datasets, models and methods")
+    from swamp.posthoc.commands import add_commands  # compare, report, post-hoc methods
+
+    add_commands(sub)
     return parser
 
 
@@ -102,6 +113,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
+    print("presets (--preset NAME):")
+    for preset in PRESETS.values():
+        shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")
+        print(f"  {preset.name:<9} {shown}  [{preset.source}]")
     return 0
 
 
@@ -109,10 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)   # reports quote the command
         if args.command is None:
             parser.print_help()
             return 2
-        handler: Any = {"run": cmd_run, "list": cmd_list}[args.command]
+        handler: Any = getattr(args, "handler", None) or {"run": cmd_run,
+                                                           "list": cmd_list}[args.command]
         return handler(args)
     except SwampError as exc:
         print(f"swamp: error: {exc}", file=sys.stderr)

@@ -49,7 +49,8 @@ class TrainSettings:
     lr: float = _setting(0.1, "peak learning rate")
     momentum: float = _setting(0.9, "SGD momentum (Adam: beta1)")
     weight_decay: float = _setting(5e-4, "L2 weight decay")
-    schedule: str = _setting("cosine", "learning-rate schedule: cosine | constant")
+    schedule: str = _setting("cosine", "learning-rate schedule: cosine | step (lr / 10 at 50%% "
+                             "and 75%% of training) | constant")
     rewind_epochs: float = _setting(0.0, "rewind point in epochs; 0 rewinds to initialisation")
     rewind_iters: int = _setting(0, "rewind point in iterations (instead of --rewind-epochs)")
     swa_start: float = _setting(0.75, "fraction of training after which SWA averages weights "
@@ -77,6 +78,18 @@ class MethodSettings:
     particles: int | None = _setting(None, "particles per level (default: the method's)")
     swa: bool | None = _setting(None, "keep an SWA average inside each particle "
                                 "(default: the method's)")
+    soup: str = _setting("uniform", "how averaging methods combine a level's particles: uniform "
+                         "(all) | greedy (add a particle only if validation accuracy does not "
+                         "drop)")
+    vote_share: float = _setting(0.5, "mask-vote: a weight survives if at least this share of "
+                                 "particles keep it (1: intersection; 1/N: union)")
+    swamp_plus_level: int | None = _setting(None, "swamp+: first level trained with all "
+                                            "particles (one before it; default: half of "
+                                            "--levels)")
+    target_sparsity: float | None = _setting(None, "oneshot: one level pruned straight to "
+                                             "this sparsity (default: every level's density "
+                                             "of the schedule, each pruned from the dense "
+                                             "solution)")
 
 
 @dataclass
@@ -110,6 +123,12 @@ class MethodSpec:
     swa: bool
     summary: str
     fixed_particles: bool = False
+    combine: str = "average"      # particles -> next mask: average | mask-overlap | mask-vote
+    restart: str = "rewind"       # a level starts from: rewind (point T0) | previous (solution)
+    data_split: str = "shared"    # particles' data: shared | disjoint (segments + ticket)
+    masks: str = "prune"          # next mask: prune (the solution) | random | oneshot
+    single_until: bool = False    # swamp+: one particle before --swamp-plus-level
+    min_particles: int = 1
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -119,6 +138,20 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec("imp-swa", 1, True, "IMP with SWA inside the single particle", True),
         MethodSpec("imp-wa", 4, False, "ablation: average N particles without SWA"),
         MethodSpec("swamp", 4, True, "SWAMP: average N particles, each with SWA"),
+        MethodSpec("swamp+", 4, True, "SWAMP with one particle before --swamp-plus-level, "
+                   "N from it on", single_until=True),
+        MethodSpec("sms", 4, False, "Sparse Model Soups: no rewinding, each level retrains the "
+                   "last soup (--soup uniform|greedy)", restart="previous"),
+        MethodSpec("colt", 2, False, "COLT: particles on disjoint data segments, next mask = "
+                   "overlap of their masks; a ticket particle on all data is the solution",
+                   combine="mask-overlap", data_split="disjoint", min_particles=2),
+        MethodSpec("mask-vote", 4, False, "each particle prunes itself; a weight survives if "
+                   ">= --vote-share of particles keep it", combine="mask-vote",
+                   min_particles=2),
+        MethodSpec("random", 1, False, "random masks at the same per-level densities",
+                   True, masks="random"),
+        MethodSpec("oneshot", 1, False, "prune the dense solution straight to each level's "
+                   "density (or --target-sparsity), then train", True, masks="oneshot"),
     ]
 }
 
@@ -299,8 +332,8 @@ def validate(s: Settings) -> None:
          f"--rewind-epochs {t.rewind_epochs} is not before the end of training "
          f"(--epochs {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
-        (t.schedule not in ("cosine", "constant"),
-         f"unknown schedule '{t.schedule}'; use cosine or constant"),
+        (t.schedule not in ("cosine", "step", "constant"),
+         f"unknown schedule '{t.schedule}'; use cosine, step or constant"),
         (p.scorer not in ("magnitude", "lamp", "random"),
          f"unknown scorer '{p.scorer}'; use magnitude, lamp or random"),
         (p.scope not in ("global", "layerwise"),
@@ -311,10 +344,41 @@ def validate(s: Settings) -> None:
          f"--data-size must be at least 10 (got {s.data.data_size})"),
         (s.run.engine not in ENGINES,
          f"unknown engine '{s.run.engine}'; use one of: {', '.join(ENGINES)}"),
+        *_method_checks(s, spec),
     ]
     for bad, message in checks:
         if bad:
             raise SwampError(message)
+
+
+def _method_checks(s: Settings, spec: MethodSpec) -> list[tuple[bool, str]]:
+    """Settings that only some methods use: refused elsewhere (they would change the run
+    hash without changing the run)."""
+    m, name = s.method, spec.name
+    n = m.particles
+    return [
+        (n is not None and n < spec.min_particles,
+         f"method {name} combines the masks of several particles; use --particles 2 or more "
+         f"(got {n})"),
+        (m.soup not in ("uniform", "greedy"), f"unknown soup '{m.soup}'; use uniform or greedy"),
+        (m.soup == "greedy" and (spec.combine != "average" or spec.fixed_particles),
+         f"--soup greedy selects among averaged particles; method {name} does not average "
+         f"particles (use sms, swamp, imp-wa or mask-vote)"),
+        (m.vote_share != 0.5 and spec.combine != "mask-vote",
+         f"--vote-share applies to --method mask-vote only (got --method {name})"),
+        (not 0.0 < m.vote_share <= 1.0, f"--vote-share must be in (0, 1] (got {m.vote_share})"),
+        (m.swamp_plus_level is not None and not spec.single_until,
+         f"--swamp-plus-level applies to --method swamp+ only (got --method {name})"),
+        (m.swamp_plus_level is not None and not 0 <= m.swamp_plus_level <= s.prune.levels,
+         f"--swamp-plus-level must be between 0 and --levels {s.prune.levels} "
+         f"(got {m.swamp_plus_level})"),
+        (m.target_sparsity is not None and spec.masks != "oneshot",
+         f"--target-sparsity applies to --method oneshot only (got --method {name})"),
+        (m.target_sparsity is not None and not 0.0 < m.target_sparsity < 1.0,
+         f"--target-sparsity must be in (0, 1) (got {m.target_sparsity})"),
+        (spec.masks == "random" and s.prune.scorer not in ("magnitude", "random"),
+         f"method random draws random masks; --scorer {s.prune.scorer} does not apply"),
+    ]
 
 
 ENGINES = ("sequential",)

@@ -1,26 +1,53 @@
-"""CPU hygiene the `swamp` command applies itself, so users need not tune their shell.
+"""CPU hygiene the product applies itself, so users need not tune their shell.
 
-glibc returns large freed blocks to the OS with munmap and trims the heap eagerly, so every
-training step pays page faults for its activation buffers. Raising the mmap and trim
-thresholds (the same effect as starting Python with MALLOC_MMAP_THRESHOLD_=33554432
-MALLOC_TRIM_THRESHOLD_=1073741824) keeps those pages mapped; results are bit-identical.
+Three settings decide CPU throughput here, each measured by `benchmarks/particles.py`:
+
+- **Allocator.** glibc returns large freed blocks to the OS with munmap and trims the heap
+  eagerly, so every training step pays page faults for its activation buffers. Raising the
+  mmap and trim thresholds (what starting Python with MALLOC_MMAP_THRESHOLD_=33554432
+  MALLOC_TRIM_THRESHOLD_=1073741824 does) keeps those pages mapped; results are
+  bit-identical. `tune_allocator()` applies it in the running process with mallopt; the
+  `swamp` command calls it first thing, and processes it starts get the environment variables.
+- **Threads.** Two intra-op threads on a machine whose other core is busy are not 2x faster
+  but up to 20x *slower* (OpenMP threads wait for each other at every operator). Threads are
+  therefore matched to the cores that are free when a run starts, never more than torch's
+  current setting (so OMP_NUM_THREADS or `torch.set_num_threads` still cap them), and each
+  of K processes on one machine gets cores // K.
+- **Memory format.** 2-D convolutions run faster in channels_last on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
+import time
+from typing import Iterator
+
+import torch
+from torch import nn
 
 M_TRIM_THRESHOLD = -1   # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
+# The same setting as environment variables, for processes this one starts.
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+                 "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+
+_tuned = False
 
 
 def tune_allocator() -> bool:
-    """Apply the glibc allocator thresholds in this process; True if applied."""
+    """Apply the glibc allocator thresholds in this process; True if applied.
+
+    Set SWAMP_NO_MALLOC_TUNING=1 to leave the allocator alone.
+    """
+    global _tuned
+    if _tuned:
+        return True
     if not sys.platform.startswith("linux") or os.environ.get("SWAMP_NO_MALLOC_TUNING"):
         return False
     try:
@@ -30,4 +57,117 @@ def tune_allocator() -> bool:
         return False
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     ok = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
+    _tuned = ok
     return ok
+
+
+def allocator_env() -> dict[str, str]:
+    """Environment for a child process: the allocator thresholds unless switched off."""
+    if os.environ.get("SWAMP_NO_MALLOC_TUNING"):
+        return {}
+    return {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
+
+
+# ---- cores and threads ------------------------------------------------------------------
+
+def usable_cores() -> int:
+    """Cores this process may run on: CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:  # cgroup v2 quota, e.g. "200000 100000" = 2 cores; "max 100000" = no limit
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over all CPUs, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            values = [float(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)   # idle + iowait
+    total = sum(values[:8])                                       # guest time is in user
+    return total - idle, total
+
+
+_free_cache: tuple[float, int] | None = None
+
+
+def free_cores(sample_seconds: float = 0.25, max_age: float = 30.0) -> int:
+    """Cores not busy with other work, from a short sample of /proc/stat (at least 1).
+
+    This process sleeps while it samples, so its own threads do not count. Where /proc/stat
+    is missing, the 1-minute load average stands in. Cached for `max_age` seconds.
+    """
+    global _free_cache
+    now = time.monotonic()
+    if _free_cache is not None and now - _free_cache[0] < max_age:
+        return _free_cache[1]
+    cores = usable_cores()
+    if cores == 1:
+        return 1
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(sample_seconds)
+        second = _cpu_times()
+    if first is not None and second is not None and second[1] > first[1]:
+        busy_fraction = (second[0] - first[0]) / (second[1] - first[1])
+        busy = busy_fraction * (os.cpu_count() or cores)
+    else:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    _free_cache = (now, free)
+    return free
+
+
+def run_threads(requested: int = 0, ranks_here: int = 1) -> int:
+    """Intra-op threads for one process of a run.
+
+    `requested` > 0 is used as given. Otherwise: the free cores divided among the
+    `ranks_here` processes of this machine, never more than torch's current setting
+    (OMP_NUM_THREADS or an earlier `torch.set_num_threads` keep their say).
+    """
+    if requested > 0:
+        return requested
+    current = torch.get_num_threads()
+    if current <= 1:
+        return 1
+    return max(1, min(current, free_cores() // max(1, ranks_here)))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- memory format ------------------------------------------------------------------------
+
+def wants_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """channels_last pays off for 2-D convolutions on CPU (ResNet-20: see the benchmark)."""
+    if os.environ.get("SWAMP_NO_CHANNELS_LAST") or device.type != "cpu":
+        return False
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def use_channels_last(model: nn.Module) -> None:
+    """Convert the 4-D parameters and buffers of `model` to channels_last, in place.
+
+    Values are unchanged; state dicts keep their shapes (saving makes them contiguous).
+    """
+    model.to(memory_format=torch.channels_last)

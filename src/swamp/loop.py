@@ -24,6 +24,7 @@ from swamp.engines import LevelTask, ParticleJob, TrainContext, make_engine
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.masks import Mask, select_prunable
+from swamp.methods import MethodPlan
 from swamp.models import build_model
 from swamp.pruning import prune
 from swamp.store import RunStore, load_state, read_json, save_state, write_json
@@ -117,6 +118,7 @@ class LevelLoop:
         self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
         self.schedule = Schedule.build(s.train, len(self.data.train), bool(s.method.swa))
         self.ctx = TrainContext(self.model, self.data, self.schedule, s.train)
+        self.plan = MethodPlan(s, len(self.data.train), self.device)
 
     # ---- artefacts before level 0 -------------------------------------------------------
     def _init_state(self) -> StateDict:
@@ -149,10 +151,17 @@ class LevelLoop:
 
     # ---- one level ----------------------------------------------------------------------
     def _jobs(self, level: int) -> list[ParticleJob]:
-        seed = self.settings.run.seed
-        return [ParticleJob(level, i, derive_seed(seed, "order", level, i),
-                            derive_seed(seed, "augment", level, i))
-                for i in range(int(self.settings.method.particles or 1))]
+        return self.plan.jobs(level)   # seeds (run seed, level, particle); colt: data subsets
+
+    def _refit(self, state: StateDict) -> StateDict:
+        """`state` with BatchNorm statistics recomputed on the training data."""
+        self.model.load_state_dict(state)
+        recompute_batchnorm(self.model, self.data.train)
+        return clone_state(self.model.state_dict())
+
+    def _val_acc(self, state: StateDict) -> float:
+        self.model.load_state_dict(state)
+        return evaluate(self.model, self.data.val).acc
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
@@ -174,38 +183,41 @@ class LevelLoop:
         results = self.engine.train_particles(task, self.ctx, self.display.particle_progress)
         particles = [self._finish_particle(r) for r in results]
 
-        # Evaluate every particle and their output ensemble.
-        test_lp, particle_scores = [], []
+        # Evaluate every particle and the output ensemble of the level's members (colt: not
+        # its ticket particle); validation scores feed selections, test scores only reports.
+        test_lp, particle_scores, particle_val = [], [], []
         for state in particles:
             self.model.load_state_dict(state)
             lp = log_probs(self.model, self.data.test)
             test_lp.append(lp)
             particle_scores.append(evaluate(self.model, self.data.test))
-        ensemble = evaluate_ensemble(test_lp, self.data.test)
+            particle_val.append(evaluate(self.model, self.data.val).acc)
+        members = self.plan.members(len(particles))
+        ensemble = evaluate_ensemble([test_lp[i] for i in members], self.data.test)
 
-        # The level's solution: the particles' average, masked, BN recomputed.
-        if len(particles) > 1:
-            solution = mask.apply_to_state_dict(average_states(particles))
-            self.model.load_state_dict(solution)
-            recompute_batchnorm(self.model, self.data.train)
-            solution = clone_state(self.model.state_dict())
-        else:
-            solution = particles[0]
+        # The level's solution (methods.py): by default the particles' average, masked, BN
+        # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
+        solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
+                                                self._val_acc)
+        if self.plan.combines_masks and level < self.plan.levels:
+            following, record = self.plan.combined_mask(
+                level, [particles[i] for i in members], mask)
+            combined["next_mask"] = record
         self.model.load_state_dict(solution)
         test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
         seconds = time.perf_counter() - t0
 
-        accs = [p.acc for p in particle_scores]
+        accs = [particle_scores[i].acc for i in members]
         row = {
             "level": level,
             "density": mask.density,
             "sparsity": 1.0 - mask.density,
-            "target_density": (1 - s.prune.prune_fraction) ** level,
+            "target_density": self.plan.target_density(level),
             "test_acc": test.acc, "test_nll": test.nll,
             "val_acc": val.acc, "val_nll": val.nll,
             "particle_acc_mean": statistics.fmean(accs),
             "particle_acc_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
-            "particle_nll_mean": statistics.fmean(p.nll for p in particle_scores),
+            "particle_nll_mean": statistics.fmean(particle_scores[i].nll for i in members),
             "ensemble_acc": ensemble.acc, "ensemble_nll": ensemble.nll,
             "particles": len(particles),
             "train_seconds": seconds,
@@ -213,6 +225,8 @@ class LevelLoop:
         details = {
             **row,
             "particle_test": [{"acc": p.acc, "nll": p.nll} for p in particle_scores],
+            "particle_val_acc": particle_val,
+            "combined": combined,
             "particle_train_loss": [r.train_loss for r in results],
             "swa_snapshots": [r.averaged for r in results],
             "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
@@ -225,16 +239,19 @@ class LevelLoop:
             for i, state in enumerate(particles):
                 save_state(self.store.particle_path(level, i), state)
         save_state(self.store.solution_path(level), solution)
+        if self.plan.combines_masks and level < self.plan.levels:
+            following.save(self.store.level_dir(level) / "next_mask.safetensors")
         write_json(self.store.level_metrics_path(level), details)
         self.store.write_metrics_csv()
         return row, solution
 
     def next_mask(self, level: int, solution: StateDict, mask: Mask) -> Mask:
-        p = self.settings.prune
-        generator = torch.Generator().manual_seed(
-            derive_seed(self.settings.run.seed, "prune", level))
-        return prune(solution, mask, p.prune_fraction, scorer=p.scorer, scope=p.scope,
-                     generator=generator)
+        """The mask of level + 1 (methods.py: prune the solution, random, oneshot; colt and
+        mask-vote saved the combination of their particles' masks with the level)."""
+        if self.plan.combines_masks:
+            return Mask.load(self.store.level_dir(level) / "next_mask.safetensors", self.device)
+        return self.plan.next_mask(
+            level, solution, mask, lambda: load_state(self.store.solution_path(0), self.device))
 
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:
@@ -254,16 +271,18 @@ class LevelLoop:
             last = finished[-1]
             mask = Mask.load(self.store.mask_path(last), self.device)
             solution = load_state(self.store.solution_path(last), self.device)
-            if last < s.prune.levels:
+            if last < self.plan.levels:
                 mask = self.next_mask(last, solution, mask)
         else:
             mask = Mask.ones(self.model, self.prunable)
+            solution = None
         try:
-            for level in range(len(finished), s.prune.levels + 1):
-                row, solution = self.run_level(level, rewind, mask)
+            for level in range(len(finished), self.plan.levels + 1):
+                start = self.plan.start_state(rewind, solution)   # sms: the previous solution
+                row, solution = self.run_level(level, start, mask)
                 rows.append(row)
                 self.display.level_finished(row)
-                if level < s.prune.levels:
+                if level < self.plan.levels:
                     mask = self.next_mask(level, solution, mask)
         finally:
             self.display.close()

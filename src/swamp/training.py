@@ -61,8 +61,12 @@ class Schedule:
     def lr_at(self, step: int) -> float:
         """Cosine (or constant) annealing; with SWA it anneals to swa_lr by swa_start, then
         stays there (the SWA recipe of Izmailov et al. 2018)."""
+        if self.swa and step >= self.swa_start and self.kind != "cosine":
+            return self.swa_lr
         if self.kind == "constant":
-            return self.swa_lr if self.swa and step >= self.swa_start else self.lr
+            return self.lr
+        if self.kind == "step":  # the LTH recipe: lr / 10 at 50% and 75% of training
+            return self.lr * 0.1 ** sum(step >= f * self.total for f in (0.5, 0.75))
         end, floor = (self.swa_start, self.swa_lr) if self.swa else (self.total, 0.0)
         if step >= end:
             return floor

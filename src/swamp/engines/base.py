@@ -49,8 +49,21 @@ class TrainContext:
     schedule: Schedule
     settings: TrainSettings
 
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
 
 class Engine(Protocol):
+    """Trains the particles of one level.
+
+    `train_particles` returns one result per job, in job order: the particle's solution
+    (its SWA average if it kept one), the number of SWA snapshots and its last epoch's loss.
+    Optional members the level loop uses when present: `description` (one line for the
+    console), `is_worker` (True on distributed ranks > 0, which call `serve(ctx)` instead of
+    running the loop) and `close(rows)` (called once when the run ends).
+    """
+
     name: str
 
     def train_particles(self, task: LevelTask, ctx: TrainContext,

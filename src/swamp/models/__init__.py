@@ -36,7 +36,7 @@ def _image(make: Callable[[int, int], nn.Module]) -> Builder:
 MODELS: dict[str, ModelInfo] = {m.name: m for m in [
     ModelInfo("mlp", "flatten + 2 hidden layers of 256 (ReLU); any input shape",
               lambda n, s, k: MLP(s, k)),
-    ModelInfo("conv1d", "Conv1d 32-64-64 (k5, strides 1-2-2) + BN + ReLU, flatten, linear; "
+    ModelInfo("conv1d", "Conv1d 32-32-32 (k5, strides 1-2-2) + BN + ReLU, flatten, linear; "
               "input (C, L) [default for mnist1d]", lambda n, s, k: Conv1dNet(s, k)),
     *[ModelInfo(f"resnet{d}", f"CIFAR ResNet-{d} (He et al. 2016, option-A shortcuts); input (C, H, W)",
                 _image(lambda c, k, d=d: cifar_resnet(d, c, k))) for d in (20, 32, 56)],
@@ -55,14 +55,17 @@ def list_models() -> list[str]:
 
 def model_description(name: str) -> str:
     if name == WRN_PATTERN:
-        return "Wide ResNet (Zagoruyko & Komodakis 2016), depth D = 6n+4, width K; e.g. wrn-28-2"
+        return "Wide ResNet (Zagoruyko & Komodakis 2016), depth D = 6n+4 or 6n+2, width K; e.g. wrn-28-2"
     return MODELS[name].description
 
 
 def _build_wrn(name: str, depth: int, width: int, shape: tuple[int, ...], k: int) -> nn.Module:
-    if depth < 10 or (depth - 4) % 6 != 0:
-        raise SwampError(f"{name}: WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), "
-                         f"got {depth}; e.g. wrn-28-2")
+    # Two depth conventions are in use: Zagoruyko & Komodakis count the 1x1 shortcut convs
+    # (D = 6n+4: wrn-28-2); CIFAR-ResNet-style code does not (D = 6n+2: the SWAMP paper's
+    # wrn-32-4). Both name the same family; n blocks per stage.
+    if depth < 8 or ((depth - 4) % 6 != 0 and (depth - 2) % 6 != 0):
+        raise SwampError(f"{name}: WRN depth must be 6n+4 (10, 16, 22, 28, ...) or 6n+2 "
+                         f"(14, 20, 26, 32, ...) with n >= 1, got {depth}; e.g. wrn-28-2")
     if width < 1:
         raise SwampError(f"{name}: WRN width K must be >= 1, got {width}; e.g. wrn-28-2")
     return WideResNet(depth, width, require_image(name, shape), k)

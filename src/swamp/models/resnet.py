@@ -96,7 +96,7 @@ class WideBlock(nn.Module):
 class WideResNet(nn.Module):
     def __init__(self, depth: int, width: int, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        n = (depth - 4) // 6
+        n = (depth - 4) // 6 if (depth - 4) % 6 == 0 else (depth - 2) // 6
         widths = [16 * width, 32 * width, 64 * width]
         self.stem = conv3x3(in_channels, 16)
         layers: list[nn.Module] = []

@@ -1,0 +1,131 @@
+"""`swamp compare`: every method x seed on one set of run settings, then one report.
+
+For each method and seed the run settings are completed with the method and the seed; the
+run lives in `<runs>/<method>-<settings hash>` (default `<out>/runs`), so a finished run is
+found again by its settings and never trained twice (the level loop resumes unfinished ones).
+
+Two pseudo-methods are built from `imp` runs with no training of their own:
+
+- `lottery-pools`: Lottery Pools over each seed's imp run (`<imp run>-pools`);
+- `imp-ensemble`: the output ensemble of two imp runs with different seeds; with seeds
+  s_1..s_n the pairs are (s_1, s_2), (s_2, s_3), ..., (s_n, s_1), so n seeds give n
+  ensembles from the same n imp runs (at least two seeds are needed).
+
+Run settings that only some methods use are given to those methods only: `--particles` and
+`--soup` to the methods that average several particles, `--vote-share` to mask-vote,
+`--swamp-plus-level` to swamp+, `--target-sparsity` to oneshot.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+from swamp.config import METHODS, MethodSettings, Settings, method_spec
+from swamp.errors import SwampError
+
+PSEUDO_METHODS = {
+    "lottery-pools": "Lottery Pools over each seed's imp run (post-hoc, no training)",
+    "imp-ensemble": "output ensemble of two imp runs with different seeds (2x inference cost)",
+}
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise SwampError(f"--{what} is empty; give a comma-separated list")
+    return items
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    for m in methods:
+        if m not in METHODS and m not in PSEUDO_METHODS:
+            raise SwampError(f"unknown method '{m}'; known: "
+                             f"{', '.join([*METHODS, *PSEUDO_METHODS])}")
+    if len(set(methods)) != len(methods):
+        raise SwampError("a method is listed twice in --methods; list each once")
+
+
+def method_settings(base: Settings, method: str, seed: int) -> Settings:
+    """`base` for one method and seed: settings the method does not use are reset."""
+    s = copy.deepcopy(base)
+    spec = method_spec(method)
+    s.method.method = method
+    s.run.seed = seed
+    defaults = {f.name: f.default for f in fields(MethodSettings)}
+    uses = {
+        "particles": not spec.fixed_particles,
+        "swa": False,                     # each method decides
+        "soup": spec.combine == "average" and not spec.fixed_particles,
+        "vote_share": spec.combine == "mask-vote",
+        "swamp_plus_level": spec.single_until,
+        "target_sparsity": spec.masks == "oneshot",
+    }
+    for name, used in uses.items():
+        if not used:
+            setattr(s.method, name, defaults[name])
+    s.resolved()   # one clear line if the combination is impossible
+    return s
+
+
+def ensemble_pairs(seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """(s_1, s_2), (s_2, s_3), ..., (s_n, s_1); two seeds give the one pair."""
+    seeds = list(seeds)
+    if len(seeds) == 2:
+        return [(seeds[0], seeds[1])]
+    return [(s, seeds[(i + 1) % len(seeds)]) for i, s in enumerate(seeds)]
+
+
+def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
+            runs_dir: str | Path | None = None, command: str | None = None,
+            title: str | None = None, notes: str = "",
+            display_for: Callable[[str], object] | None = None,
+            info: Callable[[str], None] = lambda msg: None) -> Path:
+    """Run what is missing, then write summary.csv, the plot and report.md into `out`."""
+    from swamp.loop import LevelLoop
+    from swamp.posthoc.ensemble import ensemble_runs
+    from swamp.posthoc.pools import lottery_pools
+    from swamp.report import build_report
+
+    check_methods(methods)
+    if not seeds:
+        raise SwampError("--seeds is empty; give e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise SwampError("a seed is listed twice in --seeds; list each once")
+    if "imp-ensemble" in methods and len(seeds) < 2:
+        raise SwampError("imp-ensemble pairs imp runs of different seeds; give at least two "
+                         "--seeds")
+    out = Path(out)
+    runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
+    trained = [m for m in methods if m in METHODS]
+    if any(m in PSEUDO_METHODS for m in methods) and "imp" not in trained:
+        trained.append("imp")      # the pseudo-methods are made from imp runs
+    settings = {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
+    run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
+
+    total = len(settings)
+    for k, ((m, seed), s) in enumerate(settings.items(), 1):
+        info(f"[{k}/{total}] {m}, seed {seed}: {run_dirs[(m, seed)]}")
+        display = display_for(m) if display_for is not None else None
+        LevelLoop(s, run_dir=run_dirs[(m, seed)], display=display).run()  # type: ignore[arg-type]
+
+    report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
+    device = base.run.device if base.run.device != "auto" else "cpu"
+    if "lottery-pools" in methods:
+        for seed in seeds:
+            src = run_dirs[("imp", seed)]
+            info(f"lottery pools over {src}")
+            report_dirs.append(lottery_pools(src, src.with_name(src.name + "-pools"),
+                                             device=device))
+    if "imp-ensemble" in methods:
+        for seed, other in ensemble_pairs(seeds):
+            a, b = run_dirs[("imp", seed)], run_dirs[("imp", other)]
+            target = runs_root / f"imp-ensemble-{a.name}-{b.name}"
+            if not (target / "metrics.csv").is_file():
+                info(f"ensemble of {a.name} and {b.name}")
+                ensemble_runs([a, b], target, label="imp-ensemble", device=device)
+            report_dirs.append(target)
+    info(f"writing the report to {out}")
+    return build_report(report_dirs, out, command=command, title=title, notes=notes)

@@ -1,0 +1,276 @@
+"""Process groups for the distributed engine: joined from torchrun, or started here.
+
+Two ways to get K ranks:
+
+- `torchrun --nproc_per_node=K -m swamp run ...` (one or more machines): every rank runs
+  the `swamp` command; `join_from_env` joins the group torchrun's environment describes.
+- `swamp run --processes K` (one machine), or `--engine auto` on a CPU with free cores:
+  this process becomes rank 0 and `start_local` spawns ranks 1..K-1, which receive the
+  training context by pickling and never touch the run directory.
+
+Either way rank 0 runs the level loop and the other ranks serve it (engines/distributed.py).
+Control messages travel on a gloo group even when tensors go over NCCL: gloo notices a peer
+that died (its sockets close) at once, where a collective would otherwise wait for its
+timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from swamp.errors import SwampError
+
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+            "MASTER_PORT")
+
+
+def launched() -> bool:
+    """Whether this process is one rank of several started by torchrun (or compatible)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def is_leader() -> bool:
+    """Rank 0 (or not distributed at all): the process that writes and prints."""
+    return env_rank() == 0
+
+
+def local_world() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")) or 1)
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun, `cuda` means this rank's GPU: cuda:LOCAL_RANK."""
+    if device.type == "cuda" and device.index is None and launched():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def timeout() -> datetime.timedelta:
+    """How long a rank waits for the others before giving up (SWAMP_DIST_TIMEOUT seconds).
+
+    Ranks wait for each other legitimately while rank 0 evaluates, prunes and writes, and
+    while the slowest rank trains its particles; a rank that *dies* is noticed at once.
+    """
+    seconds = float(os.environ.get("SWAMP_DIST_TIMEOUT", 6 * 3600))
+    return datetime.timedelta(seconds=seconds)
+
+
+@dataclass
+class Group:
+    """This process's place among the ranks, and the process groups to talk over."""
+
+    rank: int
+    world: int
+    device: torch.device
+    control: Any = None                  # gloo group: headers, flags, metadata
+    data: Any = None                     # group for state tensors (NCCL on GPU)
+    workers: Any = None                  # torch.multiprocessing context of spawned ranks
+    owns_default: bool = False           # whether we created the default process group
+    closed: bool = field(default=False)
+
+    def worker_failure(self, wait: float = 5.0) -> str | None:
+        """One line about a spawned rank that stopped with an error, if any."""
+        if self.workers is None:
+            return None
+        try:
+            self.workers.join(timeout=wait)
+        except Exception as exc:  # ProcessRaisedException / ProcessExitedException
+            text = str(exc).strip().splitlines()
+            last = [line for line in text if line.strip()]
+            return last[-1].strip() if last else type(exc).__name__
+        return None
+
+    def close(self, kill: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        import torch.distributed as dist
+
+        if self.workers is not None:
+            if kill:
+                for proc in self.workers.processes:
+                    if proc.is_alive():
+                        proc.terminate()
+            deadline = time.monotonic() + 30
+            for proc in self.workers.processes:
+                proc.join(timeout=max(0.1, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=5)
+        if self.owns_default and dist.is_initialized():
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a broken group cannot always be torn down cleanly
+                pass
+
+
+def _groups(group: Group) -> None:
+    import torch.distributed as dist
+
+    if dist.get_backend() == "gloo":
+        group.control = None   # the default group
+    else:
+        group.control = dist.new_group(backend="gloo", timeout=timeout())
+    if group.device.type == "cuda":
+        group.data = dist.new_group(backend="nccl", timeout=timeout())
+    else:
+        group.data = group.control
+
+
+def join_from_env(device: torch.device) -> Group:
+    """Join (or reuse) the process group of a torchrun launch."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise SwampError("this PyTorch build has no torch.distributed; use --engine sequential")
+    owns = False
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group("gloo", init_method="env://", timeout=timeout())
+        except Exception as exc:
+            raise SwampError(f"could not join the other ranks ({_first_line(exc)}); check "
+                             f"torchrun's --rdzv-endpoint / --master-addr and the network") from None
+        owns = True
+    group = Group(dist.get_rank(), dist.get_world_size(), device, owns_default=owns)
+    _groups(group)
+    return group
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ---- ranks started by this process ---------------------------------------------------------
+
+def start_local(processes: int, ctx: Any, device: torch.device, threads: int,
+                local_engine: str = "sequential") -> Group:
+    """Become rank 0 of `processes` ranks on this machine; spawn ranks 1..K-1.
+
+    The spawned ranks get `ctx` (model template, data, schedule, training settings) by
+    pickling, set `threads` intra-op threads and the allocator thresholds, then serve
+    rank 0's levels until it says stop (or dies).
+    """
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from swamp import cpu
+
+    if dist.is_initialized():
+        raise SwampError("a torch.distributed process group already exists in this process; "
+                         "start the ranks with torchrun instead of --processes")
+    store = dist.TCPStore("127.0.0.1", 0, processes, is_master=True, wait_for_workers=False,
+                          timeout=timeout())
+    # Children inherit the environment: the allocator thresholds take effect at their start.
+    saved = {k: os.environ.get(k) for k in (*cpu.ALLOCATOR_ENV, "OMP_NUM_THREADS")}
+    os.environ.update(cpu.allocator_env())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    cpu_ctx = _to_cpu(ctx)
+    try:
+        workers = mp.start_processes(
+            _worker_main, args=(store.port, processes, cpu_ctx, str(device), threads,
+                                local_engine, os.getpid()),
+            nprocs=processes - 1, join=False, daemon=True, start_method="spawn")
+    except Exception as exc:
+        raise SwampError(f"could not start {processes - 1} training process(es) "
+                         f"({_first_line(exc)}); use --processes 1") from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    group = Group(0, processes, device, workers=workers, owns_default=True)
+    keys = [f"swamp/ready/{r}" for r in range(1, processes)]
+    deadline = time.monotonic() + timeout().total_seconds()
+    while not store.check(keys):
+        failure = group.worker_failure(wait=0.05)
+        if failure is not None:
+            group.close(kill=True)
+            raise SwampError(f"a training process failed to start: {failure}")
+        if time.monotonic() > deadline:
+            group.close(kill=True)
+            raise SwampError("the training processes did not start in time; use --processes 1")
+    dist.init_process_group("gloo", store=store, rank=0, world_size=processes,
+                            timeout=timeout())
+    _groups(group)
+    return group
+
+
+def _to_cpu(ctx: Any) -> Any:
+    """A copy of the training context that pickles to other processes (CPU tensors)."""
+    import copy
+
+    from swamp.engines.base import TrainContext
+
+    if next(ctx.model.parameters()).device.type == "cpu":
+        return ctx
+    return TrainContext(copy.deepcopy(ctx.model).cpu(), ctx.data.to("cpu"), ctx.schedule,
+                        ctx.settings)
+
+
+def _watch_parent(parent: int) -> None:
+    """Exit if the process that started us goes away (never leave orphans behind)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="swamp-parent-watch").start()
+
+
+def _worker_main(index: int, port: int, processes: int, ctx: Any, device_name: str,
+                 threads: int, local_engine: str, parent: int) -> None:
+    """Entry point of a spawned rank (index 0 is rank 1)."""
+    import torch.distributed as dist
+
+    from swamp import cpu
+    from swamp.engines.distributed import DistributedEngine
+
+    rank = index + 1
+    _watch_parent(parent)
+    cpu.tune_allocator()
+    torch.set_num_threads(max(1, threads))
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        count = max(1, torch.cuda.device_count())
+        device = torch.device("cuda", ((device.index or 0) + rank) % count)
+        torch.cuda.set_device(device)
+        from swamp.engines.base import TrainContext
+
+        ctx = TrainContext(ctx.model.to(device), ctx.data.to(device), ctx.schedule, ctx.settings)
+    try:
+        store = dist.TCPStore("127.0.0.1", port, processes, is_master=False, timeout=timeout())
+        store.set(f"swamp/ready/{rank}", "1")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=processes,
+                                timeout=timeout())
+        group = Group(rank, processes, device, owns_default=True)
+        _groups(group)
+        engine = DistributedEngine(group, local_engine=local_engine, threads=threads)
+        engine.serve(ctx)
+        group.close()
+    except KeyboardInterrupt:
+        os._exit(130)
+    except SwampError as exc:
+        print(f"swamp: rank {rank}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except Exception:
+        traceback.print_exc()
+        raise

@@ -1,0 +1,158 @@
+"""Lottery Pools (Yin et al., 2023): interpolate a level's solution with its neighbours'.
+
+For every finished level ℓ of a run, with no retraining:
+
+    current <- solution of ℓ;  best <- its validation accuracy
+    for each neighbouring level k (|k - ℓ| <= window; nearest first, the denser one first):
+        for each coefficient c of the grid:
+            θ <- (1 - c) · current + c · solution_k
+            re-prune θ by magnitude to exactly the number of weights level ℓ keeps
+              (globally, or per layer for runs with the layerwise scope)
+            recompute BatchNorm statistics; score on the validation split
+        if the best candidate's validation accuracy is higher than `best`: it becomes current
+
+so a pooled level keeps its level's density exactly and its validation accuracy never drops.
+The test split is evaluated for the report only. The pooled levels are written in the same
+per-level layout as a run (mask, solution, metrics.json, metrics.csv), plus `posthoc.json`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from swamp.averaging import interpolate, recompute_batchnorm
+from swamp.errors import SwampError
+from swamp.evaluation import evaluate
+from swamp.masks import Mask
+from swamp.posthoc.runs import POSTHOC_FILE, LoadedRun, load_run
+from swamp.pruning import keep_top, score
+from swamp.store import RunStore, read_json, save_state, write_json
+from swamp.training import clone_state
+
+StateDict = dict[str, torch.Tensor]
+DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def neighbours(level: int, levels: Sequence[int], window: int) -> list[int]:
+    out = []
+    for d in range(1, window + 1):
+        out += [k for k in (level - d, level + d) if k in levels]
+    return out
+
+
+def reprune(state: StateDict, like: Mask, scope: str) -> tuple[StateDict, Mask]:
+    """Keep the largest |w| with exactly `like`'s count (per layer for the layerwise scope)."""
+    ones = Mask({n: torch.ones_like(like[n]) for n in like.names})
+    scores = score(state, ones, "magnitude")
+    if scope == "layerwise":
+        mask = Mask({n: keep_top(scores, Mask({n: ones[n]}), int(like[n].sum()))[n]
+                     for n in like.names})
+    else:
+        mask = keep_top(scores, ones, like.nnz)
+    return mask.apply_to_state_dict(state), mask
+
+
+def pool_level(base: StateDict, base_mask: Mask, pool: dict[int, StateDict], grid: Sequence[float],
+               scope: str, fit: Callable[[StateDict], StateDict],
+               val_acc: Callable[[StateDict], float]) -> tuple[StateDict, Mask, float, list]:
+    """Greedy interpolation of one level (see the module docstring).
+
+    `fit` recomputes BatchNorm statistics; `val_acc` scores on the validation split only.
+    Returns (state, mask, validation accuracy, accepted [level, coefficient, val acc] steps).
+    """
+    current, mask, best = base, base_mask, val_acc(base)
+    accepted = []
+    for k, other in pool.items():
+        choice = None
+        for c in grid:
+            state, m = reprune(interpolate(current, other, float(c)), base_mask, scope)
+            state = fit(state)
+            acc = val_acc(state)
+            if acc > best and (choice is None or acc > choice[0]):
+                choice = (acc, c, state, m)
+        if choice is not None:
+            best, c, current, mask = choice[0], choice[1], choice[2], choice[3]
+            accepted.append([k, c, best])
+    return current, mask, best, accepted
+
+
+def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
+                  window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
+                  device: str = "cpu") -> Path:
+    """Pool every finished level of `run` into `out` (default `<run>-pools`); resumable."""
+    if window < 1:
+        raise SwampError(f"--window must be at least 1 (got {window})")
+    if not grid or any(not 0.0 < float(c) < 1.0 for c in grid):
+        raise SwampError(f"--grid coefficients must lie in (0, 1) (got {list(grid)})")
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    root = Path(out) if out is not None else loaded.root.with_name(loaded.root.name + "-pools")
+    if root.resolve() == loaded.root.resolve():
+        raise SwampError("--out must differ from the run directory")
+    record = {"method": "lottery-pools", "source": str(loaded.root), "window": window,
+              "grid": [float(c) for c in grid], "source_method": loaded.label}
+    store = RunStore(root)
+    marker = root / POSTHOC_FILE
+    if marker.is_file():
+        old = read_json(marker)
+        if {k: old.get(k) for k in ("window", "grid")} != {k: record[k] for k in ("window", "grid")}:
+            raise SwampError(f"{root} holds Lottery Pools made with other settings "
+                             f"({old.get('window')}, {old.get('grid')}); choose another --out")
+    elif root.exists() and any(root.iterdir()):
+        raise SwampError(f"{root} exists and is not a Lottery Pools directory; choose another "
+                         f"--out")
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(loaded.store.settings_path, store.settings_path)
+    write_json(marker, record)
+
+    model, data = loaded.model, loaded.data
+
+    def fit(state: StateDict) -> StateDict:
+        model.load_state_dict(state)
+        recompute_batchnorm(model, data.train)
+        return clone_state(model.state_dict())
+
+    def val_acc(state: StateDict) -> float:
+        model.load_state_dict(state)
+        return evaluate(model, data.val).acc
+
+    solutions: dict[int, StateDict] = {}
+
+    def solution(level: int) -> StateDict:
+        if level not in solutions:
+            solutions[level] = loaded.solution(level)
+        return solutions[level]
+
+    scope = loaded.settings.prune.scope
+    for level in loaded.levels:
+        if store.is_level_done(level):
+            continue
+        base_mask = loaded.mask(level)
+        pool = {k: solution(k) for k in neighbours(level, loaded.levels, window)}
+        base_val = val_acc(solution(level))
+        state, mask, best, accepted = pool_level(solution(level), base_mask, pool, grid, scope,
+                                                 fit, val_acc)
+        model.load_state_dict(solution(level))
+        base_test = evaluate(model, data.test)
+        model.load_state_dict(state)
+        test, val = evaluate(model, data.test), evaluate(model, data.val)
+        source = loaded.metrics(level)
+        row: dict[str, Any] = {
+            "level": level, "density": mask.density, "sparsity": 1.0 - mask.density,
+            "target_density": source.get("target_density", base_mask.density),
+            "test_acc": test.acc, "test_nll": test.nll, "val_acc": val.acc, "val_nll": val.nll,
+            "base_test_acc": base_test.acc, "base_test_nll": base_test.nll,
+            "base_val_acc": base_val, "pool": neighbours(level, loaded.levels, window),
+            "accepted": accepted,
+        }
+        store.level_dir(level).mkdir(parents=True, exist_ok=True)
+        mask.save(store.mask_path(level))
+        save_state(store.solution_path(level), state)
+        write_json(store.level_metrics_path(level), row)
+        store.write_metrics_csv()
+        solutions.pop(level - window, None)   # no longer a neighbour of any later level
+    store.write_metrics_csv()
+    return root

@@ -1,0 +1,295 @@
+"""Tables and plots of finished runs: accuracy vs sparsity per method, mean and spread over seeds.
+
+    build_report([run_dir, ...], out)   ->  out/summary.csv
+                                            out/accuracy_vs_sparsity.png
+                                            out/report.md
+
+A "result" is any directory with `settings.json` and `metrics.csv`: a run, a Lottery Pools
+directory or an ensemble (their `posthoc.json` names the method). Results are grouped by
+method; within a method, one result per seed. Levels are matched by index; their densities
+agree across seeds because pruning counts are exact. Numbers are test accuracy and NLL of the
+level solutions; nothing here selects anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from swamp.config import UNHASHED, Settings
+from swamp.errors import SwampError
+from swamp.store import atomic_write_bytes
+
+SUMMARY_COLUMNS = ["method", "level", "density", "sparsity", "seeds", "test_acc_mean",
+                   "test_acc_std", "test_nll_mean", "test_nll_std"]
+# Methods in the order tables and legends show them (others follow alphabetically).
+ORDER = ["imp", "imp-swa", "imp-wa", "swamp", "swamp+", "sms", "colt", "mask-vote",
+         "lottery-pools", "imp-ensemble", "ensemble", "random", "oneshot"]
+
+
+@dataclass
+class Result:
+    path: Path
+    method: str
+    seed: int
+    settings: Settings
+    rows: list[dict[str, float]]
+
+
+@dataclass
+class SummaryRow:
+    method: str
+    level: int
+    density: float
+    seeds: int
+    acc: list[float] = field(default_factory=list)
+    nll: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "level": self.level, "density": self.density,
+                "sparsity": 1.0 - self.density, "seeds": self.seeds,
+                "test_acc_mean": _mean(self.acc), "test_acc_std": _std(self.acc),
+                "test_nll_mean": _mean(self.nll), "test_nll_std": _std(self.nll)}
+
+
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else math.nan
+
+
+def _std(xs: list[float]) -> float:
+    """Sample standard deviation over seeds (0 for a single seed)."""
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _float(v: str) -> float:
+    return float(v) if v not in ("", None) else math.nan
+
+
+def read_result(path: str | Path) -> Result:
+    from swamp.posthoc.runs import method_label, read_settings
+
+    root = Path(path)
+    settings, posthoc = read_settings(root)
+    csv_path = root / "metrics.csv"
+    if not csv_path.is_file():
+        raise SwampError(f"{root} has no finished level (no metrics.csv); run it first")
+    with open(csv_path, newline="") as fh:
+        raw = list(csv.DictReader(fh))
+    if not raw:
+        raise SwampError(f"{root} has no finished level (metrics.csv is empty); run it first")
+    rows = [{k: _float(row[k]) for k in ("level", "density", "test_acc", "test_nll")}
+            for row in raw]
+    return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows)
+
+
+def _comparable(s: Settings) -> dict[str, Any]:
+    skip = UNHASHED | {"seed"}
+    return {f"{sec}.{n}": v for sec, n, v in s.items() if n not in skip}
+
+
+def check_results(results: Sequence[Result]) -> None:
+    from swamp.posthoc.runs import check_same_task
+
+    if not results:
+        raise SwampError("no runs to report; pass run directories")
+    check_same_task([(r.path, r.settings) for r in results], "report")
+    by_method: dict[str, list[Result]] = {}
+    for r in results:
+        by_method.setdefault(r.method, []).append(r)
+    for method, group in by_method.items():
+        seeds = [r.seed for r in group]
+        if len(set(seeds)) != len(seeds):
+            dup = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise SwampError(f"report: method {method} has several runs with seed {dup[0]}; "
+                             f"pass one run per method and seed")
+        first = _comparable(group[0].settings)
+        for r in group[1:]:
+            mine = _comparable(r.settings)
+            diff = sorted(k for k in first if first[k] != mine.get(k))
+            if diff:
+                raise SwampError(f"report: runs of method {method} differ in {diff[0]} "
+                                 f"({group[0].path} vs {r.path}); pass runs that differ only "
+                                 f"in their seed")
+
+
+def summarise(results: Sequence[Result]) -> list[SummaryRow]:
+    """Mean and spread over seeds of every (method, level)."""
+    table: dict[tuple[str, int], SummaryRow] = {}
+    densities: dict[tuple[str, int], list[float]] = {}
+    for r in results:
+        for row in r.rows:
+            key = (r.method, int(row["level"]))
+            s = table.setdefault(key, SummaryRow(r.method, key[1], 0.0, 0))
+            s.seeds += 1
+            s.acc.append(row["test_acc"])
+            s.nll.append(row["test_nll"])
+            densities.setdefault(key, []).append(row["density"])
+    for key, s in table.items():
+        s.density = statistics.fmean(densities[key])
+    return sorted(table.values(), key=lambda s: (_rank(s.method), s.level))
+
+
+def _rank(method: str) -> tuple[int, str]:
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
+def summary_csv(rows: Sequence[SummaryRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for s in rows:
+        d = s.as_dict()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in d.items()})
+    return buf.getvalue()
+
+
+def _key(density: float) -> float:
+    return round(density, 4)
+
+
+def _cell(xs: list[float], scale: float, digits: int) -> str:
+    if not xs:
+        return "–"
+    m = _mean(xs) * scale
+    return f"{m:.{digits}f} ± {_std(xs) * scale:.{digits}f}" if len(xs) > 1 else f"{m:.{digits}f}"
+
+
+def markdown_table(rows: Sequence[SummaryRow], metric: str = "acc") -> str:
+    """Rows: densities (sparsity %); columns: methods; cells: mean ± std over seeds."""
+    methods = sorted({s.method for s in rows}, key=_rank)
+    dens = sorted({_key(s.density) for s in rows}, reverse=True)
+    cells = {(s.method, _key(s.density)): s for s in rows}
+    scale, digits = (100.0, 2) if metric == "acc" else (1.0, 3)
+    head = "| sparsity | density | " + " | ".join(methods) + " |"
+    lines = [head, "|" + "---:|" * (len(methods) + 2)]
+    for d in dens:
+        vals = []
+        for m in methods:
+            s = cells.get((m, d))
+            vals.append(_cell(getattr(s, metric), scale, digits) if s else "–")
+        lines.append(f"| {100 * (1 - d):.1f}% | {100 * d:.2f}% | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def head_to_head(rows: Sequence[SummaryRow], a: str = "swamp", b: str = "imp") -> str:
+    """Per density: mean test accuracy of `a` minus `b`, and where `a` does not beat `b`."""
+    cells = {(s.method, _key(s.density)): s for s in rows}
+    dens = sorted({d for (m, d) in cells if m == a} & {d for (m, d) in cells if m == b},
+                  reverse=True)
+    if not dens:
+        return ""
+    lines = [f"| sparsity | {a} − {b} (points, mean) | {a} beats {b} |", "|---:|---:|:---:|"]
+    losses = []
+    for d in dens:
+        diff = 100 * (_mean(cells[(a, d)].acc) - _mean(cells[(b, d)].acc))
+        win = diff > 0
+        if not win:
+            losses.append(f"{100 * (1 - d):.1f}%")
+        lines.append(f"| {100 * (1 - d):.1f}% | {diff:+.2f} | {'yes' if win else '**no**'} |")
+    verdict = (f"{a} has a higher mean test accuracy than {b} at every density."
+               if not losses else
+               f"{a} does **not** beat {b} (mean test accuracy) at sparsity "
+               f"{', '.join(losses)}.")
+    return "\n".join(lines) + "\n\n" + verdict
+
+
+def plot(rows: Sequence[SummaryRow], path: Path, title: str = "") -> None:
+    """Test accuracy vs density (log axis, decreasing to the right), mean ± std bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    methods = sorted({s.method for s in rows}, key=_rank)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for m in methods:
+        pts = sorted((s for s in rows if s.method == m), key=lambda s: -s.density)
+        x = [s.density for s in pts]
+        mean = [100 * _mean(s.acc) for s in pts]
+        std = [100 * _std(s.acc) for s in pts]
+        style = "--" if m in ("imp-ensemble", "ensemble") else "-"
+        line, = ax.plot(x, mean, style, marker="o", ms=3, label=m, lw=1.4)
+        ax.fill_between(x, [u - v for u, v in zip(mean, std)], [u + v for u, v in zip(mean, std)],
+                        color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ticks = sorted({s.density for s in rows}, reverse=True)
+    if len(ticks) > 9:
+        ticks = ticks[::math.ceil(len(ticks) / 9)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{100 * (1 - d):.1f}" for d in ticks], rotation=0, fontsize=8)
+    ax.set_xlabel("sparsity (%) — log density axis")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=130)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def settings_lines(results: Sequence[Result]) -> list[str]:
+    s = results[0].settings
+    seeds = sorted({r.seed for r in results})
+    return [
+        f"- data: {s.data.dataset} (size {s.data.data_size or 'default'}, validation fraction "
+        f"{s.data.val_fraction}, augment {s.data.augment}); model: {s.model.model}",
+        f"- training per level: {s.train.epochs} epochs, batch {s.train.batch_size}, "
+        f"{s.train.optimizer} lr {s.train.lr} ({s.train.schedule}), momentum "
+        f"{s.train.momentum}, weight decay {s.train.weight_decay}, rewind "
+        f"{s.train.rewind_iters or s.train.rewind_epochs} "
+        f"{'iterations' if s.train.rewind_iters else 'epochs'}, SWA from {s.train.swa_start}",
+        f"- pruning: {s.prune.levels} levels of {s.prune.prune_fraction} ({s.prune.scorer}, "
+        f"{s.prune.scope}); seeds {', '.join(map(str, seeds))}",
+        "- methods: " + "; ".join(
+            f"{r.method} ({r.settings.method.particles} particle(s), SWA {r.settings.method.swa})"
+            for r in {r.method: r for r in sorted(results, key=lambda r: _rank(r.method))}.values()),
+    ]
+
+
+def build_report(paths: Sequence[str | Path], out: str | Path, *, command: str | None = None,
+                 title: str | None = None, notes: str = "") -> Path:
+    """Write summary.csv, accuracy_vs_sparsity.png and report.md into `out`."""
+    results = [read_result(p) for p in paths]
+    check_results(results)
+    return write_report(results, Path(out), command=command, title=title, notes=notes)
+
+
+def write_report(results: Sequence[Result], out: Path, *, command: str | None = None,
+                 title: str | None = None, notes: str = "") -> Path:
+    rows = summarise(results)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "summary.csv", summary_csv(rows).encode())
+    s = results[0].settings
+    title = title or f"Accuracy vs sparsity: {s.model.model} on {s.data.dataset}"
+    plot(rows, out / "accuracy_vs_sparsity.png", title)
+    parts = [f"# {title}", ""]
+    if command:
+        parts += ["Command:", "", "```", command, "```", ""]
+    parts += ["Settings:", "", *settings_lines(results), ""]
+    if notes:
+        parts += [notes.strip(), ""]
+    parts += ["![accuracy vs sparsity](accuracy_vs_sparsity.png)", "",
+              "## Test accuracy (%), mean ± std over seeds", "", markdown_table(rows, "acc"), "",
+              "## Test NLL, mean ± std over seeds", "", markdown_table(rows, "nll"), ""]
+    h2h = head_to_head(rows)
+    if h2h:
+        parts += ["## SWAMP vs IMP", "", h2h, ""]
+    parts += ["Selections (greedy soups, Lottery Pools) use the validation split carved from "
+              "the training data by seed; test numbers are reported, never selected on. "
+              "Per-run numbers: `summary.csv` aggregates each run's `metrics.csv`.", ""]
+    runs = sorted(results, key=lambda r: (_rank(r.method), r.seed))
+    parts += ["Runs:", ""] + [f"- {r.method} seed {r.seed}: `{r.path}`" for r in runs] + [""]
+    atomic_write_bytes(out / "report.md", "\n".join(parts).encode())
+    return out

@@ -1,0 +1,43 @@
+import pytest
+
+from swamp.cli import build_parser, settings_from_args
+from swamp.config import Settings, TrainSettings
+from swamp.errors import SwampError
+from swamp.presets import PRESETS
+from swamp.training import Schedule
+
+
+def parse(*argv):
+    return settings_from_args(build_parser().parse_args(["run", *argv]))
+
+
+def test_preset_sets_the_recipe_and_flags_override_it(tmp_path):
+    s = parse("--preset", "resnet20")
+    assert (s.model.model, s.train.epochs, s.train.weight_decay, s.train.schedule,
+            s.train.rewind_iters) == ("resnet20", 160, 1e-4, "step", 2000)
+    s = parse("--preset", "resnet20", "--epochs", "30")
+    assert s.train.epochs == 30 and s.train.weight_decay == 1e-4
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.05\n")
+    s = parse("--preset", "wrn-28-2", "--config", str(cfg))
+    assert s.model.model == "wrn-28-2" and s.train.lr == 0.05 and s.train.swa_lr == 0.05
+
+
+def test_every_preset_is_a_valid_setting():
+    for preset in PRESETS.values():
+        Settings.from_dict(preset.values).resolved()
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(SwampError, match="unknown preset 'resnet99'"):
+        parse("--preset", "resnet99")
+
+
+def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
+    s = Schedule.build(TrainSettings(epochs=4, batch_size=10, lr=0.1, schedule="step"), 100,
+                       swa=False)
+    assert [round(s.lr_at(i), 6) for i in (0, 19, 20, 29, 30, 39)] == \
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    with_swa = Schedule.build(TrainSettings(epochs=4, batch_size=10, lr=0.1, schedule="step",
+                                            swa_start=0.6, swa_lr=0.02), 100, swa=True)
+    assert with_swa.lr_at(20) == pytest.approx(0.01) and with_swa.lr_at(24) == 0.02
