@@ -7,8 +7,8 @@ import pytest
 from swamp.cli import main
 from swamp.compare import compare, ensemble_pairs, method_settings
 from swamp.config import Settings
-from swamp.engines import SequentialEngine
 from swamp.errors import SwampError
+from swamp.loop import LevelLoop
 
 TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
         "--batch-size", "50", "--levels", "1", "--device", "cpu", "--particles", "2"]
@@ -16,15 +16,15 @@ TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epo
 
 @pytest.fixture
 def trainings(monkeypatch):
-    """Counts the levels the engine trains (every run goes through train_particles)."""
+    """Counts the levels trained, whatever the engine (every level goes through run_level)."""
     calls = []
-    original = SequentialEngine.train_particles
+    original = LevelLoop.run_level
 
-    def counting(self, task, ctx, progress=None):
-        calls.append(task.level)
-        return original(self, task, ctx, progress)
+    def counting(self, level, start, mask):
+        calls.append(level)
+        return original(self, level, start, mask)
 
-    monkeypatch.setattr(SequentialEngine, "train_particles", counting)
+    monkeypatch.setattr(LevelLoop, "run_level", counting)
     return calls
 
 
@@ -74,6 +74,7 @@ def test_method_settings_give_each_method_only_what_it_uses():
     sms = method_settings(base, "sms", 0).resolved()
     assert (sms.method.particles, sms.method.soup) == (3, "greedy")
     assert method_settings(base, "mask-vote", 0).method.vote_share == 0.7
+    assert method_settings(base, "mask-vote", 0).method.soup == "greedy"
     assert method_settings(base, "oneshot", 0).method.target_sparsity == 0.9
     assert method_settings(base, "swamp+", 0).method.swamp_plus_level == 1
     assert method_settings(base, "colt", 0).method.soup == "uniform"

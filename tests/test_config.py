@@ -12,7 +12,7 @@ def test_default_run_hash_is_frozen():
     assert Settings.from_dict({"method": "imp", "lr": 0.05}).run_hash() == FROZEN_IMP
 
 
-FROZEN_DEFAULT = "568aa54fd6"
+FROZEN_DEFAULT = "430e13d149"
 FROZEN_IMP = "ddfd2244a5"
 
 

@@ -164,3 +164,15 @@ def test_cli_commands_print_and_write(runs, tmp_path, capsys):
                  "--out", str(tmp_path / "p")]) == 0
     assert "pooled solutions" in capsys.readouterr().out
     assert not math.isnan(float(rows(tmp_path / "p" / "metrics.csv")[0]["test_acc"]))
+
+
+def test_swamp_run_refuses_to_resume_inside_a_pools_directory(runs, tmp_path):
+    from swamp.config import Settings
+    from swamp.loop import LevelLoop
+
+    out = lottery_pools(runs["imp"][0], tmp_path / "pools", grid=[0.5], window=1)
+    settings = Settings.from_dict(json.loads((out / "settings.json").read_text()))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(SwampError, match="post-hoc results"):
+        LevelLoop(settings, run_dir=out).run()
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -89,14 +89,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from swamp.loop import LevelLoop
 
     settings = settings_from_args(args)
-    display = RunDisplay(Console(highlight=False), quiet=args.quiet)
+    from swamp import cpu, distributed
+
+    # Threads matched to the free cores (never more than torch's current setting).
+    cpu.set_process_threads(settings.run.threads)
+    # Under torchrun only rank 0 prints (and writes); the other ranks train particles.
+    display = RunDisplay(Console(highlight=False),
+                         quiet=args.quiet or not distributed.is_leader())
     loop = LevelLoop(settings, run_dir=args.run_dir, display=display)
     s = loop.settings
+    engine = getattr(loop.engine, "description", loop.engine.name)
     display.info(f"[bold]swamp[/bold] {s.method.method}: {s.model.model} on {s.data.dataset}, "
                  f"{s.method.particles} particle(s), {s.prune.levels} levels of "
-                 f"{s.prune.prune_fraction:g}, device {loop.device}, engine {loop.engine.name}")
+                 f"{s.prune.prune_fraction:g}, device {loop.device}, engine {engine}")
     display.info(f"run directory: {loop.store.root}")
     result = loop.run()
+    if not distributed.is_leader():
+        return 0
     last = result.levels[-1]
     display.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
                  f"test accuracy {100 * last['test_acc']:.2f}%; metrics in "
@@ -113,6 +122,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
+    from swamp.compare import PSEUDO_METHODS
+
+    print("post-hoc methods (`swamp compare --methods`; no training of their own):")
+    for name, summary in PSEUDO_METHODS.items():
+        print(f"  {name:<13} {summary}")
     print("presets (--preset NAME):")
     for preset in PRESETS.values():
         shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")
@@ -121,6 +135,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from swamp.cpu import tune_allocator
+
+    tune_allocator()   # glibc thresholds: ~same effect as MALLOC_*_THRESHOLD_ (see cpu.py)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

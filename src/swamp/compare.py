@@ -58,7 +58,7 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
     uses = {
         "particles": not spec.fixed_particles,
         "swa": False,                     # each method decides
-        "soup": spec.combine == "average" and not spec.fixed_particles,
+        "soup": spec.data_split == "shared" and not spec.fixed_particles,
         "vote_share": spec.combine == "mask-vote",
         "swamp_plus_level": spec.single_until,
         "target_sparsity": spec.masks == "oneshot",
@@ -84,7 +84,7 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
             display_for: Callable[[str], object] | None = None,
             info: Callable[[str], None] = lambda msg: None) -> Path:
     """Run what is missing, then write summary.csv, the plot and report.md into `out`."""
-    from swamp.loop import LevelLoop
+    from swamp.loop import LevelLoop, resolve_device
     from swamp.posthoc.ensemble import ensemble_runs
     from swamp.posthoc.pools import lottery_pools
     from swamp.report import build_report
@@ -112,7 +112,7 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
         LevelLoop(s, run_dir=run_dirs[(m, seed)], display=display).run()  # type: ignore[arg-type]
 
     report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
-    device = base.run.device if base.run.device != "auto" else "cpu"
+    device = str(resolve_device(base.run.device))
     if "lottery-pools" in methods:
         for seed in seeds:
             src = run_dirs[("imp", seed)]

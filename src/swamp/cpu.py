@@ -24,10 +24,11 @@ import ctypes.util
 import os
 import sys
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported lazily: `swamp --help` stays fast
+    import torch
+    from torch import nn
 
 M_TRIM_THRESHOLD = -1   # from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -134,6 +135,8 @@ def run_threads(requested: int = 0, ranks_here: int = 1) -> int:
     `ranks_here` processes of this machine, never more than torch's current setting
     (OMP_NUM_THREADS or an earlier `torch.set_num_threads` keep their say).
     """
+    import torch
+
     if requested > 0:
         return requested
     current = torch.get_num_threads()
@@ -145,6 +148,8 @@ def run_threads(requested: int = 0, ranks_here: int = 1) -> int:
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run a block with `n` intra-op threads, then restore the previous count."""
+    import torch
+
     before = torch.get_num_threads()
     if n <= 0 or n == before:
         yield
@@ -156,10 +161,22 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def set_process_threads(requested: int = 0) -> int:
+    """Set this process's intra-op threads by `run_threads` (the `swamp` command's policy)."""
+    import torch
+
+    threads = run_threads(requested)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 # ---- memory format ------------------------------------------------------------------------
 
 def wants_channels_last(model: nn.Module, device: torch.device) -> bool:
     """channels_last pays off for 2-D convolutions on CPU (ResNet-20: see the benchmark)."""
+    from torch import nn
+
     if os.environ.get("SWAMP_NO_CHANNELS_LAST") or device.type != "cpu":
         return False
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -170,4 +187,6 @@ def use_channels_last(model: nn.Module) -> None:
 
     Values are unchanged; state dicts keep their shapes (saving makes them contiguous).
     """
+    import torch
+
     model.to(memory_format=torch.channels_last)

@@ -80,6 +80,7 @@ class Group:
     data: Any = None                     # group for state tensors (NCCL on GPU)
     workers: Any = None                  # torch.multiprocessing context of spawned ranks
     owns_default: bool = False           # whether we created the default process group
+    store: Any = None                    # the rendezvous store this process hosts
     closed: bool = field(default=False)
 
     def worker_failure(self, wait: float = 5.0) -> str | None:
@@ -116,6 +117,7 @@ class Group:
                 dist.destroy_process_group()
             except Exception:  # a broken group cannot always be torn down cleanly
                 pass
+        self.store = None        # the store goes last, after every client has left
 
 
 def _groups(group: Group) -> None:
@@ -150,6 +152,20 @@ def join_from_env(device: torch.device) -> Group:
     return group
 
 
+def check_not_bootstrapping() -> None:
+    """Refuse to run in a spawned process that is still importing its parent's script.
+
+    Without `if __name__ == "__main__":`, a script that calls swamp would run its whole
+    study again inside every training process that swamp starts.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise SwampError("swamp was called while a training process was starting; put the "
+                         "script's call to swamp under `if __name__ == '__main__':` "
+                         "(processes are started with spawn)")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
@@ -157,8 +173,7 @@ def _first_line(exc: BaseException) -> str:
 
 # ---- ranks started by this process ---------------------------------------------------------
 
-def start_local(processes: int, ctx: Any, device: torch.device, threads: int,
-                local_engine: str = "sequential") -> Group:
+def start_local(processes: int, ctx: Any, device: torch.device, threads: int) -> Group:
     """Become rank 0 of `processes` ranks on this machine; spawn ranks 1..K-1.
 
     The spawned ranks get `ctx` (model template, data, schedule, training settings) by
@@ -183,7 +198,7 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int,
     try:
         workers = mp.start_processes(
             _worker_main, args=(store.port, processes, cpu_ctx, str(device), threads,
-                                local_engine, os.getpid()),
+                                os.getpid()),
             nprocs=processes - 1, join=False, daemon=True, start_method="spawn")
     except Exception as exc:
         raise SwampError(f"could not start {processes - 1} training process(es) "
@@ -194,14 +209,17 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int,
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    group = Group(0, processes, device, workers=workers, owns_default=True)
+    group = Group(0, processes, device, workers=workers, owns_default=True, store=store)
     keys = [f"swamp/ready/{r}" for r in range(1, processes)]
-    deadline = time.monotonic() + timeout().total_seconds()
+    # importing torch and unpickling the data takes seconds, even on a busy machine
+    deadline = time.monotonic() + float(os.environ.get("SWAMP_START_TIMEOUT", 300))
     while not store.check(keys):
         failure = group.worker_failure(wait=0.05)
         if failure is not None:
             group.close(kill=True)
-            raise SwampError(f"a training process failed to start: {failure}")
+            raise SwampError(f"a training process failed to start ({failure}); from a Python "
+                             f"script, call swamp under `if __name__ == '__main__':` and "
+                             f"define your model at module level (processes use spawn)")
         if time.monotonic() > deadline:
             group.close(kill=True)
             raise SwampError("the training processes did not start in time; use --processes 1")
@@ -212,13 +230,15 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int,
 
 
 def _to_cpu(ctx: Any) -> Any:
-    """A copy of the training context that pickles to other processes (CPU tensors)."""
+    """The training context to pickle to other processes: CPU tensors, a copy of the model.
+
+    Pickling moves tensors to shared memory, so the data is shared read-only; the model
+    template must not be: each rank trains in its own copy (see `_own_model`).
+    """
     import copy
 
     from swamp.engines.base import TrainContext
 
-    if next(ctx.model.parameters()).device.type == "cpu":
-        return ctx
     return TrainContext(copy.deepcopy(ctx.model).cpu(), ctx.data.to("cpu"), ctx.schedule,
                         ctx.settings)
 
@@ -237,7 +257,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker_main(index: int, port: int, processes: int, ctx: Any, device_name: str,
-                 threads: int, local_engine: str, parent: int) -> None:
+                 threads: int, parent: int) -> None:
     """Entry point of a spawned rank (index 0 is rank 1)."""
     import torch.distributed as dist
 
@@ -253,9 +273,13 @@ def _worker_main(index: int, port: int, processes: int, ctx: Any, device_name: s
         count = max(1, torch.cuda.device_count())
         device = torch.device("cuda", ((device.index or 0) + rank) % count)
         torch.cuda.set_device(device)
-        from swamp.engines.base import TrainContext
+    # The unpickled model lives in memory shared with the other ranks: train in a copy.
+    import copy
 
-        ctx = TrainContext(ctx.model.to(device), ctx.data.to(device), ctx.schedule, ctx.settings)
+    from swamp.engines.base import TrainContext
+
+    ctx = TrainContext(copy.deepcopy(ctx.model).to(device), ctx.data.to(device), ctx.schedule,
+                       ctx.settings)
     try:
         store = dist.TCPStore("127.0.0.1", port, processes, is_master=False, timeout=timeout())
         store.set(f"swamp/ready/{rank}", "1")
@@ -263,12 +287,21 @@ def _worker_main(index: int, port: int, processes: int, ctx: Any, device_name: s
                                 timeout=timeout())
         group = Group(rank, processes, device, owns_default=True)
         _groups(group)
-        engine = DistributedEngine(group, local_engine=local_engine, threads=threads)
+        engine = DistributedEngine(group, threads=threads)
         engine.serve(ctx)
         group.close()
+        # Nothing is left to do: skip interpreter teardown (and the C++ destructors of the
+        # process group's threads, which can race at exit).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except KeyboardInterrupt:
         os._exit(130)
     except SwampError as exc:
+        from swamp.engines.distributed import RunStopped
+
+        if isinstance(exc, RunStopped):     # rank 0 reports the error itself
+            raise SystemExit(1) from None
         print(f"swamp: rank {rank}: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     except Exception:

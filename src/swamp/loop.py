@@ -20,7 +20,7 @@ from swamp.averaging import average_states, recompute_batchnorm
 from swamp.config import UNHASHED, Settings
 from swamp.data import DataBundle, load_dataset
 from swamp.display import RunDisplay
-from swamp.engines import LevelTask, ParticleJob, TrainContext, make_engine
+from swamp.engines import LevelTask, ParticleJob, TrainContext, engine_device, make_engine
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.masks import Mask, select_prunable
@@ -99,11 +99,12 @@ class LevelLoop:
                  display: RunDisplay | None = None):
         self.settings = settings.resolved()
         self.display = display or RunDisplay(quiet=True)
-        self.device = resolve_device(self.settings.run.device)
+        # under torchrun, `cuda` is this rank's GPU
+        self.device = engine_device(self.settings.run.engine,
+                                    resolve_device(self.settings.run.device))
         s = self.settings
         # Everything that can fail on bad input happens before the run directory is touched.
         self.store = open_run_dir(s, run_dir)
-        self.engine = make_engine(s.run.engine)
         if data is None:
             data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
                                 val_fraction=s.data.val_fraction, split_seed=s.run.seed,
@@ -118,6 +119,8 @@ class LevelLoop:
         self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
         self.schedule = Schedule.build(s.train, len(self.data.train), bool(s.method.swa))
         self.ctx = TrainContext(self.model, self.data, self.schedule, s.train)
+        # after the context: engines prepare the model (channels_last) and join process groups
+        self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info)
         self.plan = MethodPlan(s, len(self.data.train), self.device)
 
     # ---- artefacts before level 0 -------------------------------------------------------
@@ -256,6 +259,12 @@ class LevelLoop:
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:
         s = self.settings
+        if getattr(self.engine, "is_worker", False):
+            # A distributed rank > 0 trains the particles rank 0 sends; only rank 0 writes.
+            return RunResult(self.store.root, s, self.engine.serve(self.ctx))
+        if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
+            raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
+                             f"another --run-dir")
         self.store.root.mkdir(parents=True, exist_ok=True)
         if not self.store.exists():
             write_json(self.store.settings_path, s.to_dict())
@@ -286,6 +295,9 @@ class LevelLoop:
                     mask = self.next_mask(level, solution, mask)
         finally:
             self.display.close()
+            close = getattr(self.engine, "close", None)
+            if close is not None:      # stops distributed ranks and processes it started
+                close(rows)
         return RunResult(self.store.root, s, rows)
 
 

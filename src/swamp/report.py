@@ -198,8 +198,13 @@ def head_to_head(rows: Sequence[SummaryRow], a: str = "swamp", b: str = "imp") -
     return "\n".join(lines) + "\n\n" + verdict
 
 
+# Baselines far below the rest squash the y axis; the second panel leaves them out.
+BASELINES = ("random",)
+
+
 def plot(rows: Sequence[SummaryRow], path: Path, title: str = "") -> None:
-    """Test accuracy vs density (log axis, decreasing to the right), mean ± std bands."""
+    """Test accuracy vs density (log axis, decreasing to the right), mean ± std bands; with a
+    random-mask baseline, a second panel zooms on the other methods."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,34 +212,40 @@ def plot(rows: Sequence[SummaryRow], path: Path, title: str = "") -> None:
     from matplotlib.ticker import FixedLocator, NullLocator
 
     methods = sorted({s.method for s in rows}, key=_rank)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for m in methods:
-        pts = sorted((s for s in rows if s.method == m), key=lambda s: -s.density)
-        x = [s.density for s in pts]
-        mean = [100 * _mean(s.acc) for s in pts]
-        std = [100 * _std(s.acc) for s in pts]
-        style = "--" if m in ("imp-ensemble", "ensemble") else "-"
-        line, = ax.plot(x, mean, style, marker="o", ms=3, label=m, lw=1.4)
-        ax.fill_between(x, [u - v for u, v in zip(mean, std)], [u + v for u, v in zip(mean, std)],
-                        color=line.get_color(), alpha=0.15, lw=0)
-    ax.set_xscale("log")
-    ax.invert_xaxis()
+    zoomed = [m for m in methods if m not in BASELINES]
+    panels = [methods] + ([zoomed] if zoomed and len(zoomed) < len(methods) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     ticks = sorted({s.density for s in rows}, reverse=True)
     if len(ticks) > 9:
         ticks = ticks[::math.ceil(len(ticks) / 9)]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{100 * (1 - d):.1f}" for d in ticks], rotation=0, fontsize=8)
-    ax.set_xlabel("sparsity (%) — log density axis")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    if title:
-        ax.set_title(title, fontsize=10)
+    for k, (ax, shown) in enumerate(zip(axes[0], panels)):
+        for m in shown:
+            pts = sorted((s for s in rows if s.method == m), key=lambda s: -s.density)
+            x = [s.density for s in pts]
+            mean = [100 * _mean(s.acc) for s in pts]
+            std = [100 * _std(s.acc) for s in pts]
+            style = "--" if m in ("imp-ensemble", "ensemble") else "-"
+            ax.plot(x, mean, style, marker="o", ms=3, label=m, lw=1.4, color=colours[m])
+            ax.fill_between(x, [u - v for u, v in zip(mean, std)],
+                            [u + v for u, v in zip(mean, std)], color=colours[m], alpha=0.15,
+                            lw=0)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{100 * (1 - _key(d)):.1f}" for d in ticks], fontsize=8)
+        ax.set_xlabel("sparsity (%) — log density axis")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        name = title if k == 0 else f"without {', '.join(BASELINES)}"
+        if name:
+            ax.set_title(name, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130)
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
 
@@ -254,7 +265,8 @@ def settings_lines(results: Sequence[Result]) -> list[str]:
         f"{s.prune.scope}); seeds {', '.join(map(str, seeds))}",
         "- methods: " + "; ".join(
             f"{r.method} ({r.settings.method.particles} particle(s), SWA {r.settings.method.swa})"
-            for r in {r.method: r for r in sorted(results, key=lambda r: _rank(r.method))}.values()),
+            for r in {r.method: r for r in sorted(results, key=lambda x: _rank(x.method))
+                      }.values()),
     ]
 
 

@@ -54,7 +54,9 @@ class Schedule:
         if rewind >= total:
             raise SwampError(f"the rewind point ({rewind} iterations) is not before the end of "
                              f"training ({total} iterations); lower --rewind-epochs/--rewind-iters")
-        swa_lr = t.swa_lr if t.swa_lr is not None else t.lr / 20
+        # lr / 2: the SWA recipe of Izmailov et al. for ResNets and WRNs, and the best of
+        # {lr/20, lr/5, lr/2} on MNIST-1D's validation split (benchmarks/results/swa_lr.md).
+        swa_lr = t.swa_lr if t.swa_lr is not None else t.lr / 2
         return cls(spe, total, rewind, int(round(t.swa_start * total)), swa, t.swa_freq,
                    t.lr, swa_lr, t.schedule)
 

@@ -3,20 +3,86 @@
 An engine receives one `LevelTask` (the ticket every particle starts from, the mask and one
 `ParticleJob` per particle) and returns one `ParticleResult` per job, in job order. Engines
 differ only in how they schedule the work; `sequential` is the reference the others are
-tested against.
+tested against:
+
+- `sequential`: one particle after another in this process.
+- `vectorised`: all particles stacked in one forward/backward (torch.func + vmap).
+- `distributed`: particles spread over processes (torchrun, or `--processes K`).
+- `auto` (default): the fastest of these for the device and model; says which it chose.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+
+from swamp import cpu
+from swamp.config import Settings
 from swamp.engines.base import Engine, LevelTask, ParticleJob, TrainContext
 from swamp.engines.sequential import SequentialEngine
+from swamp.engines.vectorised import VectorisedEngine
 from swamp.errors import SwampError
 
 __all__ = ["Engine", "LevelTask", "ParticleJob", "TrainContext", "SequentialEngine",
-           "make_engine"]
+           "VectorisedEngine", "ENGINE_NAMES", "make_engine", "engine_device", "prepare"]
+
+ENGINE_NAMES = ("auto", "sequential", "vectorised", "distributed")
 
 
-def make_engine(name: str) -> Engine:
+def engine_device(name: str, device: torch.device) -> torch.device:
+    """The device this process trains on: under torchrun, `cuda` is cuda:LOCAL_RANK."""
+    from swamp.distributed import launched, rank_device
+
+    if launched() and name in ("auto", "distributed"):
+        return rank_device(device)
+    return device
+
+
+def prepare(ctx: TrainContext) -> None:
+    """Per-device preparation of the model template (channels_last for 2-D convs on CPU)."""
+    if cpu.wants_channels_last(ctx.model, ctx.model_device):
+        cpu.use_channels_last(ctx.model)
+
+
+def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings | None = None,
+                info: Callable[[str], None] | None = None) -> Engine:
+    """The engine called `name` for this run (`ctx` and `settings` of the level loop)."""
+    from swamp import distributed
+
+    settings = settings or Settings()
+    run = settings.run
+    info = info or (lambda message: None)
+    if name not in ENGINE_NAMES:
+        raise SwampError(f"unknown engine '{name}'; use one of: {', '.join(ENGINE_NAMES)}")
+    distributed.check_not_bootstrapping()
+    if ctx is not None:
+        prepare(ctx)
+    if distributed.launched():
+        if name not in ("auto", "distributed"):
+            raise SwampError(f"this process is one of {distributed.local_world()}+ ranks "
+                             f"started by torchrun, but --engine is {name}; use --engine "
+                             f"distributed (or auto)")
+        if run.processes > 1:
+            raise SwampError("--processes starts ranks itself; do not combine it with "
+                             "torchrun (drop --processes)")
+        if ctx is None:
+            raise SwampError("the distributed engine needs the training context")
+        from swamp.engines.distributed import DistributedEngine
+
+        device = ctx.model_device
+        threads = run.threads or max(1, cpu.usable_cores() // distributed.local_world())
+        if device.type == "cpu":
+            torch.set_num_threads(threads)
+        group = distributed.join_from_env(device)
+        return DistributedEngine(group, threads=threads, info=info)
+    if run.processes > 1 and name in ("sequential", "vectorised"):
+        raise SwampError(f"--processes {run.processes} needs --engine distributed or auto "
+                         f"(got --engine {name})")
     if name == "sequential":
-        return SequentialEngine()
-    raise SwampError(f"unknown engine '{name}'; use sequential")
+        return SequentialEngine(run.threads)
+    if name == "vectorised":
+        return VectorisedEngine(info, run.threads)
+    from swamp.engines.auto import AutoEngine
+
+    return AutoEngine(settings, info, requested=name)

@@ -62,13 +62,16 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+class RunStopped(SwampError):
+    """Rank 0 ended the run with an error (it reports it; the other ranks just stop)."""
+
+
 class DistributedEngine:
     """Particles spread over the ranks of a process group (see the module docstring)."""
 
     name = "distributed"
 
-    def __init__(self, group: Group, *, local_engine: str = "sequential", threads: int = 1,
-                 info: Info | None = None):
+    def __init__(self, group: Group, *, threads: int = 1, info: Info | None = None):
         self.group = group
         self.threads = threads
         self.info = info or (lambda message: None)
@@ -126,7 +129,7 @@ class DistributedEngine:
                 n = _numel(shape)
                 out[name] = flat[offset:offset + n].view(shape).to(dtype).clone()
                 offset += n
-        return out
+        return {name: out[name] for name, _, _ in layout}     # the state dict's own order
 
     # ---- rank 0 ------------------------------------------------------------------------------
     def train_particles(self, task: LevelTask, ctx: TrainContext,
@@ -142,7 +145,9 @@ class DistributedEngine:
         header = {"op": "train", "level": task.level, "start_step": task.start_step,
                   "jobs": [(j.level, j.index, j.order_seed, j.augment_seed,
                             None if j.subset is None else j.subset.cpu()) for j in task.jobs],
-                  "state": state_layout, "mask": mask_layout}
+                  "state": state_layout, "mask": mask_layout,
+                  # the schedule and training settings travel too: rank 0's ctx decides
+                  "schedule": ctx.schedule, "settings": ctx.settings}
         self._broadcast_object(header)
         self._broadcast_state(task.start_state, state_layout)
         self._broadcast_state(dict(task.mask.items()), mask_layout)
@@ -155,9 +160,14 @@ class DistributedEngine:
         """Tell the other ranks to stop (rank 0), and release the processes this one started."""
         if self.group.closed:
             return
+        # Called from the level loop's `finally`: an exception in flight means a failed run.
+        failure = sys.exc_info()[1]
         if not self.is_worker and not self._mid_level and not self._stopped:
             try:
-                self._broadcast_object({"op": "stop", "rows": rows or []})
+                self._broadcast_object({"op": "stop", "rows": rows or [],
+                                        "error": None if failure is None else
+                                        str(failure).splitlines()[0] if str(failure)
+                                        else type(failure).__name__})
             except SwampError:
                 pass
         self.group.close(kill=self._mid_level or self._stopped)
@@ -168,6 +178,8 @@ class DistributedEngine:
         while True:
             header = self._broadcast_object(None)
             if header["op"] == "stop":
+                if header.get("error"):
+                    raise RunStopped(f"rank 0 stopped the run: {header['error']}")
                 return header["rows"]
             state = self._broadcast_state(None, header["state"])
             mask = Mask(self._broadcast_state(None, header["mask"]))
@@ -175,8 +187,9 @@ class DistributedEngine:
                                 None if subset is None else subset.to(self.group.device))
                     for level, index, order, augment, subset in header["jobs"]]
             task = LevelTask(header["level"], state, mask, header["start_step"], jobs)
+            level_ctx = TrainContext(ctx.model, ctx.data, header["schedule"], header["settings"])
             try:
-                self._train_and_gather(task, ctx, None)
+                self._train_and_gather(task, level_ctx, None)
             except SwampError:
                 if self._stopped:       # the group is broken: nothing more to wait for
                     raise
@@ -192,7 +205,15 @@ class DistributedEngine:
         mine = [pos for pos in range(n) if pos % g.world == g.rank]
         results: dict[int, ParticleResult] = {}
         error = ""
+        if progress is not None:        # particles of other ranks: started now, shown when back
+            for pos in range(n):
+                if pos % g.world != g.rank:
+                    progress(task.jobs[pos].index, 0)
         try:
+            if layout_of(task.start_state) != layout_of(ctx.model.state_dict()):
+                raise SwampError(f"rank {g.rank}'s model differs from rank 0's (another "
+                                 f"state-dict layout); start every rank with the same "
+                                 f"--model and data")
             if mine:
                 local = LevelTask(task.level, task.start_state, task.mask, task.start_step,
                                   [task.jobs[pos] for pos in mine])

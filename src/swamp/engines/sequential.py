@@ -22,7 +22,7 @@ class SequentialEngine:
 
     @property
     def description(self) -> str:
-        return f"sequential ({self.threads or 'auto'} thread(s))"
+        return "sequential" + (f", {self.threads} thread(s)" if self.threads else "")
 
     def train_particles(self, task: LevelTask, ctx: TrainContext,
                         progress: ProgressFn | None = None) -> list[ParticleResult]:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
+from swamp import cpu
 from swamp.averaging import RunningAverage
 from swamp.engines.base import LevelTask, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
@@ -204,11 +205,16 @@ class VectorisedEngine:
 
     name = "vectorised"
 
-    def __init__(self, info: Info | None = None):
+    def __init__(self, info: Info | None = None, threads: int = 0):
         self.info = info or (lambda message: None)
+        self.threads = threads
         self._checked: bool | None = None   # whether the model passed the vmap probe
-        self._fallback = SequentialEngine()
+        self._fallback = SequentialEngine(threads)
         self._said: set[str] = set()
+
+    @property
+    def description(self) -> str:
+        return "vectorised (particles stacked with torch.func.vmap)"
 
     def _say_once(self, message: str) -> None:
         if message not in self._said:
@@ -236,7 +242,9 @@ class VectorisedEngine:
                         progress: ProgressFn | None = None) -> list[ParticleResult]:
         if not self.usable(task, ctx):
             return self._fallback.train_particles(task, ctx, progress)
-        return train_stacked(task, ctx, progress)
+        threads = cpu.run_threads(self.threads) if ctx.model_device.type == "cpu" else 0
+        with cpu.torch_threads(threads):
+            return train_stacked(task, ctx, progress)
 
 
 def time_steps(fn: Callable[[], None], steps: int, device: torch.device) -> float:

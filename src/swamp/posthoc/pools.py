@@ -98,7 +98,8 @@ def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
     marker = root / POSTHOC_FILE
     if marker.is_file():
         old = read_json(marker)
-        if {k: old.get(k) for k in ("window", "grid")} != {k: record[k] for k in ("window", "grid")}:
+        keys = ("window", "grid")
+        if {k: old.get(k) for k in keys} != {k: record[k] for k in keys}:
             raise SwampError(f"{root} holds Lottery Pools made with other settings "
                              f"({old.get('window')}, {old.get('grid')}); choose another --out")
     elif root.exists() and any(root.iterdir()):

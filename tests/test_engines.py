@@ -1,0 +1,204 @@
+"""Engines: vectorised == sequential (BatchNorm and augmentation included), fallbacks, auto,
+engine settings, and the CPU hygiene helpers. Every test runs in a second or two."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from swamp import cpu
+from swamp.config import Settings
+from swamp.engines import (LevelTask, ParticleJob, SequentialEngine, TrainContext,
+                           VectorisedEngine, make_engine)
+from swamp.engines.auto import AutoEngine
+from swamp.engines.vectorised import train_stacked
+from swamp.errors import SwampError
+from swamp.loop import LevelLoop, run
+from swamp.masks import Mask
+
+
+def level_task(loop, level=0, particles=None, density=0.5, seed=0):
+    """A realistic ticket: the loop's start weights with a random mask of `density`."""
+    g = torch.Generator().manual_seed(seed)
+    state = loop.model.state_dict()
+    mask = Mask({n: torch.rand(state[n].shape, generator=g) < density for n in loop.prunable})
+    jobs = loop._jobs(level)
+    jobs = jobs[:particles] if particles else jobs
+    start = mask.apply_to_state_dict({k: v.clone() for k, v in state.items()})
+    return LevelTask(level, start, mask, loop.schedule.rewind, jobs)
+
+
+def assert_results_close(a, b, atol=1e-5):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert ra.averaged == rb.averaged
+        assert ra.train_loss == pytest.approx(rb.train_loss, abs=1e-5)
+        assert list(ra.state) == list(rb.state)
+        for k in ra.state:
+            x, y = ra.state[k], rb.state[k]
+            assert x.dtype == y.dtype and x.shape == y.shape, k
+            if x.is_floating_point():
+                assert torch.allclose(x, y, atol=atol, rtol=1e-4), (k, (x - y).abs().max())
+            else:
+                assert torch.equal(x, y), k
+
+
+@pytest.fixture
+def no_channels_last(monkeypatch):
+    # channels_last convs sum in another order than the stacked (vmap) convs; compare
+    # the engines on one memory format
+    monkeypatch.setenv("SWAMP_NO_CHANNELS_LAST", "1")
+
+
+@pytest.mark.parametrize("dataset,model,swa,atol", [
+    ("synthetic", "conv1d", True, 1e-5),             # BatchNorm1d in training mode
+    # BatchNorm2d + crop/flip augmentation; 20 layers amplify rounding a little more
+    ("synthetic-image", "resnet20", False, 2e-4),
+])
+def test_vectorised_equals_sequential_with_batchnorm(tiny, no_channels_last, dataset, model,
+                                                     swa, atol):
+    loop = LevelLoop(tiny(dataset=dataset, model=model, particles=3, epochs=2, swa=swa,
+                          engine="sequential"))
+    if dataset == "synthetic-image":
+        assert loop.data.augment is not None
+    task = level_task(loop)
+    reference = SequentialEngine().train_particles(task, loop.ctx)
+    stacked = train_stacked(task, loop.ctx)
+    assert_results_close(reference, stacked, atol)
+    # the BatchNorm statistics really moved, separately per particle
+    key = next(k for k in reference[0].state if k.endswith("running_mean"))
+    assert not torch.equal(reference[0].state[key], reference[1].state[key])
+    assert int(stacked[0].state[key.replace("running_mean", "num_batches_tracked")]) > 0
+    # pruned weights stay exactly zero (the mask also zeroes the stacked momentum)
+    for r in stacked:
+        for name in task.mask:
+            assert torch.all(r.state[name][~task.mask[name]] == 0)
+
+
+def test_vectorised_and_sequential_give_the_same_level_solutions_and_masks(tiny):
+    a = run(tiny(engine="sequential", levels=2))
+    b = run(tiny(engine="vectorised", levels=2, out=str(a.run_dir.parent.parent / "v")))
+    assert a.run_dir.name == b.run_dir.name          # the engine is not part of the run hash
+    for level in range(3):
+        assert a.mask(level) == b.mask(level)
+        sa, sb = a.solution(level), b.solution(level)
+        for k in sa:
+            assert torch.allclose(sa[k], sb[k], atol=1e-5), k
+    for ra, rb in zip(a.levels, b.levels):
+        assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=1e-6)
+
+
+class Unstackable(nn.Module):
+    """Data-dependent Python control flow: vmap cannot run it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if x.sum() > 0:          # a Python bool of a batched tensor
+            x = x * 1.0
+        return self.fc(x)
+
+
+def test_vectorised_falls_back_with_one_line(tiny):
+    lines = []
+    torch.manual_seed(0)
+    loop = LevelLoop(tiny(engine="vectorised"), model=Unstackable())
+    engine = VectorisedEngine(info=lines.append)
+    task = level_task(loop)
+    results = engine.train_particles(task, loop.ctx)
+    assert len(lines) == 1 and "cannot be stacked" in lines[0] and "sequentially" in lines[0]
+    assert_results_close(results, SequentialEngine().train_particles(task, loop.ctx), 0)
+    # particles on training subsets of different sizes cannot share one stacked step
+    loop2 = LevelLoop(tiny(engine="vectorised"))
+    task2 = level_task(loop2)
+    jobs = [ParticleJob(0, 0, 1, 2, torch.arange(0, 100)),
+            ParticleJob(0, 1, 3, 4, torch.arange(100, 230))]
+    VectorisedEngine(info=lines.append).train_particles(
+        LevelTask(0, task2.start_state, task2.mask, 0, jobs), loop2.ctx)
+    assert "different sizes" in lines[-1]
+
+
+def test_vectorised_nan_names_the_particle(tiny):
+    loop = LevelLoop(tiny(engine="vectorised", lr=1e6))
+    task = level_task(loop)
+    with pytest.raises(SwampError, match="particle .*loss became"):
+        train_stacked(task, loop.ctx)
+
+
+def test_auto_says_what_it_chose_and_keeps_small_runs_in_process(tiny):
+    lines = []
+    loop = LevelLoop(tiny())
+    assert loop.settings.run.engine == "auto"
+    engine = make_engine("auto", loop.ctx, loop.settings, info=lines.append)
+    results = engine.train_particles(level_task(loop), loop.ctx)
+    assert len(results) == 2
+    assert len(lines) == 1 and lines[0].startswith("engine auto: sequential")
+    assert "too little to start processes" in lines[0]
+    assert "sequential" in engine.description
+
+
+def test_engine_settings_are_checked_and_not_hashed(tiny):
+    base = tiny()
+    for kw in [dict(engine="sequential"), dict(engine="vectorised"), dict(processes=2),
+               dict(threads=1), dict(engine="distributed", processes=3)]:
+        assert tiny(**kw).run_hash() == base.run_hash()
+    with pytest.raises(SwampError, match="unknown engine"):
+        tiny(engine="magic").resolved()
+    with pytest.raises(SwampError, match="--processes 2 trains in several processes"):
+        tiny(engine="sequential", processes=2).resolved()
+    with pytest.raises(SwampError, match="--threads"):
+        tiny(threads=-1).resolved()
+    with pytest.raises(SwampError, match="unknown engine"):
+        make_engine("magic")
+
+
+def test_thread_policy_never_exceeds_torch_setting_and_restores():
+    before = torch.get_num_threads()
+    assert cpu.run_threads(3) == 3
+    with cpu.torch_threads(1):
+        assert torch.get_num_threads() == 1
+        assert cpu.run_threads() == 1          # never more than the current setting
+    assert torch.get_num_threads() == before
+    assert 1 <= cpu.free_cores() <= cpu.usable_cores()
+
+
+def test_cpu_hygiene_helpers(monkeypatch):
+    assert cpu.tune_allocator() in (True, False)
+    assert cpu.tune_allocator() == cpu.tune_allocator()        # idempotent
+    env = cpu.allocator_env()
+    assert env in ({}, cpu.ALLOCATOR_ENV)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert cpu.wants_channels_last(conv, torch.device("cpu"))
+    assert not cpu.wants_channels_last(nn.Linear(3, 4), torch.device("cpu"))
+    cpu.use_channels_last(conv)
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setenv("SWAMP_NO_CHANNELS_LAST", "1")
+    assert not cpu.wants_channels_last(conv, torch.device("cpu"))
+
+
+def test_channels_last_leaves_results_equivalent(tiny, monkeypatch):
+    settings = tiny(dataset="synthetic-image", model="resnet20", particles=1, epochs=1)
+    loop = LevelLoop(settings)
+    assert loop.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    task = level_task(loop)
+    fast = SequentialEngine().train_particles(task, loop.ctx)
+    plain = copy.deepcopy(loop.model).to(memory_format=torch.contiguous_format)
+    ctx = TrainContext(plain, loop.data, loop.schedule, loop.settings.train)
+    slow = SequentialEngine().train_particles(task, ctx)
+    assert_results_close(fast, slow, atol=1e-2)   # the same network, summed in another order
+
+
+def test_gpu_probe_measures_and_leaves_the_model_alone(tiny):
+    # auto's GPU decision times stacked vs single steps; run the same code on CPU here
+    from swamp.engines.auto import vectorised_speedup
+
+    loop = LevelLoop(tiny(model="conv1d"))
+    before = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    speedup = vectorised_speedup(level_task(loop), loop.ctx)
+    assert 0 < speedup < 100
+    for k, v in loop.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
