@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 def tiny_settings(tmp_path, **overrides) -> Settings:
     values = dict(dataset="synthetic", data_size=320, model="mlp", epochs=2, batch_size=64,
                   levels=2, method="swamp", particles=2, out=str(tmp_path / "runs"),
-                  device="cpu", lr=0.05)
+                  device="cpu", lr=0.05, rewind_epochs=0.0)
     values.update(overrides)
     return Settings.from_dict(values)
 

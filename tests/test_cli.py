@@ -8,7 +8,7 @@ import pytest
 from swamp.cli import main
 
 TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
-        "--batch-size", "50", "--levels", "1", "--particles", "2", "--device", "cpu"]
+        "--batch-size", "50", "--levels", "1", "--particles", "2", "--device", "cpu", "--rewind-epochs", "0"]
 
 
 @pytest.mark.parametrize("flags,fragment", [
@@ -49,7 +49,7 @@ def test_run_prints_a_row_per_level(tmp_path, capsys):
 def test_config_file_with_flag_override(tmp_path):
     cfg = tmp_path / "s.toml"
     cfg.write_text('[data]\ndataset = "synthetic"\ndata_size = 200\n[model]\nmodel = "mlp"\n'
-                   '[train]\nepochs = 1\nbatch_size = 50\n[prune]\nlevels = 0\n')
+                   '[train]\nepochs = 1\nbatch_size = 50\nrewind_epochs = 0\n[prune]\nlevels = 0\n')
     assert main(["run", "--config", str(cfg), "--particles", "1", "--method", "imp-swa",
                  "--device", "cpu", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     (run_dir,) = (tmp_path / "o").iterdir()

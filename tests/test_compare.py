@@ -11,7 +11,8 @@ from swamp.errors import SwampError
 from swamp.loop import LevelLoop
 
 TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
-        "--batch-size", "50", "--levels", "1", "--device", "cpu", "--particles", "2"]
+        "--batch-size", "50", "--levels", "1", "--device", "cpu", "--rewind-epochs", "0",
+        "--particles", "2"]
 
 
 @pytest.fixture
@@ -56,7 +57,8 @@ def test_compare_runs_what_is_missing_and_reuses_finished_runs(tmp_path, trainin
 
 def test_compare_resumes_a_run_made_by_swamp_run(tmp_path, trainings):
     base = Settings.from_dict({"dataset": "synthetic", "data_size": 200, "model": "mlp",
-                               "epochs": 1, "batch_size": 50, "levels": 1, "device": "cpu"})
+                               "epochs": 1, "batch_size": 50, "levels": 1, "device": "cpu",
+                               "rewind_epochs": 0})
     imp = method_settings(base, "imp", 0)
     assert main(["run", *TINY[:-2], "--method", "imp", "--run-dir",
                  str(tmp_path / "runs" / imp.run_name()), "--quiet"]) == 0

@@ -54,7 +54,8 @@ class TrainSettings:
     # Rewinding to initialisation leaves particles of one ticket in different basins on
     # MNIST-1D (a 2.35-point barrier between two particles); one epoch in, they average well.
     rewind_epochs: float = _setting(1.0, "rewind point in epochs; 0 rewinds to initialisation")
-    rewind_iters: int = _setting(0, "rewind point in iterations (instead of --rewind-epochs)")
+    rewind_iters: int = _setting(0, "rewind point in iterations; when > 0 it replaces "
+                                 "--rewind-epochs")
     swa_start: float = _setting(0.75, "fraction of training after which SWA averages weights "
                                 "(0 <= value < 1)")
     swa_lr: float | None = _setting(None, "constant learning rate during SWA "
@@ -338,9 +339,7 @@ def validate(s: Settings) -> None:
         (t.swa_start < 0, f"--swa-start must be in [0, 1) (got {t.swa_start})"),
         (t.swa_freq < 0, f"--swa-freq must be >= 0 (got {t.swa_freq})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
-        (t.rewind_epochs > 0 and t.rewind_iters > 0,
-         "give the rewind point in epochs or in iterations, not both"),
-        (t.rewind_epochs >= t.epochs,
+        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
          f"--rewind-epochs {t.rewind_epochs} is not before the end of training "
          f"(--epochs {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),

@@ -168,11 +168,7 @@ class LevelLoop:
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
-        if result.averaged > 1:
-            self.model.load_state_dict(result.state)
-            recompute_batchnorm(self.model, self.data.train)
-            return clone_state(self.model.state_dict())
-        return result.state
+        return self._refit(result.state) if result.averaged > 1 else result.state
 
     def run_level(self, level: int, start: StateDict, mask: Mask
                   ) -> tuple[dict[str, Any], StateDict]:
