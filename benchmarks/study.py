@@ -10,14 +10,18 @@ with 3 seeds, and writes the report (summary.csv, accuracy_vs_sparsity.png, repo
 `benchmarks/results/study/<model>/`, then `benchmarks/results/study/README.md` with the
 commands, the wall time and SWAMP vs IMP at every density for both models.
 
-Settings (chosen for 2 shared CPU cores, before any result was seen, and not tuned on
-anything): MNIST-1D with its default size (10000: 7200 train / 800 validation / 2000 test),
-10 epochs per level, batch 128, SGD lr 0.1 cosine, momentum 0.9, weight decay 5e-4, rewinding
-to epoch 1 (T0 = 10% of training; from initialisation, two conv1d particles are not linearly
-connected: see "Rewind point" in the study README, which this script also checks), SWA
-over the last 25% of training (swa_lr = lr/2, the default; chosen on the validation split, benchmarks/results/swa_lr.md), prune fraction 0.35 for 7 levels
-(density 0.65^7 = 4.9%, i.e. 95.1% sparsity), 4 particles for imp-wa/swamp/sms, 2 data
-segments (+ 1 ticket particle) for colt. The runs are reused by their settings hash, so
+Settings (chosen for 2 shared CPU cores; nothing was selected on the test split):
+MNIST-1D with its default size (10000: 7200 train / 800 validation / 2000 test), 10 epochs
+per level, batch 128, SGD lr 0.1 cosine, momentum 0.9, weight decay 5e-4, rewinding to
+epoch 1 (T0 = 10% of training; from initialisation, two conv1d particles are not linearly
+connected: see "Rewind point" below, which this script also checks), SWA over the last 25%
+of training at swa_lr = lr/2, prune fraction 0.35 for 7 levels (density 0.65^7 = 4.9%, i.e.
+95.1% sparsity), 4 particles for imp-wa/swamp/sms, 2 data segments (+ 1 ticket particle) for
+colt. History, stated plainly: a first run of this study used swa_lr = lr/20, and there SWA
+(imp-swa, swamp) trailed IMP (kept in ../study-first-swa-lr20/). The default was then
+changed to lr/2, the best of {lr/20, lr/5, lr/2} on the validation split of the dense level
+(benchmarks/results/swa_lr.md), and the SWA methods were trained again; the other methods'
+runs did not change. The runs are reused by their settings hash, so
 re-running the script resumes an interrupted study and re-renders the reports.
 """
 
