@@ -67,3 +67,13 @@ def test_list_and_module_entry_point():
                  "--lr", "--momentum", "--weight-decay", "--batch-size", "--swa-start",
                  "--swa-lr", "--seed", "--device", "--out"]:
         assert flag in help_text
+
+
+def test_an_unwritable_output_path_is_one_line_and_keeps_the_file(tmp_path, capsys):
+    blocker = tmp_path / "results.txt"        # a regular file where a directory is needed
+    blocker.write_text("keep me")
+    code = main(["run", *TINY, "--out", str(blocker), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert str(blocker) in err
+    assert blocker.read_text() == "keep me"

@@ -10,7 +10,7 @@ from swamp.config import Settings
 from swamp.errors import SwampError
 
 __version__ = "0.1.0"
-__all__ = ["Settings", "SwampError", "run", "from_tensors", "__version__"]
+__all__ = ["Settings", "SwampError", "run", "from_tensors", "load_exported", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,4 +23,8 @@ def __getattr__(name: str):
         from swamp.data import from_tensors
 
         return from_tensors
+    if name == "load_exported":
+        from swamp.export import load_exported
+
+        return load_exported
     raise AttributeError(f"module 'swamp' has no attribute {name!r}")

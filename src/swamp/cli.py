@@ -39,7 +39,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         for f in fields(cls):
             flag = "--" + f.name.replace("_", "-")
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            help_text = f"{f.metadata['help']} (default: {default})"
+            help_text = f.metadata["help"]
+            if "default" not in help_text:   # some helps explain their default themselves
+                help_text += f" (default: {default})"
             kind = str(f.type)
             if kind.startswith("bool"):
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -75,7 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", metavar="DIR",
                      help="exact run directory (default: <out>/<method>-<settings hash>)")
     run.add_argument("--quiet", action="store_true", help="print nothing while running")
-    sub.add_parser("list", help="list datasets, models and methods")
+    sub.add_parser("list", help="list datasets, models, methods and presets")
+    exp = sub.add_parser("export", help="write a level's solution as a compact sparse file",
+                         description="Write the solution of one level of a finished run as "
+                                     "a sparse safetensors file (kept values plus a bitmap "
+                                     "or indices per pruned tensor) and print its per-layer "
+                                     "density and size. Load it with "
+                                     "swamp.load_exported(PATH).")
+    exp.add_argument("run", metavar="RUN", help="run directory (or Lottery Pools output)")
+    which = exp.add_mutually_exclusive_group()
+    which.add_argument("--level", type=int, help="level to export (default: the last one)")
+    which.add_argument("--max-val-drop", type=float, metavar="FRACTION",
+                       help="export the sparsest level whose validation accuracy is at most "
+                            "this much below the dense level's (0.01 = one point)")
+    exp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                     help="storage type of floating-point values (default float32)")
+    exp.add_argument("--out", metavar="FILE",
+                     help="output file (default: RUN/exports/level_<n>.safetensors)")
     from swamp.posthoc.commands import add_commands  # compare, report, post-hoc methods
 
     add_commands(sub)
@@ -134,6 +152,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from swamp.export import export_level
+
+    summary = export_level(args.run, args.out, level=args.level,
+                           max_val_drop=args.max_val_drop, dtype=args.dtype)
+    src = summary.metadata
+    print(f"level {summary.level} of {args.run} ({src.get('method')}, {src.get('model')} on "
+          f"{src.get('dataset')}): density {100 * summary.density:.2f}%, test accuracy "
+          f"{100 * (src.get('test_acc') or float('nan')):.2f}%")
+    width = max(len(layer.name) for layer in summary.layers)
+    print(f"{'prunable tensor':<{width}}  {'shape':>18}  {'kept':>10}  {'density':>8}  encoding")
+    for layer in summary.layers:
+        shape = "x".join(map(str, layer.shape))
+        print(f"{layer.name:<{width}}  {shape:>18}  {layer.nnz:>10,}  "
+              f"{100 * layer.density:7.2f}%  {layer.encoding}")
+    print(f"{summary.dense_bytes / 1024:,.1f} KiB dense -> {summary.file_bytes / 1024:,.1f} KiB "
+          f"sparse ({summary.file_bytes / max(1, summary.dense_bytes):.0%} of the dense size, "
+          f"{args.dtype}); written to {summary.path}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from swamp.cpu import tune_allocator
 
@@ -146,10 +185,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         handler: Any = getattr(args, "handler", None) or {"run": cmd_run,
-                                                           "list": cmd_list}[args.command]
+                                                           "list": cmd_list,
+                                                           "export": cmd_export}[args.command]
         return handler(args)
     except SwampError as exc:
         print(f"swamp: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # a path that cannot be read or written: one line, not a traceback
+        print(f"swamp: error: {exc}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("swamp: interrupted; re-run the same command to resume", file=sys.stderr)
