@@ -21,6 +21,11 @@ TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epo
     (["--levels", "-1"], "--levels"),
     (["--epochs", "ten"], "invalid int"),
     (["--dataset", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+    (["--swa-start", "nan"], "--swa-start must be a finite number"),
+    (["--rewind-epochs", "nan"], "--rewind-epochs must be a finite number"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number"),
+    (["--seed", "-1"], "--seed must be 0 or more"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, fragment):
     out = tmp_path / "runs"

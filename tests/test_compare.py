@@ -40,7 +40,10 @@ def test_compare_runs_what_is_missing_and_reuses_finished_runs(tmp_path, trainin
     assert all(int(r["seeds"]) == (1 if r["method"] == "imp-ensemble" else 2) for r in rows)
     for name in ("summary.csv", "accuracy_vs_sparsity.png", "report.md"):
         assert (out / name).is_file()
-    assert "compare --methods imp,swamp" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "compare --methods imp,swamp" in md
+    assert "lottery-pools (Lottery Pools over imp, window 2)" in md
+    assert "imp-ensemble (output ensemble of 2 imp runs)" in md
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len([r for r in runs if r.startswith("swamp-")]) == 2
     assert len([r for r in runs if r.endswith("-pools")]) == 2
@@ -93,6 +96,10 @@ def test_ensemble_pairs():
     (["--methods", "imp-ensemble", "--seeds", "0"], "at least two"),
     (["--methods", "imp", "--seeds", "a,b"], "--seeds must be integers"),
     (["--methods", "imp", "--method", "swamp"], "--methods"),
+    (["--methods", "imp,swamp", "--swa"], "--swa does not apply"),
+    (["--methods", "imp,swamp", "--no-swa"], "--no-swa does not apply"),
+    (["--methods", "imp,lottery-pools", "--val-fraction", "0"], "--val-fraction 0"),
+    (["--methods", "imp,sms", "--soup", "greedy", "--val-fraction", "0"], "--soup greedy"),
 ])
 def test_compare_bad_input_is_one_line_and_trains_nothing(tmp_path, capsys, trainings, extra,
                                                           fragment):
@@ -100,6 +107,23 @@ def test_compare_bad_input_is_one_line_and_trains_nothing(tmp_path, capsys, trai
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
     assert trainings == [] and not (tmp_path / "o").exists()
+
+
+def test_method_settings_refuse_swa_set_by_the_user():
+    with pytest.raises(SwampError, match="each method defines SWA"):
+        method_settings(Settings.from_dict({"swa": False}), "swamp", 0)
+
+
+def test_compare_out_or_runs_dir_on_a_file_is_one_line(tmp_path, capsys, trainings):
+    target = tmp_path / "file"
+    target.write_text("not a directory")
+    for flags, fragment in ((["--out", str(target)], "--out needs a directory"),
+                            (["--out", str(tmp_path / "o"), "--runs-dir", str(target / "x")],
+                             "--runs-dir needs a directory")):
+        assert main(["compare", "--methods", "imp", "--seeds", "0", *TINY, *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{target} is a file" in err and fragment in err and err.count("\n") == 1
+    assert trainings == [] and target.read_text() == "not a directory"
 
 
 def test_compare_needs_an_output_directory(capsys):

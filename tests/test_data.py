@@ -364,3 +364,89 @@ def test_from_tensors_rejects_bad_input():
         from_tensors((x, y), (torch.randn(8, 3), y))
     with pytest.raises(SwampError, match=">= 0"):
         from_tensors((x, y - 1), (x, y))
+
+
+# ----------------------------------------------------------------------------- checks on inputs
+
+def test_files_partly_present_in_a_subfolder_are_reported_from_that_folder(tmp_path):
+    sub = tmp_path / "mnist"
+    _write_idx(sub, gz=True)
+    (sub / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(SwampError) as e:
+        load_dataset("mnist", data_dir=str(tmp_path))
+    assert str(e.value).endswith(f"; {sub} is missing train-labels-idx1-ubyte")  # not all 4
+    assert "\n" not in str(e.value)
+    c = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(c, per_batch=1)
+    (c / "data_batch_2").unlink()
+    with pytest.raises(SwampError) as e:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert str(e.value).endswith(f"{c} is missing data_batch_2")
+
+
+def test_labels_out_of_range_are_refused(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    _write_cifar10(d, per_batch=2)
+    with open(d / "data_batch_4", "wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, fh, protocol=2)
+    with pytest.raises(SwampError, match=r"labels .* outside \[0, 10\)"):
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    _write_idx(tmp_path / "m", gz=False)
+    (tmp_path / "m" / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.array([1, 2, 10, 3])))
+    with pytest.raises(SwampError, match="t10k labels .* exceed 9"):
+        load_dataset("mnist", data_dir=str(tmp_path / "m"))
+
+
+def test_size_beyond_the_available_data_is_an_error(tmp_path):
+    with pytest.raises(SwampError, match="digits has 1438 training examples; size "
+                                         r"\(--data-size\) 5000 is more than that"):
+        load_dataset("digits", size=5000)
+    assert len(load_dataset("digits", size=1438, val_fraction=0.0).train) == 1438
+    _write_idx(tmp_path, gz=False)  # 10 training images
+    with pytest.raises(SwampError, match="mnist has 10 training examples"):
+        load_dataset("mnist", data_dir=str(tmp_path), size=11)
+
+
+def test_iterable_dataset_is_refused_in_one_line():
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(2), 0
+
+    with pytest.raises(SwampError, match="Stream has no length.*map-style Dataset") as e:
+        from_tensors(Stream(), (torch.zeros(2, 2), torch.zeros(2)))
+    assert "\n" not in str(e.value)
+
+
+def test_data_larger_than_free_cuda_memory_is_refused(monkeypatch):
+    from swamp.data import bundle
+
+    b = load_dataset("synthetic", size=100)
+    nbytes = sum(t.numel() * t.element_size()
+                 for s in (b.train, b.val, b.test) for t in (s.x, s.y))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (nbytes - 1, 10 ** 10))
+    with pytest.raises(SwampError, match=r"synthetic data takes 0\.00 GB but cuda has only .*--data-size") as e:
+        b.to("cuda")  # refused before any copy is attempted
+    assert "\n" not in str(e.value)
+    bundle.check_fits_on_device("x", nbytes - 1, "cuda:0")  # fits: no error
+    bundle.check_fits_on_device("x", 10 ** 12, "cpu")  # only CUDA devices are checked
+    assert b.to("cpu").train.x.device.type == "cpu"
+
+
+def test_particles_of_a_level_get_their_own_reproducible_augmentation():
+    from swamp.config import Settings
+    from swamp.methods import MethodPlan
+
+    def augmented(plan_seed: int, level: int) -> list[torch.Tensor]:
+        s = Settings.from_dict({"method": "swamp", "particles": 3, "seed": plan_seed}).resolved()
+        x = torch.arange(8 * 3 * 8 * 8, dtype=torch.float32).view(8, 3, 8, 8)
+        return [CropFlip(pad=4)(x, torch.Generator().manual_seed(job.augment_seed))
+                for job in MethodPlan(s, 100).jobs(level)]
+
+    a = augmented(0, 1)
+    assert len(a) == 3
+    assert not torch.equal(a[0], a[1]) and not torch.equal(a[1], a[2])
+    assert all(torch.equal(p, q) for p, q in zip(a, augmented(0, 1)))  # same seeds, same crops
+    assert not torch.equal(a[0], augmented(0, 2)[0])  # a new level draws new crops

@@ -66,6 +66,36 @@ def test_vote_share_and_too_many_passers_are_pruned_by_mean_magnitude():
     assert inter == union
 
 
+def test_too_many_passers_drop_the_fewest_votes_first():
+    # 3 particles keep 3 of 6 each; share 2/3 needs 2 votes. Weight 0 is kept by all three
+    # but has the smallest mean |w| (1); weights 1, 2, 3 have 2 votes and means 6, 5, 4.
+    mask = Mask({"w": torch.ones(6, dtype=torch.bool)})
+    a = {"w": torch.tensor([1.0, 10.0, 9.0, 0.0, 0.0, 0.0])}
+    b = {"w": torch.tensor([1.0, 8.0, 0.0, 7.0, 0.0, 0.0])}
+    c = {"w": torch.tensor([1.0, 0.0, 6.0, 5.0, 0.0, 0.0])}
+    out, record = combine_masks([a, b, c], mask, 0.5, 2 / 3)
+    assert record["votes_needed"] == 2 and record["passed"] == 4
+    assert record["removed_extra"] == 1
+    # the unanimous weight survives; the 2-vote weight with the smallest mean |w| goes
+    assert out["w"].tolist() == [True, True, True, False, False, False]
+
+
+def test_top_up_adds_back_kept_weights_before_weights_no_particle_kept():
+    # Intersection (COLT). Weight 3 is kept by no particle but has the largest mean |w| (6)
+    # of the non-passers; weights 1, 2, 4, 5 were kept by one particle each (means 4, 3.5).
+    mask = Mask({"w": torch.ones(6, dtype=torch.bool)})
+    a = {"w": torch.tensor([9.0, 8.0, 7.0, 6.0, 0.0, 0.0])}
+    b = {"w": torch.tensor([9.0, 0.0, 0.0, 6.0, 8.0, 7.0])}
+    out, record = combine_masks([a, b], mask, 0.5, 1.0)
+    assert record["passed"] == 1 and record["added_back"] == 2
+    assert out["w"].tolist() == [True, True, False, False, True, False]
+    # the same ranking per layer with the layerwise scope
+    two = Mask({"x": torch.ones(6, dtype=torch.bool), "y": torch.ones(6, dtype=torch.bool)})
+    lw, _ = combine_masks([{"x": a["w"], "y": b["w"]}, {"x": b["w"], "y": a["w"]}], two, 0.5,
+                          1.0, scope="layerwise")
+    assert lw["x"].tolist() == lw["y"].tolist() == [True, True, False, False, True, False]
+
+
 def test_layerwise_combination_keeps_every_layers_count():
     torch.manual_seed(0)
     mask = Mask({"a": torch.ones(10, 10, dtype=torch.bool), "b": torch.ones(50, dtype=torch.bool)})
@@ -138,14 +168,20 @@ def test_colt_particles_train_on_disjoint_segments_and_a_ticket_on_all(tiny):
     assert result.mask(1) == expected
 
 
-def test_sms_starts_each_level_from_the_previous_solution(tiny):
-    loop, result = run_recorded(tiny(method="sms", particles=2, levels=2))
+@pytest.mark.parametrize("rewind_epochs", [0.0, 1.0])
+def test_sms_starts_each_level_from_the_previous_solution(tiny, rewind_epochs):
+    loop, result = run_recorded(tiny(method="sms", particles=2, levels=2,
+                                     rewind_epochs=rewind_epochs))
+    t0 = loop.schedule.rewind
+    assert (t0 > 0) == (rewind_epochs > 0)
     for task in loop.engine.tasks[1:]:
         previous = result.solution(task.level - 1)
         for k, v in task.start_state.items():
             expected = previous[k] * task.mask[k] if k in task.mask.names else previous[k]
             assert torch.equal(v, expected)
-        assert task.start_step == 0            # the full schedule again
+        # the level's full schedule T0..T again, from the rewind point's schedule position
+        assert task.start_step == t0
+    assert loop.engine.tasks[0].start_step == t0
 
 
 def test_swamp_plus_uses_one_particle_before_its_level(tiny):
@@ -177,6 +213,25 @@ def test_oneshot_prunes_the_dense_solution_straight_to_each_density(tiny):
     assert one.levels[1]["target_density"] == pytest.approx(0.1)
 
 
+def test_oneshot_target_sparsity_honours_the_layerwise_scope(tiny):
+    from swamp.methods import MethodPlan
+
+    torch.manual_seed(0)
+    # a layer of large weights: global pruning would keep far more of it than of "b"
+    dense = {"a": torch.randn(20, 10) * 10, "b": torch.randn(40), "bias": torch.randn(3)}
+    mask = Mask({"a": torch.ones(20, 10, dtype=torch.bool), "b": torch.ones(40, dtype=torch.bool)})
+    for scope in ("layerwise", "global"):
+        plan = MethodPlan(tiny(method="oneshot", particles=1, target_sparsity=0.9, scope=scope),
+                          n_train=100)
+        out = plan.next_mask(0, dense, mask, lambda: dense)
+        if scope == "layerwise":        # each layer keeps n - floor(0.9 n + 0.5)
+            assert (int(out["a"].sum()), int(out["b"].sum())) == (20, 4)
+            assert out == Mask({n: keep_top({n: dense[n].abs()}, Mask({n: mask[n]}), k)[n]
+                                for n, k in (("a", 20), ("b", 4))})
+        else:
+            assert out.nnz == 24 and int(out["b"].sum()) < 4
+
+
 def test_target_counts_follow_the_pruning_recurrence():
     mask = Mask({"a": torch.ones(10, dtype=torch.bool), "b": torch.ones(7, dtype=torch.bool)})
     assert [c[""] for c in target_counts(mask, 0.2, 3, "global")] == [17, 14, 11, 9]
@@ -196,6 +251,7 @@ def test_target_counts_follow_the_pruning_recurrence():
     ({"method": "oneshot", "target_sparsity": 1.0}, "--target-sparsity must"),
     ({"method": "random", "scorer": "lamp"}, "random masks"),
     ({"method": "random", "particles": 2}, "one particle"),
+    ({"method": "sms", "soup": "greedy", "val_fraction": 0.0}, "--val-fraction 0 leaves none"),
 ])
 def test_method_settings_that_do_not_apply_are_refused(values, fragment):
     with pytest.raises(SwampError, match=fragment):

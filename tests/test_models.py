@@ -98,6 +98,28 @@ def test_parameter_counts_at_cifar_shape(name, expected):
     assert n_params(build_model(name, (3, 32, 32), 10)) == expected
 
 
+def test_wrn_32_4_parameter_count_paper_convention():
+    # The SWAMP paper's CIFAR-100 net, depth 6n+2: n = 5 pre-activation blocks per stage,
+    # widths 64/128/256, 1x1 shortcut in each stage's first block; ~7.42M parameters.
+    def wrn(n: int, k: int, classes: int) -> int:
+        total, c_in = 3 * 16 * 9, 16  # stem conv (no BN: blocks are pre-activation)
+        for w in (16 * k, 32 * k, 64 * k):
+            total += 2 * c_in + c_in * w * 9 + 2 * w + w * w * 9 + c_in * w  # first block
+            total += (n - 1) * (4 * w + 2 * w * w * 9)
+            c_in = w
+        return total + 2 * c_in + c_in * classes + classes  # final BN, fc
+    assert wrn(5, 4, 100) == 7_422_260
+    assert wrn(4, 2, 10) == EXPECTED_CIFAR_PARAMS["wrn-28-2"]
+    assert n_params(build_model("wrn-32-4", (3, 32, 32), 100)) == 7_422_260
+
+
+@pytest.mark.parametrize("name,k", [*((n, 10) for n in EXPECTED_CIFAR_PARAMS), ("wrn-32-4", 100)])
+def test_cifar_models_forward_backward_at_32x32(name, k):
+    # Every CIFAR model at its real input size (the tests above mostly use 16x16), batch 2.
+    torch.manual_seed(0)
+    _forward_backward(build_model(name, (3, 32, 32), k), torch.randn(2, 3, 32, 32), k)
+
+
 def test_resnet20_count_follows_from_the_formula():
     # Re-derive the option-A count so the hard-coded number cannot silently drift.
     def cifar_resnet(n: int) -> int:

@@ -176,3 +176,36 @@ def test_swamp_run_refuses_to_resume_inside_a_pools_directory(runs, tmp_path):
     with pytest.raises(SwampError, match="post-hoc results"):
         LevelLoop(settings, run_dir=out).run()
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_lottery_pools_refuse_a_run_without_a_validation_split(runs, tmp_path, capsys):
+    src = runs["imp"][0]
+    novalid = tmp_path / "novalid"
+    novalid.mkdir()
+    settings = json.loads((src / "settings.json").read_text())
+    settings["data"]["val_fraction"] = 0.0
+    (novalid / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(SwampError, match="no validation split"):
+        lottery_pools(novalid, tmp_path / "pools")
+    assert main(["lottery-pools", str(novalid)]) == 2
+    err = capsys.readouterr().err
+    assert "--val-fraction 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "pools").exists()
+
+
+def test_posthoc_out_on_a_file_is_one_clear_line(runs, tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("mine")
+    message = f"{target} is a file; --out needs a directory"
+    for call in (lambda: lottery_pools(runs["imp"][0], target),
+                 lambda: ensemble_runs(runs["imp"], target),
+                 lambda: connectivity(runs["swamp"], points=2, out=target / "sub")):
+        with pytest.raises(SwampError, match=message):
+            call()
+    for argv in (["lottery-pools", str(runs["imp"][0]), "--out", str(target)],
+                 ["ensemble", *map(str, runs["imp"]), "--out", str(target)],
+                 ["connectivity", str(runs["swamp"]), "--out", str(target)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--out needs a directory" in err and err.count("\n") == 1
+    assert target.read_text() == "mine"

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from swamp.cli import build_parser, settings_from_args
+from swamp.cli import build_parser, main, settings_from_args
 from swamp.config import Settings, TrainSettings
 from swamp.errors import SwampError
 from swamp.presets import PRESETS
@@ -41,3 +43,28 @@ def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
     with_swa = Schedule.build(TrainSettings(epochs=4, batch_size=10, lr=0.1, schedule="step",
                                             swa_start=0.6, swa_lr=0.02), 100, swa=True)
     assert with_swa.lr_at(20) == pytest.approx(0.01) and with_swa.lr_at(24) == 0.02
+
+
+def test_swamp_list_shows_every_preset(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, preset in PRESETS.items():
+        assert f"  {name} " in out and preset.source in out
+
+
+def test_every_preset_is_documented():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "presets.md").read_text()
+    for name in PRESETS:
+        assert f"`{name}`" in doc, name
+
+
+def test_vgg_preset_with_swa_jumps_back_up_as_documented():
+    # The LTH step recipe under an SWA method: 0.1, 0.01 from 50%, then swa_lr (0.05 = lr/2)
+    # from 75%, which is why docs/paper.md adds --schedule cosine for the VGG rows.
+    s = parse("--preset", "vgg16", "--method", "swamp").resolved()
+    sched = Schedule.build(s.train, 45_000, swa=True)
+    assert sched.total == 56_160 and sched.rewind == 2000  # 351 iterations x 160 epochs
+    assert [round(sched.lr_at(i), 6) for i in (0, 28_080, 42_120)] == [0.1, 0.01, 0.05]
+    c = parse("--preset", "vgg16", "--schedule", "cosine", "--swa-lr", "0.05").resolved()
+    lrs = [Schedule.build(c.train, 45_000, swa=True).lr_at(i) for i in range(0, 56_160, 500)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == 0.05

@@ -1,6 +1,7 @@
 """The report builder on hand-made metrics: the expected table, plot and checks."""
 
 import csv
+import re
 import json
 import statistics
 
@@ -14,7 +15,7 @@ from swamp.report import build_report
 HEADER = "level,density,sparsity,target_density,test_acc,test_nll\n"
 
 
-def fake_run(root, method, seed, accs, nlls=None, posthoc=None, **settings):
+def fake_run(root, method, seed, accs, nlls=None, posthoc=None, densities=None, **settings):
     d = root / f"{posthoc or method}-{seed}"
     d.mkdir(parents=True)
     s = Settings.from_dict({"method": method, "seed": seed, "dataset": "mnist1d",
@@ -23,8 +24,9 @@ def fake_run(root, method, seed, accs, nlls=None, posthoc=None, **settings):
     if posthoc:
         (d / "posthoc.json").write_text(json.dumps({"method": posthoc}))
     nlls = nlls or [1.0 - a for a in accs]
-    lines = [f"{lv},{0.8 ** lv},{1 - 0.8 ** lv},{0.8 ** lv},{a},{n}\n"
-             for lv, (a, n) in enumerate(zip(accs, nlls))]
+    densities = densities or [0.8 ** lv for lv in range(len(accs))]
+    lines = [f"{lv},{d},{1 - d},{0.8 ** lv},{a},{n}\n"
+             for lv, (a, n, d) in enumerate(zip(accs, nlls, densities))]
     (d / "metrics.csv").write_text(HEADER + "".join(lines))
     return d
 
@@ -83,6 +85,8 @@ def test_report_names_the_densities_where_swamp_does_not_beat_imp(tmp_path):
     (dict(method="imp", seed=1, model="mlp"), "model"),
     (dict(method="imp", seed=0), "several runs with seed 0"),
     (dict(method="imp", seed=1, epochs=3), "differ in train.epochs"),
+    (dict(method="swamp", seed=0, epochs=3), "differ in train.epochs"),   # across methods
+    (dict(method="swamp", seed=1, levels=2), "differ in prune.levels"),
 ])
 def test_report_refuses_runs_that_do_not_belong_together(tmp_path, second, fragment):
     a = fake_run(tmp_path / "a", "imp", 0, [0.9, 0.8])
@@ -103,3 +107,56 @@ def test_report_cli_bad_input_is_one_line(tmp_path, capsys):
     assert "not a swamp run directory" in capsys.readouterr().err
     assert main(["report", str(a), "--out", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "report.md").is_file()
+
+
+def test_runs_of_different_methods_may_differ_in_method_settings_only(tmp_path):
+    runs = [fake_run(tmp_path, "imp", 0, [0.9, 0.8], device="cpu", engine="sequential"),
+            fake_run(tmp_path, "swamp", 0, [0.9, 0.8], particles=3, soup="greedy"),
+            fake_run(tmp_path, "imp-swa", 0, [0.9, 0.8], swa_lr=0.01),
+            fake_run(tmp_path, "oneshot", 0, [0.9, 0.8], target_sparsity=0.5),
+            fake_run(tmp_path, "imp", 0, [0.9, 0.8], posthoc="lottery-pools")]
+    md = (build_report(runs, tmp_path / "r") / "report.md").read_text()
+    assert "imp-swa (1 particle(s), SWA True)" in md
+    assert "lottery-pools (Lottery Pools over imp)" in md
+    # two SWA runs with different SWA learning rates are not comparable
+    other = fake_run(tmp_path / "b", "swamp", 1, [0.9, 0.8])
+    with pytest.raises(SwampError, match=r"train.swa_lr .*imp-swa-0: 0.01 vs .*swamp-1: 0.05"):
+        build_report([runs[2], other], tmp_path / "r2")
+
+
+def test_sparsity_labels_are_rounded_once(tmp_path):
+    runs = [fake_run(tmp_path, "imp", 0, [0.9, 0.8], densities=[1.0, 0.17851]),
+            fake_run(tmp_path, "swamp", 0, [0.9, 0.85], densities=[1.0, 0.17851])]
+    out = build_report(runs, tmp_path / "r")
+    md = (out / "report.md").read_text()
+    assert "| 82.1% | 17.85% | 80.00 | 85.00 |" in md          # not 82.2% (via 0.1785)
+    assert "| 82.1% | +5.00 | yes |" in md
+    assert "82.2%" not in md
+    row = [r for r in read(out / "summary.csv") if r["level"] == "1"][0]
+    assert (row["density"], row["sparsity"]) == ("0.17851", "0.82149")
+
+
+@pytest.mark.parametrize("header,line,fragment", [
+    ("level,density,sparsity,test_nll\n", "0,1.0,0.0,0.3\n", "lacks the column test_acc"),
+    (HEADER, "0,1.0,0.0,1.0,high,0.3\n", "column test_acc holds 'high' (line 2)"),
+    (HEADER, ",1.0,0.0,1.0,0.9,0.3\n", "column level is empty"),
+])
+def test_a_broken_metrics_csv_is_one_clear_error(tmp_path, capsys, header, line, fragment):
+    run = fake_run(tmp_path, "imp", 0, [0.9])
+    (run / "metrics.csv").write_text(header + line)
+    with pytest.raises(SwampError, match=re.escape(fragment)) as info:
+        build_report([run], tmp_path / "r")
+    assert str(run / "metrics.csv") in str(info.value)
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_out_on_a_file_is_refused(tmp_path):
+    run = fake_run(tmp_path, "imp", 0, [0.9, 0.8])
+    target = tmp_path / "file.md"
+    target.write_text("mine")
+    for out in (target, target / "sub"):
+        with pytest.raises(SwampError, match=f"{target} is a file; --out needs a directory"):
+            build_report([run], out)
+    assert target.read_text() == "mine"

@@ -13,7 +13,8 @@ Two pseudo-methods are built from `imp` runs with no training of their own:
 
 Run settings that only some methods use are given to those methods only: `--particles` and
 `--soup` to the methods that average several particles, `--vote-share` to mask-vote,
-`--swamp-plus-level` to swamp+, `--target-sparsity` to oneshot.
+`--swamp-plus-level` to swamp+, `--target-sparsity` to oneshot. `--swa/--no-swa` is refused:
+each method defines it (imp-swa, swamp and swamp+ use SWA; the others do not).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ def check_methods(methods: Sequence[str]) -> None:
 
 
 def method_settings(base: Settings, method: str, seed: int) -> Settings:
-    """`base` for one method and seed: settings the method does not use are reset."""
+    """`base` for one method and seed: settings the method does not use are reset.
+
+    `--swa/--no-swa` is refused rather than reset: each method defines it."""
+    if base.method.swa is not None:
+        raise SwampError(f"compare: --{'' if base.method.swa else 'no-'}swa does not apply; "
+                         f"each method defines SWA (imp-swa, swamp and swamp+ use it), so "
+                         f"leave it out")
     s = copy.deepcopy(base)
     spec = method_spec(method)
     s.method.method = method
@@ -87,6 +94,7 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     from swamp.loop import LevelLoop, resolve_device
     from swamp.posthoc.ensemble import ensemble_runs
     from swamp.posthoc.pools import lottery_pools
+    from swamp.posthoc.runs import check_out_dir
     from swamp.report import build_report
 
     check_methods(methods)
@@ -97,8 +105,12 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     if "imp-ensemble" in methods and len(seeds) < 2:
         raise SwampError("imp-ensemble pairs imp runs of different seeds; give at least two "
                          "--seeds")
-    out = Path(out)
-    runs_root = Path(runs_dir) if runs_dir is not None else out / "runs"
+    if "lottery-pools" in methods and base.data.val_fraction == 0:
+        raise SwampError("lottery-pools selects on the validation split and --val-fraction 0 "
+                         "leaves none; use --val-fraction > 0 or leave lottery-pools out")
+    out = check_out_dir(out)
+    runs_root = (check_out_dir(runs_dir, "--runs-dir") if runs_dir is not None
+                 else check_out_dir(out / "runs"))
     trained = [m for m in methods if m in METHODS]
     if any(m in PSEUDO_METHODS for m in methods) and "imp" not in trained:
         trained.append("imp")      # the pseudo-methods are made from imp runs

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -232,16 +233,19 @@ class Settings:
         validate(out)
         return out
 
-    def run_hash(self) -> str:
-        """Stable hash of the settings that differ from the defaults (OpenLTH-style)."""
+    def run_hash(self, inputs: dict[str, str] | None = None) -> str:
+        """Stable hash of the settings that differ from the defaults (OpenLTH-style), and of
+        the fingerprints of a model or data passed through the Python API (`inputs`)."""
         defaults = {(s, n): v for s, n, v in Settings().items()}
-        changed = {f"{s}.{n}": v for s, n, v in self.resolved().items()
-                   if n not in UNHASHED and v != defaults[(s, n)]}
+        changed: dict[str, Any] = {f"{s}.{n}": v for s, n, v in self.resolved().items()
+                                   if n not in UNHASHED and v != defaults[(s, n)]}
+        if inputs:
+            changed["inputs"] = inputs
         blob = json.dumps(changed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
-    def run_name(self) -> str:
-        return f"{self.method.method}-{self.run_hash()}"
+    def run_name(self, inputs: dict[str, str] | None = None) -> str:
+        return f"{self.method.method}-{self.run_hash(inputs)}"
 
 
 def field_owners() -> dict[str, str]:
@@ -317,8 +321,12 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
 def validate(s: Settings) -> None:
     """Reject impossible settings with one line naming the setting and the fix."""
     t, p, m = s.train, s.prune, s.method
+    for _, name, value in s.items():   # NaN passes every comparison below: refuse it first
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SwampError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
     spec = method_spec(m.method)
     checks = [
+        (s.run.seed < 0, f"--seed must be 0 or more (got {s.run.seed})"),
         (m.particles is not None and m.particles < 1,
          f"--particles must be at least 1 (got {m.particles})"),
         (spec.fixed_particles and m.particles != 1,
@@ -380,6 +388,9 @@ def _method_checks(s: Settings, spec: MethodSpec) -> list[tuple[bool, str]]:
         (m.soup == "greedy" and (spec.data_split == "disjoint" or spec.fixed_particles),
          f"--soup greedy selects among averaged particles; method {name} does not average "
          f"particles (use sms, swamp, imp-wa or mask-vote)"),
+        (m.soup == "greedy" and s.data.val_fraction == 0,
+         "--soup greedy selects on the validation split and --val-fraction 0 leaves none; "
+         "use --val-fraction > 0 (e.g. 0.1) or --soup uniform"),
         (m.vote_share != 0.5 and spec.combine != "mask-vote",
          f"--vote-share applies to --method mask-vote only (got --method {name})"),
         (not 0.0 < m.vote_share <= 1.0, f"--vote-share must be in (0, 1] (got {m.vote_share})"),

@@ -8,11 +8,13 @@ Three settings decide CPU throughput here, each measured by `benchmarks/particle
   MALLOC_TRIM_THRESHOLD_=1073741824 does) keeps those pages mapped; results are
   bit-identical. `tune_allocator()` applies it in the running process with mallopt; the
   `swamp` command calls it first thing, and processes it starts get the environment variables.
-- **Threads.** Two intra-op threads on a machine whose other core is busy are not 2x faster
-  but up to 20x *slower* (OpenMP threads wait for each other at every operator). Threads are
-  therefore matched to the cores that are free when a run starts, never more than torch's
-  current setting (so OMP_NUM_THREADS or `torch.set_num_threads` still cap them), and each
-  of K processes on one machine gets cores // K.
+- **Threads.** Each of K processes on one machine gets cores // K intra-op threads (the
+  cores this process may use: affinity and cgroup quota), never more than torch's current
+  setting (so OMP_NUM_THREADS or `torch.set_num_threads` still cap them): processes never
+  oversubscribe the cores, where two OpenMP threads sharing a core with other work can be
+  many times slower. The count depends on the machine, not on its momentary load, because
+  floating-point results depend on the thread count: the same command on the same machine
+  must give the same numbers. `free_cores` (a load sample) only reports, e.g. in benchmarks.
 - **Memory format.** 2-D convolutions run faster in channels_last on CPU.
 """
 
@@ -104,6 +106,8 @@ _free_cache: tuple[float, int] | None = None
 def free_cores(sample_seconds: float = 0.25, max_age: float = 30.0) -> int:
     """Cores not busy with other work, from a short sample of /proc/stat (at least 1).
 
+    A diagnostic for reports and benchmarks; the thread policy does not use it (see above).
+
     This process sleeps while it samples, so its own threads do not count. Where /proc/stat
     is missing, the 1-minute load average stands in. Cached for `max_age` seconds.
     """
@@ -131,7 +135,7 @@ def free_cores(sample_seconds: float = 0.25, max_age: float = 30.0) -> int:
 def run_threads(requested: int = 0, ranks_here: int = 1) -> int:
     """Intra-op threads for one process of a run.
 
-    `requested` > 0 is used as given. Otherwise: the free cores divided among the
+    `requested` > 0 is used as given. Otherwise: the usable cores divided among the
     `ranks_here` processes of this machine, never more than torch's current setting
     (OMP_NUM_THREADS or an earlier `torch.set_num_threads` keep their say).
     """
@@ -142,7 +146,7 @@ def run_threads(requested: int = 0, ranks_here: int = 1) -> int:
     current = torch.get_num_threads()
     if current <= 1:
         return 1
-    return max(1, min(current, free_cores() // max(1, ranks_here)))
+    return max(1, min(current, usable_cores() // max(1, ranks_here)))
 
 
 @contextlib.contextmanager

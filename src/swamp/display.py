@@ -33,7 +33,7 @@ class RunDisplay:
         self._tasks: dict[int, Any] = {}
         self._started: dict[int, float] = {}
         self._level = 0
-        self._total = 0
+        self._first = self._last = 0
         self._header_shown = False
 
     def info(self, message: str) -> None:
@@ -41,8 +41,10 @@ class RunDisplay:
             self.console.print(message)
 
     # ---- one level ------------------------------------------------------------------------
-    def level_started(self, level: int, particles: int, steps: int) -> None:
-        self._level, self._total = level, steps
+    def level_started(self, level: int, particles: int, first: int, last: int) -> None:
+        """Particles train from schedule iteration `first` (the rewind point) to `last`."""
+        self._level, self._first, self._last = level, first, last
+        steps = last - first
         self._tasks.clear()
         if self.quiet:
             return
@@ -58,13 +60,14 @@ class RunDisplay:
         else:
             self._particles = particles
 
-    def particle_progress(self, index: int, steps_done: int) -> None:
+    def particle_progress(self, index: int, iteration: int) -> None:
+        """Particle `index` has reached schedule iteration `iteration`."""
         if self.quiet:
             return
         self._started.setdefault(index, time.perf_counter())
         if self._progress is not None:
-            self._progress.update(self._tasks[index], completed=steps_done)
-        elif steps_done == self._total:
+            self._progress.update(self._tasks[index], completed=iteration - self._first)
+        elif iteration == self._last:
             took = time.perf_counter() - self._started[index]
             self.console.print(f"  level {self._level} · particle {index + 1}/"
                                f"{self._particles} trained ({took:.1f} s)")

@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from swamp.errors import SwampError
 from swamp.masks import Mask
-from swamp.store import RunStore, load_state, read_json
+from swamp.store import RunStore, load_state, publish, read_json
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
@@ -196,7 +196,7 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

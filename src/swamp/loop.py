@@ -23,6 +23,7 @@ from swamp.display import RunDisplay
 from swamp.engines import LevelTask, ParticleJob, TrainContext, engine_device, make_engine
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
+from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.masks import Mask, select_prunable
 from swamp.methods import MethodPlan
 from swamp.models import build_model
@@ -70,12 +71,20 @@ def _comparable(settings_dict: dict[str, Any]) -> dict[str, Any]:
             if k not in UNHASHED}
 
 
-def open_run_dir(settings: Settings, run_dir: str | Path | None) -> RunStore:
-    """The run directory for these settings; refuses one made with different settings."""
-    root = Path(run_dir) if run_dir is not None else Path(settings.run.out) / settings.run_name()
+def open_run_dir(settings: Settings, run_dir: str | Path | None,
+                 inputs: dict[str, str] | None = None) -> RunStore:
+    """The run directory for these settings; refuses one made with different settings, or
+    with another model or data passed through the Python API (`inputs`: their fingerprints)."""
+    inputs = inputs or {}
+    root = (Path(run_dir) if run_dir is not None
+            else Path(settings.run.out) / settings.run_name(inputs))
     store = RunStore(root)
     if store.exists():
-        saved = read_json(store.settings_path)
+        try:
+            saved = read_json(store.settings_path)
+        except SwampError:   # not recomputable: the settings are what the run is checked by
+            raise SwampError(f"{store.settings_path} is corrupted, so this run cannot be "
+                             f"resumed; restore the file or use another --out") from None
         mine = _comparable(settings.to_dict())
         try:
             theirs = _comparable(saved)
@@ -86,7 +95,14 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None) -> RunStore:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff[:3])
             raise SwampError(f"{root} holds a run with different settings ({shown}); "
                              f"use another --out or the run's own settings")
-    elif root.exists() and any(root.iterdir()):
+        saved_inputs = read_json(store.inputs_path) if store.inputs_path.is_file() else {}
+        changed = differences(saved_inputs, inputs)
+        if changed:
+            raise SwampError(f"{root} holds a run of another {' and '.join(changed)} than the "
+                             f"one passed now (fingerprints differ); pass the run's own "
+                             f"model and data, or use another run directory")
+    elif root.exists() and any(p.name != "inputs.json" for p in root.iterdir()):
+        # (inputs.json alone: a run that stopped before writing its settings)
         raise SwampError(f"{root} exists and is not a swamp run directory; choose another --out")
     return store
 
@@ -104,7 +120,11 @@ class LevelLoop:
                                     resolve_device(self.settings.run.device))
         s = self.settings
         # Everything that can fail on bad input happens before the run directory is touched.
-        self.store = open_run_dir(s, run_dir)
+        # A model or data passed in is identified by fingerprints (inputs.py), built-in ones
+        # by the settings.
+        self.inputs = {**(model_fingerprints(model) if model is not None else {}),
+                       **(data_fingerprint(data) if data is not None else {})}
+        self.store = open_run_dir(s, run_dir, self.inputs)
         if data is None:
             data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
                                 val_fraction=s.data.val_fraction, split_seed=s.run.seed,
@@ -120,7 +140,10 @@ class LevelLoop:
         self.schedule = Schedule.build(s.train, len(self.data.train), bool(s.method.swa))
         self.ctx = TrainContext(self.model, self.data, self.schedule, s.train)
         # after the context: engines prepare the model (channels_last) and join process groups
-        self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info)
+        recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
+                    else None)
+        self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
+                                  recorded=recorded)
         self.plan = MethodPlan(s, len(self.data.train), self.device)
 
     # ---- artefacts before level 0 -------------------------------------------------------
@@ -177,9 +200,12 @@ class LevelLoop:
         task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
                          self._jobs(level))
         t0 = time.perf_counter()
-        self.display.level_started(level, len(task.jobs),
-                                   self.schedule.total - self.schedule.rewind)
+        self.display.level_started(level, len(task.jobs), task.start_step, self.schedule.total)
         results = self.engine.train_particles(task, self.ctx, self.display.particle_progress)
+        decisions = getattr(self.engine, "decisions", None)
+        if decisions and (not self.store.engine_path.is_file()
+                          or read_json(self.store.engine_path) != decisions):
+            write_json(self.store.engine_path, decisions)
         particles = [self._finish_particle(r) for r in results]
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
@@ -228,6 +254,7 @@ class LevelLoop:
             "combined": combined,
             "particle_train_loss": [r.train_loss for r in results],
             "swa_snapshots": [r.averaged for r in results],
+            "engine": getattr(self.engine, "description", self.engine.name),
             "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
                        for name, (nnz, numel) in mask.per_layer().items()},
         }
@@ -263,12 +290,15 @@ class LevelLoop:
                              f"another --run-dir")
         self.store.root.mkdir(parents=True, exist_ok=True)
         if not self.store.exists():
-            write_json(self.store.settings_path, s.to_dict())
+            if self.inputs:
+                write_json(self.store.inputs_path, self.inputs)
+            write_json(self.store.settings_path, s.to_dict())   # last: marks a run directory
         init = self._init_state()
         rewind = self._rewind_state(init)
         finished = self.store.finished_levels()
         rows = self.store.level_metrics()
         if finished:
+            self.store.write_metrics_csv()   # it may be missing or stale after a stop
             self.display.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
                               f"finished")
             for row in rows:

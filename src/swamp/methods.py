@@ -48,14 +48,32 @@ def mean_magnitude(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask
     return out
 
 
-def _adjust(passed: Mask, mask: Mask, scores: Mapping[str, torch.Tensor], n_keep: int) -> Mask:
-    """Exactly `n_keep` weights: the passers with the highest scores if there are too many;
-    all passers plus the highest-scoring non-passers (of `mask`) if there are too few."""
-    have = passed.nnz
-    if have >= n_keep:
-        return keep_top(scores, passed, n_keep)
-    rest = Mask({n: mask[n] & ~passed[n] for n in mask.names})
-    return passed.union(keep_top(scores, rest, n_keep - have))
+def keep_top_voted(votes: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
+                   mask: Mask, n_keep: int) -> Mask:
+    """Exactly `n_keep` weights of `mask`, ranked by vote count, then by `scores` (mean |w|),
+    then by the index tie-break of `keep_top` (the lower flat index is dropped first).
+
+    This one ranking serves both directions of `combine_masks`: when more weights pass the
+    vote than the schedule keeps, the passers with the fewest votes go first (a unanimous
+    weight outranks a 2-vote weight whatever their magnitudes); when too few pass, every
+    passer stays and the rest are added back by the most votes first, so a weight no
+    particle kept never comes back before one that a particle kept.
+    """
+    if not 0 <= n_keep <= mask.nnz:
+        return keep_top(scores, mask, n_keep)          # its one-line error
+    kept = Mask({n: torch.zeros_like(mask[n]) for n in mask.names})
+    slots = n_keep
+    top = max((int(votes[n][mask[n]].max()) for n in mask.names if mask[n].any()), default=0)
+    for v in range(top, -1, -1):
+        if slots == 0:
+            break
+        tier = Mask({n: mask[n] & (votes[n] == v) for n in mask.names})
+        have = tier.nnz
+        if have == 0:
+            continue
+        kept = kept.union(tier if have <= slots else keep_top(scores, tier, slots))
+        slots -= min(have, slots)
+    return kept
 
 
 def combine_masks(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask, fraction: float,
@@ -65,9 +83,11 @@ def combine_masks(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask, frac
     ceil(share * N) states keep it (share 1: intersection, COLT; share <= 1/N: union).
 
     The density schedule stays exact: the result keeps exactly as many weights as pruning one
-    state would (per layer with the layerwise scope). If the vote keeps too many, the passers
-    with the smallest mean |w| over the states are removed; if it keeps too few (the usual
-    case for an intersection), the removed weights with the largest mean |w| are added back.
+    state would (per layer with the layerwise scope). Weights are ranked by vote count, then
+    by mean |w| over the states, then by the index tie-break (`keep_top_voted`): if the vote
+    keeps too many, the passers with the fewest votes (among those, the smallest mean |w|)
+    are removed; if it keeps too few (the usual case for an intersection), the removed
+    weights with the most votes (among those, the largest mean |w|) are added back.
     Returns the mask and a record of what the adjustment did.
     """
     masks = [prune(s, mask, fraction, scorer=scorer, scope=scope, generator=generator)
@@ -78,13 +98,10 @@ def combine_masks(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask, frac
     scores = mean_magnitude(states, mask)
     target = masks[0].nnz   # every particle's own mask has the exact target count
     if scope == "global":
-        result = _adjust(passed, mask, scores, target)
+        result = keep_top_voted(votes, scores, mask, target)
     else:
-        parts = {}
-        for n in mask.names:
-            one = Mask({n: mask[n]})
-            parts[n] = _adjust(Mask({n: passed[n]}), one, scores, int(masks[0][n].sum()))[n]
-        result = Mask(parts)
+        result = Mask({n: keep_top_voted(votes, scores, Mask({n: mask[n]}),
+                                         int(masks[0][n].sum()))[n] for n in mask.names})
     record = {"votes_needed": need, "voters": len(states), "passed": passed.nnz,
               "target": target, "added_back": max(0, target - passed.nnz),
               "removed_extra": max(0, passed.nnz - target)}
@@ -97,9 +114,10 @@ def greedy_soup(particles: Sequence[StateDict], val_acc: Sequence[float],
                 ) -> tuple[StateDict, list[int], float]:
     """Model-soup greedy selection (Wortsman et al. 2022) on validation accuracy only.
 
-    Particles are tried from the best validation accuracy down; one joins the soup if the
-    soup's validation accuracy with it (after `make`: average, mask, BN recompute) is not
-    lower than without it. `val_acc` are the particles' own validation accuracies.
+    Particles are tried from the best validation accuracy down; one joins the soup only if
+    the soup's validation accuracy does not drop with it (after `make`: average, mask, BN
+    recompute), i.e. if it is >= the current soup's (ties join, as in Wortsman et al.).
+    `val_acc` are the particles' own validation accuracies.
     Returns (soup state, chosen particle indices in order of joining, soup val accuracy).
     """
     order = sorted(range(len(particles)), key=lambda i: (-val_acc[i], i))
@@ -244,10 +262,12 @@ class MethodPlan:
             ones = Mask({n: torch.ones_like(mask[n]) for n in mask.names})
             scores = score(dense, ones, p.scorer, self._generator(0))
             if self.one_target:
-                numel = ones.numel
-                n_keep = numel - n_to_remove(float(self.settings.method.target_sparsity), numel)
-                return keep_top(scores, ones, n_keep)
-            counts = target_counts(ones, p.prune_fraction, level + 1, p.scope)[level + 1]
+                # One step from dense to the target sparsity: the same exact count rule as
+                # a level, globally or per layer.
+                counts = target_counts(ones, float(self.settings.method.target_sparsity), 1,
+                                       p.scope)[1]
+            else:
+                counts = target_counts(ones, p.prune_fraction, level + 1, p.scope)[level + 1]
             if p.scope == "global":
                 return keep_top(scores, ones, counts[""])
             return Mask({n: keep_top(scores, Mask({n: ones[n]}), counts[n])[n]

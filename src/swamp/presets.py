@@ -1,7 +1,8 @@
 """Standard IMP training recipes per model (`swamp run --preset NAME`).
 
 A preset is a set of settings applied before a settings file and the flags, so anything it
-sets can still be overridden. The table in docs/presets.md states where each value comes from.
+sets can still be overridden. docs/presets.md states where each value comes from and
+marks the values that are this project's choice.
 """
 
 from __future__ import annotations
@@ -21,19 +22,25 @@ class Preset:
 
 # CIFAR ResNets and VGGs: the recipe of Frankle et al., "Linear Mode Connectivity and the
 # Lottery Ticket Hypothesis" (ICML 2020) and its OpenLTH code: SGD, momentum 0.9, lr 0.1,
-# batch 128, 160 epochs (62.5k iterations) with the lr divided by 10 at 50% and 75%,
-# weight decay 1e-4; rewinding to iteration 2000 (about 3% of training), the early point from
-# which that paper finds stable, matching IMP tickets for ResNet-20 and VGG-16.
+# batch 128, 160 epochs with the lr divided by 10 at 50% and 75%, weight decay 1e-4; rewinding
+# to iteration 2000, the early point from which that paper finds stable, matching IMP tickets
+# for ResNet-20 and VGG-16. On their 50k training images that is 62.5k iterations and 2000 is
+# about 3% of them; with swamp's default 10% validation hold-out, 160 epochs are 56,160
+# iterations (2000 is about 3.6%); --val-fraction 0 matches the paper's training set.
+# The preset sets no SWA values: SWA methods get the project defaults (last 25% at lr/2), and
+# with the step schedule the lr goes back up from 0.01 to swa_lr at swa_start (see
+# docs/presets.md); it is meant for the IMP baselines.
 _LTH = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, epochs=160,
             schedule="step", weight_decay=1e-4, rewind_iters=2000)
 # Wide ResNets: Zagoruyko & Komodakis (BMVC 2016) use lr 0.1, momentum 0.9, weight decay 5e-4,
 # batch 128; SWAMP (Choi et al., ICLR 2024) trains its WRN/VGG tickets with a cosine schedule
-# that anneals into SWA over the last 25% of training; we pair that with 160 epochs and the
-# same 2000-iteration rewind point as the LTH recipe.
+# that anneals into SWA over the tail of training. Our choices, not from a cited source:
+# 160 epochs, swa_lr 0.05 and the LTH recipe's 2000-iteration rewind point.
 _WRN = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, epochs=160,
             schedule="cosine", weight_decay=5e-4, rewind_iters=2000, swa_start=0.75,
             swa_lr=0.05)
-# MNIST-1D: this project's own default (see benchmarks/results/default_run.md).
+# MNIST-1D: this project's own default (see benchmarks/results/default_run.md). The rewind
+# point (epoch 1) and SWA values come from the project defaults, not from the preset.
 _MNIST1D = dict(dataset="mnist1d", model="conv1d", optimizer="sgd", lr=0.1, momentum=0.9,
                 batch_size=128, epochs=20, schedule="cosine", weight_decay=5e-4)
 
@@ -44,9 +51,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     *[Preset(m, {"model": m, **_LTH}, "Frankle et al. 2020 (LMC), OpenLTH cifar_vgg")
       for m in ("vgg11", "vgg13", "vgg16", "vgg19")],
     Preset("resnet18", {"model": "resnet18", **_LTH, "weight_decay": 5e-4},
-           "LTH recipe with ResNet-18's usual weight decay 5e-4"),
-    Preset("wrn-28-2", {"model": "wrn-28-2", **_WRN}, "Zagoruyko & Komodakis 2016; SWAMP 2024"),
-    Preset("wrn-32-4", {"model": "wrn-32-4", **_WRN}, "Zagoruyko & Komodakis 2016; SWAMP 2024"),
+           "LTH recipe; weight decay 5e-4 is our choice (usual for CIFAR ResNet-18, uncited)"),
+    Preset("wrn-28-2", {"model": "wrn-28-2", **_WRN}, "Zagoruyko & Komodakis 2016; SWAMP 2024; 160 epochs, swa_lr, rewind: our choice"),
+    Preset("wrn-32-4", {"model": "wrn-32-4", **_WRN}, "Zagoruyko & Komodakis 2016; SWAMP 2024; 160 epochs, swa_lr, rewind: our choice"),
 ]}
 
 

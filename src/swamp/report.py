@@ -6,8 +6,11 @@
 
 A "result" is any directory with `settings.json` and `metrics.csv`: a run, a Lottery Pools
 directory or an ensemble (their `posthoc.json` names the method). Results are grouped by
-method; within a method, one result per seed. Levels are matched by index; their densities
-agree across seeds because pruning counts are exact. Numbers are test accuracy and NLL of the
+method; within a method, one result per seed. Runs of one method may differ only in their
+seed; runs of different methods also in the method's own settings (`METHOD_SETTINGS`), never
+in the shared ones (data, model, training, pruning). Settings that do not change a run
+(device, engine, out, ...) are ignored. Levels are matched by index; their densities agree
+across seeds because pruning counts are exact. Numbers are test accuracy and NLL of the
 level solutions; nothing here selects anything.
 """
 
@@ -39,6 +42,7 @@ class Result:
     seed: int
     settings: Settings
     rows: list[dict[str, float]]
+    posthoc: dict[str, Any] = field(default_factory=dict)   # posthoc.json of post-hoc dirs
 
 
 @dataclass
@@ -66,8 +70,17 @@ def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def _float(v: str) -> float:
-    return float(v) if v not in ("", None) else math.nan
+REQUIRED = ("level", "density", "test_acc", "test_nll")
+
+
+def _float(v: str | None, csv_path: Path, column: str, line: int) -> float:
+    if v in ("", None):
+        return math.nan
+    try:
+        return float(v)
+    except ValueError:
+        raise SwampError(f"{csv_path}: column {column} holds {v!r} (line {line}), not a "
+                         f"number; rewrite or remove that metrics.csv") from None
 
 
 def read_result(path: str | Path) -> Result:
@@ -79,17 +92,45 @@ def read_result(path: str | Path) -> Result:
     if not csv_path.is_file():
         raise SwampError(f"{root} has no finished level (no metrics.csv); run it first")
     with open(csv_path, newline="") as fh:
-        raw = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        raw = [(reader.line_num, row) for row in reader]
+        header = reader.fieldnames or []
     if not raw:
         raise SwampError(f"{root} has no finished level (metrics.csv is empty); run it first")
-    rows = [{k: _float(row[k]) for k in ("level", "density", "test_acc", "test_nll")}
-            for row in raw]
-    return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows)
+    missing = [k for k in REQUIRED if k not in header]
+    if missing:
+        raise SwampError(f"{csv_path} lacks the column {missing[0]} (needs "
+                         f"{', '.join(REQUIRED)}); it is not a swamp metrics file")
+    rows = []
+    for line, row in raw:
+        values = {k: _float(row[k], csv_path, k, line) for k in REQUIRED}
+        for k in ("level", "density"):
+            if math.isnan(values[k]):
+                raise SwampError(f"{csv_path}: column {k} is empty (line {line}); rewrite or "
+                                 f"remove that metrics.csv")
+        rows.append(values)
+    return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows,
+                  posthoc)
+
+
+# Settings in which runs of different methods may differ: what makes the method, and
+# settings that do not change what a run computes (UNHASHED: device, engine, out, ...).
+METHOD_SETTINGS = {"method", "particles", "swa", "soup", "vote_share", "swamp_plus_level",
+                   "target_sparsity"}
 
 
 def _comparable(s: Settings) -> dict[str, Any]:
     skip = UNHASHED | {"seed"}
     return {f"{sec}.{n}": v for sec, n, v in s.items() if n not in skip}
+
+
+def _shared(s: Settings) -> dict[str, Any]:
+    """The settings every run of one report shares, whatever its method. The SWA learning
+    rate is written out only for runs that use SWA; it counts only between two such runs."""
+    out = {k: v for k, v in _comparable(s).items() if k.split(".")[1] not in METHOD_SETTINGS}
+    if not s.method.swa:
+        out.pop("train.swa_lr")
+    return out
 
 
 def check_results(results: Sequence[Result]) -> None:
@@ -115,6 +156,17 @@ def check_results(results: Sequence[Result]) -> None:
                 raise SwampError(f"report: runs of method {method} differ in {diff[0]} "
                                  f"({group[0].path} vs {r.path}); pass runs that differ only "
                                  f"in their seed")
+    # Across methods: the same shared settings (post-hoc dirs carry their source's).
+    ref = results[0]
+    first = _shared(ref.settings)
+    for r in results[1:]:
+        mine = _shared(r.settings)
+        diff = [k for k in first if k in mine and first[k] != mine[k]]
+        if diff:
+            k = diff[0]
+            raise SwampError(f"report: runs differ in {k} ({ref.path}: {first[k]!r} vs "
+                             f"{r.path}: {mine[k]!r}); pass runs trained with the same "
+                             f"settings apart from the method's own and the seed")
 
 
 def summarise(results: Sequence[Result]) -> list[SummaryRow]:
@@ -149,7 +201,21 @@ def summary_csv(rows: Sequence[SummaryRow]) -> str:
 
 
 def _key(density: float) -> float:
+    """Rows are grouped by density rounded to 4 digits; labels use the realised density."""
     return round(density, 4)
+
+
+def _labels(rows: Sequence[SummaryRow]) -> dict[float, float]:
+    """Grouping key -> the mean realised (unrounded) density of the rows it groups, so a
+    label is rounded once (density 0.17851 shows as 82.1%, not 82.2% via 0.1785)."""
+    groups: dict[float, list[float]] = {}
+    for s in rows:
+        groups.setdefault(_key(s.density), []).append(s.density)
+    return {k: statistics.fmean(v) for k, v in groups.items()}
+
+
+def _sparsity(density: float) -> str:
+    return f"{100 * (1 - density):.1f}%"
 
 
 def _cell(xs: list[float], scale: float, digits: int) -> str:
@@ -164,6 +230,7 @@ def markdown_table(rows: Sequence[SummaryRow], metric: str = "acc") -> str:
     methods = sorted({s.method for s in rows}, key=_rank)
     dens = sorted({_key(s.density) for s in rows}, reverse=True)
     cells = {(s.method, _key(s.density)): s for s in rows}
+    label = _labels(rows)
     scale, digits = (100.0, 2) if metric == "acc" else (1.0, 3)
     head = "| sparsity | density | " + " | ".join(methods) + " |"
     lines = [head, "|" + "---:|" * (len(methods) + 2)]
@@ -172,7 +239,8 @@ def markdown_table(rows: Sequence[SummaryRow], metric: str = "acc") -> str:
         for m in methods:
             s = cells.get((m, d))
             vals.append(_cell(getattr(s, metric), scale, digits) if s else "–")
-        lines.append(f"| {100 * (1 - d):.1f}% | {100 * d:.2f}% | " + " | ".join(vals) + " |")
+        lines.append(f"| {_sparsity(label[d])} | {100 * label[d]:.2f}% | " + " | ".join(vals)
+                     + " |")
     return "\n".join(lines)
 
 
@@ -183,14 +251,15 @@ def head_to_head(rows: Sequence[SummaryRow], a: str = "swamp", b: str = "imp") -
                   reverse=True)
     if not dens:
         return ""
+    label = _labels([cells[(m, d)] for d in dens for m in (a, b)])
     lines = [f"| sparsity | {a} − {b} (points, mean) | {a} beats {b} |", "|---:|---:|:---:|"]
     losses = []
     for d in dens:
         diff = 100 * (_mean(cells[(a, d)].acc) - _mean(cells[(b, d)].acc))
         win = diff > 0
         if not win:
-            losses.append(f"{100 * (1 - d):.1f}%")
-        lines.append(f"| {100 * (1 - d):.1f}% | {diff:+.2f} | {'yes' if win else '**no**'} |")
+            losses.append(_sparsity(label[d]))
+        lines.append(f"| {_sparsity(label[d])} | {diff:+.2f} | {'yes' if win else '**no**'} |")
     verdict = (f"{a} has a higher mean test accuracy than {b} at every density."
                if not losses else
                f"{a} does **not** beat {b} (mean test accuracy) at sparsity "
@@ -234,7 +303,7 @@ def plot(rows: Sequence[SummaryRow], path: Path, title: str = "") -> None:
         ax.invert_xaxis()
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticklabels([f"{100 * (1 - _key(d)):.1f}" for d in ticks], fontsize=8)
+        ax.set_xticklabels([f"{100 * (1 - d):.1f}" for d in ticks], fontsize=8)
         ax.set_xlabel("sparsity (%) — log density axis")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
@@ -264,15 +333,33 @@ def settings_lines(results: Sequence[Result]) -> list[str]:
         f"- pruning: {s.prune.levels} levels of {s.prune.prune_fraction} ({s.prune.scorer}, "
         f"{s.prune.scope}); seeds {', '.join(map(str, seeds))}",
         "- methods: " + "; ".join(
-            f"{r.method} ({r.settings.method.particles} particle(s), SWA {r.settings.method.swa})"
+            f"{r.method} ({describe(r)})"
             for r in {r.method: r for r in sorted(results, key=lambda x: _rank(x.method))
                       }.values()),
     ]
 
 
+def describe(r: Result) -> str:
+    """What a result's method is, for the report's methods line."""
+    m = r.settings.method
+    if not r.posthoc:
+        return f"{m.particles} particle(s), SWA {m.swa}"
+    source = r.posthoc.get("source_method") or m.method
+    if "members" in r.posthoc or "ensemble" in r.method:
+        n = len(r.posthoc.get("members") or [])
+        return f"output ensemble of {n or 'several'} {source} runs"
+    if r.posthoc.get("method") == "lottery-pools":
+        window = r.posthoc.get("window")
+        return f"Lottery Pools over {source}" + (f", window {window}" if window else "")
+    return f"post-hoc over {source}"
+
+
 def build_report(paths: Sequence[str | Path], out: str | Path, *, command: str | None = None,
                  title: str | None = None, notes: str = "") -> Path:
     """Write summary.csv, accuracy_vs_sparsity.png and report.md into `out`."""
+    from swamp.posthoc.runs import check_out_dir
+
+    check_out_dir(out)
     results = [read_result(p) for p in paths]
     check_results(results)
     return write_report(results, Path(out), command=command, title=title, notes=notes)
@@ -280,8 +367,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path, *, command: str |
 
 def write_report(results: Sequence[Result], out: Path, *, command: str | None = None,
                  title: str | None = None, notes: str = "") -> Path:
+    from swamp.posthoc.runs import check_out_dir
+
     rows = summarise(results)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "summary.csv", summary_csv(rows).encode())
     s = results[0].settings
     title = title or f"Accuracy vs sparsity: {s.model.model} on {s.data.dataset}"

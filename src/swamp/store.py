@@ -5,6 +5,8 @@
         init.safetensors         weights at initialisation
         rewind.safetensors       weights at the rewind point T0
         metrics.csv              one row per finished level
+        engine.json              how `--engine auto` trains the particles (kept on resume)
+        inputs.json              fingerprints of a model / data given through the Python API
         level_<n>/
             mask.safetensors     bool mask per prunable tensor used to train this level
             particle_<i>.safetensors   each particle's solution (optional)
@@ -42,6 +44,19 @@ METRICS_COLUMNS = [
 LEVEL_DIR = re.compile(r"^level_(\d+)$")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(tmp: str | Path, path: Path) -> None:
+    """Rename a finished temporary file to its real name, with the permissions a plain
+    `open` would have given it (mkstemp makes files private, 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -50,7 +65,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -85,7 +100,7 @@ def save_state(path: Path, state: StateDict) -> None:
     os.close(fd)
     try:
         save_file(cpu, tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -119,6 +134,16 @@ class RunStore:
     @property
     def rewind_path(self) -> Path:
         return self.root / "rewind.safetensors"
+
+    @property
+    def inputs_path(self) -> Path:
+        """Fingerprints of a model or data passed through the Python API (inputs.py)."""
+        return self.root / "inputs.json"
+
+    @property
+    def engine_path(self) -> Path:
+        """How `--engine auto` chose to train this run's particles (followed on resume)."""
+        return self.root / "engine.json"
 
     @property
     def metrics_csv(self) -> Path:

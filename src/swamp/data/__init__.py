@@ -59,7 +59,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     """Load a registered dataset into memory, normalised, with a seeded validation split.
 
     `size`: for generated data (mnist1d, synthetic*) the number of examples generated in all;
-    for the others the number of training examples kept (the first ones).
+    for the others the number of training examples kept (the first ones); more than the
+    dataset has is an error.
     `augment=False` drops the dataset's training augmentation.
     """
     key = _ALIASES.get(name.lower(), name.lower())

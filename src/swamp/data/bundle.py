@@ -30,7 +30,10 @@ class Split:
 
 @dataclass
 class DataBundle:
-    """Everything a run needs about its data; `val` is carved from the training data."""
+    """Everything a run needs about its data; `val` is carved from the training data.
+
+    The tensors are held whole in memory; a run moves them to its training device (`to`).
+    """
 
     name: str
     train: Split
@@ -41,6 +44,18 @@ class DataBundle:
     augment: Augment | None = None
 
     def to(self, device: torch.device | str) -> "DataBundle":
+        """The bundle with every split on `device`.
+
+        Data lives on the training device: a run moves the whole dataset there once (no
+        streaming from host memory), so it must fit in that device's memory next to the model.
+        On a CUDA device that has less free memory than the data needs, this raises a
+        SwampError instead of failing with an out-of-memory error.
+        """
+        device = torch.device(device)
+        moving = sum(t.numel() * t.element_size()
+                     for sp in (self.train, self.val, self.test) for t in (sp.x, sp.y)
+                     if not _on(t, device))
+        check_fits_on_device(self.name, moving, device)
         return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
                           self.num_classes, self.input_shape, self.augment)
 
@@ -48,6 +63,27 @@ class DataBundle:
         return (f"DataBundle(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "
                 f"test={len(self.test)}, num_classes={self.num_classes}, "
                 f"input_shape={self.input_shape}, augment={self.augment!r})")
+
+
+def _on(t: torch.Tensor, device: torch.device) -> bool:
+    return t.device.type == device.type and device.index in (None, t.device.index)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def check_fits_on_device(name: str, nbytes: int, device: torch.device | str) -> None:
+    """Refuse, in one line, to copy `nbytes` of data to a CUDA device with less memory free."""
+    device = torch.device(device)
+    if device.type != "cuda" or nbytes <= 0 or not torch.cuda.is_available():
+        return
+    free, _total = torch.cuda.mem_get_info(device)
+    if nbytes > free:
+        raise SwampError(f"the {name} data takes {_gb(nbytes)} but {device} has only "
+                         f"{_gb(free)} free, and a run keeps all its data on the training "
+                         f"device; keep fewer training examples with --data-size, or use a "
+                         f"smaller dataset")
 
 
 def split_validation(x: torch.Tensor, y: torch.Tensor, val_fraction: float,
@@ -80,7 +116,12 @@ def _as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
                              f"got {len(data.tensors)} tensors")
         x, y = data.tensors
     elif isinstance(data, Dataset):
-        n = len(data)  # type: ignore[arg-type]
+        try:
+            n = len(data)  # type: ignore[arg-type]
+        except TypeError:  # an IterableDataset (or any Dataset without __len__)
+            raise SwampError(f"{what}: {type(data).__name__} has no length (an IterableDataset?); "
+                             "pass a map-style Dataset (with __len__ and __getitem__) or an "
+                             "(x, y) pair of tensors") from None
         if n == 0:
             raise SwampError(f"{what}: the dataset is empty; pass at least one example")
         items = [data[i] for i in range(n)]  # one-off Python loop, never in a hot path

@@ -34,9 +34,19 @@ def _check_size(name: str, size: int | None, minimum: int) -> None:
         raise SwampError(f"{name}: size must be an integer >= {minimum}, got {size!r}")
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the first `size` training examples (the file datasets are already shuffled)."""
-    return (x, y) if size is None else (x[:size], y[:size])
+def _subset(name: str, x: torch.Tensor, y: torch.Tensor,
+            size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the first `size` training examples (the file datasets are already shuffled).
+
+    Asking for more than there are is an error, not a silent cut to what is available.
+    """
+    if size is None:
+        return x, y
+    n = int(y.shape[0])
+    if size > n:
+        raise SwampError(f"{name} has {n} training examples; size (--data-size) {size} is more "
+                         f"than that: leave it unset to use them all")
+    return x[:size], y[:size]
 
 
 # --------------------------------------------------------------------------- mnist1d
@@ -166,7 +176,7 @@ def load_digits_(data_dir: str | None, size: int | None, augment: bool) -> Raw:
     # Normalise with statistics of the training pixels only (scalar mean/std).
     mean, std = x[tr].mean(), x[tr].std()
     x = (x - mean) / std
-    xtr, ytr = _subset(x[tr], y[tr], size)
+    xtr, ytr = _subset("digits", x[tr], y[tr], size)
     return Raw(xtr, ytr, x[te], y[te], 10)
 
 
@@ -186,6 +196,22 @@ def _find_dir(root: Path, subdirs: list[str], has_files) -> Path | None:
         if cand.is_dir() and has_files(cand):
             return cand
     return None
+
+
+def _missing_files(name: str, root: Path, subdirs: list[str], files: list[str] | tuple[str, ...],
+                   present, what: str) -> SwampError:
+    """The error for files not found: names the folder holding most of them (the one the user
+    most likely meant; `root` when none holds any) and what is missing from it."""
+    cands = [c for c in [root / s for s in subdirs] + [root] if c.is_dir()]
+    scored = [(sum(1 for f in files if present(c, f)), c) for c in cands]
+    best_n, best = max(scored, key=lambda t: t[0], default=(0, root))  # ties: first candidate
+    if best_n == 0:
+        best = root
+    missing = [f for f in files if not present(best, f)]
+    places = " or ".join(str(root / s) for s in subdirs)
+    found = (f"{best} is missing {', '.join(missing)}" if root.is_dir()
+             else f"{root} does not exist")
+    return SwampError(f"{name}: expected {', '.join(files)} {what} in {places} or {root}; {found}")
 
 
 CIFAR_STATS = {  # per-channel mean/std of the training pixels, in [0, 1] units
@@ -229,16 +255,15 @@ def _load_cifar(name: str, data_dir: str | None, size: int | None, augment: bool
     names = train_files + [test_file]
     d = _find_dir(root, [subdir], lambda p: all((p / f).is_file() for f in names))
     if d is None:
-        missing = [f for f in names if not (root / subdir / f).is_file() and not (root / f).is_file()]
-        raise SwampError(f"{name}: expected {', '.join(names)} (python version of the dataset) in "
-                         f"{root / subdir} or {root}; missing {', '.join(missing) or 'some of them'}")
+        raise _missing_files(name, root, [subdir], names, lambda p, f: (p / f).is_file(),
+                             "(python version of the dataset)")
     parts = [_unpickle(d / f, key, name) for f in train_files]
     xtr, ytr = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     xte, yte = _unpickle(d / test_file, key, name)
     for y in (ytr, yte):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             raise SwampError(f"{name}: labels in {d} fall outside [0, {k}); is this the right dataset?")
-    xtr, ytr = _subset(xtr, ytr, size)
+    xtr, ytr = _subset(name, xtr, ytr, size)
     mean, std = CIFAR_STATS[name]
     aug = CropFlip(pad=4, fill=tuple(-m / s for m, s in zip(mean, std))) if augment else None
     return Raw(_normalise(xtr, mean, std), ytr, _normalise(xte, mean, std), yte, k, aug)
@@ -288,9 +313,8 @@ def _load_idx(name: str, data_dir: str | None, size: int | None, augment: bool) 
     root = _root(name, data_dir)
     d = _find_dir(root, MNIST_SUBDIRS[name], lambda p: all(_idx_path(p, f) for f in IDX_FILES))
     if d is None:
-        missing = [f for f in IDX_FILES if not _idx_path(root, f)]
-        raise SwampError(f"{name}: expected {', '.join(IDX_FILES)} (optionally .gz) in {root} or "
-                         f"{root}/{{{','.join(MNIST_SUBDIRS[name])}}}; missing {', '.join(missing)}")
+        raise _missing_files(name, root, MNIST_SUBDIRS[name], IDX_FILES,
+                             lambda p, f: _idx_path(p, f) is not None, "(optionally .gz)")
     xtr, ytr, xte, yte = (read_idx(_idx_path(d, f), name) for f in IDX_FILES)  # type: ignore[arg-type]
     for x, y, what in ((xtr, ytr, "train"), (xte, yte, "t10k")):
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
@@ -298,7 +322,7 @@ def _load_idx(name: str, data_dir: str | None, size: int | None, augment: bool) 
                              f"in {d} do not match; re-download the original files")
         if len(y) and int(y.max()) >= 10:
             raise SwampError(f"{name}: {what} labels in {d} exceed 9; is this the right dataset?")
-    xtr, ytr = _subset(xtr, ytr, size)
+    xtr, ytr = _subset(name, xtr, ytr, size)
     mean, std = MNIST_STATS[name]
     return Raw(_normalise(xtr[:, None], (mean,), (std,)), ytr.long(),
                _normalise(xte[:, None], (mean,), (std,)), yte.long(), 10)

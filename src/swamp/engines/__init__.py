@@ -46,8 +46,13 @@ def prepare(ctx: TrainContext) -> None:
 
 
 def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings | None = None,
-                info: Callable[[str], None] | None = None) -> Engine:
-    """The engine called `name` for this run (`ctx` and `settings` of the level loop)."""
+                info: Callable[[str], None] | None = None,
+                recorded: dict[str, dict] | None = None) -> Engine:
+    """The engine called `name` for this run (`ctx` and `settings` of the level loop).
+
+    `recorded`: the choices `auto` made in an earlier invocation of the same run (see
+    `AutoEngine`), followed unless processes or threads are now given explicitly.
+    """
     from swamp import distributed
 
     settings = settings or Settings()
@@ -85,4 +90,6 @@ def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings |
         return VectorisedEngine(info, run.threads)
     from swamp.engines.auto import AutoEngine
 
-    return AutoEngine(settings, info, requested=name)
+    if run.processes or run.threads:
+        recorded = None                       # explicit choices win over the record
+    return AutoEngine(settings, info, requested=name, recorded=recorded)

@@ -3,15 +3,19 @@
 Decided at the first level (and again if a later level has another number of particles),
 from measurements rather than rules of thumb, and said in one line:
 
-- CPU: processes when at least two cores are free and there are at least two particles,
-  each process with cores // K threads, provided the run's training is long enough to pay
-  for starting them (a few seconds; estimated from timed training steps). Otherwise the
-  sequential engine with threads matched to the free cores. Measured here (2 cores,
+- CPU: K = min(particles, cores) processes when there are at least two cores and two
+  particles, each process with cores // K threads, provided the run's training is long
+  enough to pay for starting them (a few seconds; estimated from timed training steps).
+  Otherwise the sequential engine with threads matched to the cores. Measured here (2 cores,
   benchmarks/results/particles.md): two single-thread processes beat one two-thread process
   for every built-in model, and stay fast when another program takes a core, where two
   threads slow down many times over. vmap gives nothing on CPU.
 - GPU: the vectorised engine where a timed probe (stacked step vs. N single steps on the
   model and batch of the run) shows it faster by at least 5%, else sequential.
+
+The choice is recorded with the run (`engine.json`, written by the level loop) and followed
+when the run is resumed, so that a resumed run trains as it began: results depend on the
+engine and thread count at floating-point precision.
 """
 
 from __future__ import annotations
@@ -104,12 +108,15 @@ class AutoEngine:
     name = "auto"
 
     def __init__(self, settings: Settings, info: Info | None = None,
-                 requested: str = "auto"):
+                 requested: str = "auto", recorded: dict[str, dict[str, Any]] | None = None):
         self.settings = settings
         self.info = info or (lambda message: None)
         self.requested = requested              # "auto" or "distributed" (no torchrun)
         self.processes = settings.run.processes
         self.threads = settings.run.threads
+        # Choices an earlier invocation of this run made (particles -> engine decision):
+        # a resumed run trains as it began, since floating-point results depend on the engine.
+        self.recorded = dict(recorded or {})
         self._choice: dict[int, Any] = {}       # particles -> engine
         self._distributed: Any = None
         self.description = f"{requested} (chosen at the first level)"
@@ -123,11 +130,33 @@ class AutoEngine:
         self._distributed = DistributedEngine(group, threads=threads, info=self.info)
         return self._distributed
 
+    @property
+    def decisions(self) -> dict[str, dict[str, Any]]:
+        """What was chosen per number of particles, to be recorded with the run."""
+        return {**self.recorded,
+                **{str(n): engine.decision for n, engine in self._choice.items()}}
+
+    def _from_record(self, record: dict[str, Any], ctx: TrainContext) -> tuple[Any, str]:
+        kind, threads = record.get("engine"), int(record.get("threads", 0))
+        why = "as recorded by this run's earlier levels"
+        if kind == "distributed":
+            if self._distributed is None:
+                self._start_processes(int(record["processes"]), threads, ctx)
+            return self._distributed, why
+        if kind == "vectorised":
+            return VectorisedEngine(self.info, threads), why
+        if kind == "sequential":
+            return SequentialEngine(threads), why
+        raise SwampError(f"the run's engine record {record} is not one this version can "
+                         f"follow; pass --engine sequential (or another engine) explicitly")
+
     def choose(self, task: LevelTask, ctx: TrainContext) -> Any:
         n = len(task.jobs)
         if n in self._choice:
             return self._choice[n]
-        engine, why = self._decide(task, ctx)
+        record = self.recorded.get(str(n))
+        engine, why = (self._from_record(record, ctx) if record is not None
+                       else self._decide(task, ctx))
         self._choice[n] = engine
         name = getattr(engine, "description", engine.name)
         self.description = f"{self.requested} -> {name}"
@@ -189,20 +218,15 @@ class AutoEngine:
                 return SequentialEngine(self.threads), (
                     f"about {estimate:.0f} s of training, too little to start processes; "
                     f"{threads} thread(s)")
-        free = cpu.free_cores()
-        k = min(n, self.processes if self.processes > 1 else free)
-        if k < 2:
-            threads = cpu.run_threads(self.threads)
-            return SequentialEngine(self.threads), (
-                f"{free} of {cores} cores free; {threads} thread(s)")
-        threads = self.threads or max(1, free // k)
+        k = min(n, self.processes if self.processes > 1 else cores)
+        threads = self.threads or max(1, cores // k)
         try:
             engine = self._start_processes(k, threads, ctx)
         except SwampError as exc:
             if forced:
                 raise
             return SequentialEngine(self.threads), f"processes unavailable ({exc})"
-        return engine, f"{free} of {cores} cores free"
+        return engine, f"{cores} cores"
 
     # ---- the engine interface ------------------------------------------------------------------
     def train_particles(self, task: LevelTask, ctx: TrainContext,

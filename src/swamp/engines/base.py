@@ -14,7 +14,8 @@ from swamp.masks import Mask
 from swamp.training import ParticleResult, Schedule
 
 StateDict = dict[str, torch.Tensor]
-# progress(particle_index, steps_done) is called as training goes
+# progress(particle_index, iteration) is called as training goes: the schedule iteration the
+# particle has reached (task.start_step .. schedule.total)
 ProgressFn = Callable[[int, int], None]
 
 

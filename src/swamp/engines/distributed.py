@@ -84,9 +84,15 @@ class DistributedEngine:
         return self.group.rank != 0
 
     @property
+    def decision(self) -> dict:
+        return {"engine": "distributed", "processes": self.group.world,
+                "threads": self.threads}
+
+    @property
     def description(self) -> str:
-        return (f"distributed: {self.group.world} processes x {self.threads} thread(s), "
-                f"device {self.group.device}")
+        backend = "NCCL" if self.group.device.type == "cuda" else "gloo"
+        return (f"distributed ({self.group.world} processes x {self.threads} thread(s), "
+                f"{backend}, device {self.group.device})")
 
     # ---- collectives (wrapped: a dead peer becomes one clear line) -------------------------
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -208,9 +214,9 @@ class DistributedEngine:
         if progress is not None:        # particles of other ranks: started now, shown when back
             for pos in range(n):
                 if pos % g.world != g.rank:
-                    progress(task.jobs[pos].index, 0)
+                    progress(task.jobs[pos].index, task.start_step)
         try:
-            if layout_of(task.start_state) != layout_of(ctx.model.state_dict()):
+            if sorted(layout_of(task.start_state)) != sorted(layout_of(ctx.model.state_dict())):
                 raise SwampError(f"rank {g.rank}'s model differs from rank 0's (another "
                                  f"state-dict layout); start every rank with the same "
                                  f"--model and data")

@@ -21,6 +21,11 @@ class SequentialEngine:
         self.threads = threads
 
     @property
+    def decision(self) -> dict:
+        """What a run records to train the same way when it is resumed."""
+        return {"engine": "sequential", "threads": self.threads}
+
+    @property
     def description(self) -> str:
         return "sequential" + (f", {self.threads} thread(s)" if self.threads else "")
 

@@ -213,6 +213,10 @@ class VectorisedEngine:
         self._said: set[str] = set()
 
     @property
+    def decision(self) -> dict:
+        return {"engine": "vectorised", "threads": self.threads}
+
+    @property
     def description(self) -> str:
         return "vectorised (particles stacked with torch.func.vmap)"
 
@@ -247,14 +251,19 @@ class VectorisedEngine:
             return train_stacked(task, ctx, progress)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def time_steps(fn: Callable[[], None], steps: int, device: torch.device) -> float:
     """Seconds per call of `fn` over `steps` calls after one warm-up call."""
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     return (time.perf_counter() - start) / steps

@@ -6,7 +6,9 @@
 - resnet18: the usual CIFAR ResNet-18: 3x3 stride-1 stem, no max-pool, [2, 2, 2, 2] basic
   blocks of 64..512 channels, 1x1 conv + BN (option-B) shortcuts.
 - wrn-D-K: Zagoruyko & Komodakis 2016, pre-activation blocks, widths 16K/32K/64K,
-  D = 6n + 4, 1x1 conv shortcuts where the shape changes, no dropout.
+  n blocks per stage, 1x1 conv shortcuts where the shape changes, no dropout. Depth
+  D = 6n + 4 (their convention, counting the shortcut convs: wrn-28-2 has n = 4) or
+  D = 6n + 2 (CIFAR-ResNet convention, as in the SWAMP paper's wrn-32-4: n = 5).
 """
 
 from __future__ import annotations

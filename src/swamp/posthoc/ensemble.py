@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
-from swamp.posthoc.runs import POSTHOC_FILE, check_same_task, load_run, read_settings
+from swamp.posthoc.runs import (POSTHOC_FILE, check_out_dir, check_same_task, load_run,
+                                read_settings)
 from swamp.store import RunStore, atomic_write_bytes, read_json, write_json
 
 COLUMNS = ["level", "density", "sparsity", "target_density", "test_acc", "test_nll",
@@ -39,6 +40,8 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
     there (a directory `swamp report` reads like a run).
     """
     paths = [Path(p) for p in paths]
+    if out is not None:
+        check_out_dir(out)
     if len(paths) < 2:
         raise SwampError("an ensemble needs at least two runs; pass two or more run directories")
     if len({p.resolve() for p in paths}) != len(paths):

@@ -19,7 +19,7 @@ from typing import Any
 from swamp.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
-from swamp.posthoc.runs import LoadedRun, load_run
+from swamp.posthoc.runs import LoadedRun, check_out_dir, load_run
 from swamp.store import atomic_write_bytes, write_json
 
 COLUMNS = ["t", "val_acc", "val_nll", "test_acc", "test_nll"]
@@ -41,6 +41,8 @@ def connectivity(run: str | Path | LoadedRun, *, level: int | None = None,
     `connectivity.csv`, `connectivity.json` and `connectivity.png` there."""
     if points < 2:
         raise SwampError(f"--points must be at least 2 (got {points})")
+    if out is not None:
+        check_out_dir(out)
     if particles is not None and levels is not None:
         raise SwampError("give --particles I J (within one level) or --levels A B, not both")
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)

@@ -28,7 +28,8 @@ from swamp.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.masks import Mask
-from swamp.posthoc.runs import POSTHOC_FILE, LoadedRun, load_run
+from swamp.posthoc.runs import (POSTHOC_FILE, LoadedRun, check_out_dir, load_run,
+                                read_settings)
 from swamp.pruning import keep_top, score
 from swamp.store import RunStore, read_json, save_state, write_json
 from swamp.training import clone_state
@@ -80,6 +81,14 @@ def pool_level(base: StateDict, base_mask: Mask, pool: dict[int, StateDict], gri
     return current, mask, best, accepted
 
 
+def _check_validation_split(root: Path, size: float) -> None:
+    """Lottery Pools select on the validation split: a run without one is refused (scores on
+    an empty split are NaN, so every candidate would silently be rejected)."""
+    if not size:
+        raise SwampError(f"{root} has no validation split (--val-fraction 0): Lottery Pools "
+                         f"select on it; use a run made with --val-fraction > 0")
+
+
 def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
                   window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
                   device: str = "cpu") -> Path:
@@ -88,8 +97,14 @@ def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
         raise SwampError(f"--window must be at least 1 (got {window})")
     if not grid or any(not 0.0 < float(c) < 1.0 for c in grid):
         raise SwampError(f"--grid coefficients must lie in (0, 1) (got {list(grid)})")
+    if out is not None:
+        check_out_dir(out)
+    if not isinstance(run, LoadedRun):
+        _check_validation_split(Path(run), read_settings(run)[0].data.val_fraction)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    _check_validation_split(loaded.root, len(loaded.data.val))
     root = Path(out) if out is not None else loaded.root.with_name(loaded.root.name + "-pools")
+    check_out_dir(root)
     if root.resolve() == loaded.root.resolve():
         raise SwampError("--out must differ from the run directory")
     record = {"method": "lottery-pools", "source": str(loaded.root), "window": window,

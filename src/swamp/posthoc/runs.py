@@ -44,6 +44,18 @@ def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
     return settings, (read_json(posthoc) if posthoc.is_file() else {})
 
 
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """`path` as a directory to write into: refused in one line if it, or the first of its
+    parents that exists, is a file (mkdir would raise FileExistsError/NotADirectoryError)."""
+    root = Path(path)
+    for p in (root, *root.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise SwampError(f"{p} is a file; {flag} needs a directory")
+            break
+    return root
+
+
 def method_label(settings: Settings, posthoc: dict[str, Any]) -> str:
     return str(posthoc.get("method") or settings.method.method)
 
