@@ -13,6 +13,17 @@ from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
 from swamp.masks import Mask
 from swamp.averaging import recompute_batchnorm
+from swamp.models import build_model
+from swamp.pruning import prune
+from swamp.training import derive_seed
+
+LINEAR_WEIGHTS = {"1.weight", "3.weight", "5.weight"}
+
+
+def prunable_weights(model):
+    """Weights of the Linear/Conv modules of `model`, by state-dict name (no bias, no BN)."""
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, kinds)}
 
 
 def read_csv(path):
@@ -30,6 +41,7 @@ def test_three_levels_write_the_output_contract_in_seconds(tiny):
     assert time.perf_counter() - start < 30
     root = result.run_dir
     assert root.name.startswith("swamp-")
+    mlp = build_model("mlp", (1, 32), 10)
     settings = json.loads((root / "settings.json").read_text())
     assert settings["method"]["particles"] == 2 and settings["method"]["swa"] is True
     rows = read_csv(root / "metrics.csv")
@@ -43,7 +55,9 @@ def test_three_levels_write_the_output_contract_in_seconds(tiny):
         d = root / f"level_{level}"
         mask = load_file(str(d / "mask.safetensors"))
         solution = load_file(str(d / "solution.safetensors"))
-        assert set(mask) == {"0.weight", "2.weight", "4.weight"} or len(mask) >= 2
+        # mlp = Flatten, Linear, ReLU, Linear, ReLU, Linear: exactly the three Linear weights
+        assert set(mask) == LINEAR_WEIGHTS == prunable_weights(mlp)
+        assert not any(name.endswith("bias") for name in mask)
         for name, m in mask.items():
             assert m.dtype == torch.bool and m.shape == solution[name].shape
             assert torch.all(solution[name][~m] == 0)
@@ -124,14 +138,35 @@ def test_solution_batchnorm_statistics_are_recomputed(tiny):
     assert stale and all(torch.allclose(stale[k], fresh[k], atol=1e-5) for k in stale)
 
 
-def test_pruning_follows_the_solution_masks(tiny):
-    result = run(tiny(method="imp", particles=1))
+@pytest.mark.parametrize("method,particles,scorer,scope", [
+    ("imp", 1, "magnitude", "global"),
+    ("swamp", 2, "lamp", "layerwise"),
+])
+def test_pruning_follows_the_solution_masks(tiny, method, particles, scorer, scope):
+    settings = tiny(method=method, particles=particles, scorer=scorer, scope=scope,
+                    prune_fraction=0.3)
+    result = run(settings)
     masks = [result.mask(level) for level in range(3)]
-    for earlier, later in zip(masks, masks[1:]):
+    for level, (earlier, later) in enumerate(zip(masks, masks[1:])):
         for name in earlier.names:
             assert not torch.any(later[name] & ~earlier[name])   # nothing revived
-        removed = earlier.nnz - later.nnz
-        assert removed == int(earlier.nnz * 0.2 + 0.5)
+        if scope == "global":
+            assert earlier.nnz - later.nnz == int(earlier.nnz * 0.3 + 0.5)
+        else:
+            for name in earlier.names:
+                kept = int(earlier[name].sum())
+                assert kept - int(later[name].sum()) == int(kept * 0.3 + 0.5)
+        # the next mask is exactly `prune` of this level's saved solution under its mask
+        solution = result.solution(level)
+        generator = torch.Generator().manual_seed(derive_seed(settings.run.seed, "prune", level))
+        expected = prune(solution, earlier, 0.3, scorer=scorer, scope=scope,
+                         generator=generator)
+        assert later == expected
+        # ... and not what the other scorer/scope would give (the settings are honoured)
+        other = prune(solution, earlier, 0.3,
+                      scorer="magnitude" if scorer == "lamp" else "lamp",
+                      scope="global" if scope == "layerwise" else "layerwise")
+        assert later != other
 
 
 def test_resume_with_other_settings_is_refused_and_changes_nothing(tiny, tmp_path):

@@ -1,0 +1,137 @@
+"""The default `swamp run` against an untuned sequential loop, end to end, on this machine.
+
+    python benchmarks/default_vs_untuned.py [--rounds 3] [--levels 1] [--out PATH]
+
+The issue's CPU target: the MNIST-1D CNN with 4 particles, with the default settings, at
+least 1.5x the throughput of an untuned sequential loop (allocator, threads and processes
+together). Each configuration runs the same `swamp run` command (default model, data,
+4 particles, 20 epochs, `--levels L`) as a fresh process in a fresh output directory, the
+configurations alternated round by round so that load on the machine hits them alike:
+
+- `untuned`: `--engine sequential`, torch's default thread count, glibc's default allocator
+  (SWAMP_NO_MALLOC_TUNING=1): what a plain PyTorch loop over the particles gets;
+- `allocator`: the same with the allocator setting the `swamp` command applies;
+- `default`: `swamp run` as shipped (`--engine auto`: processes, threads, allocator).
+
+Throughput counts the training samples of the levels (particles x iterations x batch) over
+the seconds the levels took (`train_seconds` in metrics.csv: training, averaging, BatchNorm
+re-estimation, evaluation and saving; the process start-up and the rewind segment are
+excluded), and the whole command's wall time is shown too. Writes a table and the verdict to
+benchmarks/results/default_vs_untuned.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "default_vs_untuned.md"
+
+
+def configs(default_threads: int) -> dict[str, tuple[list[str], dict[str, str]]]:
+    untuned_env = {"SWAMP_NO_MALLOC_TUNING": "1", "SWAMP_NO_CHANNELS_LAST": "1"}
+    return {
+        "untuned": (["--engine", "sequential", "--threads", str(default_threads)], untuned_env),
+        "allocator": (["--engine", "sequential", "--threads", str(default_threads)], {}),
+        "default": ([], {}),
+    }
+
+
+def one_run(flags: list[str], env: dict[str, str], levels: int,
+            n_train: int) -> tuple[float, float, float]:
+    """(training samples, seconds in levels, wall seconds) of one fresh `swamp run`."""
+    out = Path(tempfile.mkdtemp(prefix="swamp-untuned-"))
+    command = [sys.executable, "-m", "swamp", "run", "--levels", str(levels), "--quiet",
+               "--out", str(out), *flags]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, **env})
+    wall = time.perf_counter() - start
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    from swamp.config import Settings
+    from swamp.training import Schedule
+
+    settings = Settings.from_dict(json.loads((run_dir / "settings.json").read_text()))
+    schedule = Schedule.build(settings.train, n_train, swa=True)
+    iters = schedule.total - schedule.rewind
+    samples = sum(int(r["particles"]) for r in rows) * iters * settings.train.batch_size
+    seconds = sum(float(r["train_seconds"]) for r in rows)
+    return samples, seconds, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--levels", type=int, default=1)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+
+    import torch
+
+    from swamp.data import load_dataset
+
+    n_train = len(load_dataset("mnist1d").train)   # generates the cached data once, untimed
+    default_threads = torch.get_num_threads()
+    load = [os.getloadavg()]
+    runs: dict[str, list[tuple[float, float, float]]] = {}
+    for r in range(args.rounds):
+        order = list(configs(default_threads).items())
+        if r % 2:
+            order.reverse()                      # alternate: neither side always goes first
+        for name, (flags, env) in order:
+            result = one_run(flags, env, args.levels, n_train)
+            runs.setdefault(name, []).append(result)
+            print(f"round {r + 1}: {name:<9} {result[0] / result[1]:>9,.0f} samples/s "
+                  f"({result[1]:.1f} s in levels, {result[2]:.1f} s wall)", flush=True)
+    load.append(os.getloadavg())
+
+    sps = {n: statistics.median(s / t for s, t, _ in v) for n, v in runs.items()}
+    wall = {n: statistics.median(w for _, _, w in v) for n, v in runs.items()}
+    ratio = sps["default"] / sps["untuned"]
+    cmd = " ".join(map(shlex.quote, ["python", "benchmarks/default_vs_untuned.py",
+                                     *sys.argv[1:]]))
+    lines = [
+        "# Default settings vs. an untuned sequential loop (MNIST-1D CNN, 4 particles)",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Python {platform.python_version()}; load average (1 min) before "
+        f"{load[0][0]:.2f}, after {load[1][0]:.2f}.",
+        "",
+        f"Each row: `swamp run --levels {args.levels}` (levels 0..{args.levels}, 4 particles, "
+        f"20 epochs) as a fresh process, {args.rounds} alternated rounds, medians. `untuned` = "
+        f"`--engine sequential --threads {default_threads}` (torch's default) with "
+        "SWAMP_NO_MALLOC_TUNING=1; `allocator` = the same with the allocator setting; "
+        "`default` = plain `swamp run`.",
+        "",
+        "| configuration | samples/s in levels | vs untuned | wall time of the command |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("untuned", "allocator", "default"):
+        lines.append(f"| {name} | {sps[name]:,.0f} | {sps[name] / sps['untuned']:.2f}x | "
+                     f"{wall[name]:.1f} s |")
+    lines += [
+        "",
+        f"Target: default >= 1.5x untuned: **{ratio:.2f}x**, "
+        f"{'met' if ratio >= 1.5 else 'NOT met'} (whole-command wall time: "
+        f"{wall['untuned'] / wall['default']:.2f}x).",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
