@@ -101,6 +101,15 @@ class Group:
         self.closed = True
         import torch.distributed as dist
 
+        owned = self.owns_default and dist.is_initialized()
+        if owned and not kill:
+            # Every rank reaches this point before any tears its group down: a rank that
+            # destroys gloo while a peer still talks to it can abort the peer at its exit.
+            try:
+                dist.monitored_barrier(group=self.control,
+                                       timeout=datetime.timedelta(seconds=60))
+            except Exception:  # a peer already gone: nothing left to wait for
+                pass
         if self.workers is not None:
             if kill:
                 for proc in self.workers.processes:
@@ -112,7 +121,7 @@ class Group:
                 if proc.is_alive():
                     proc.kill()
                     proc.join(timeout=5)
-        if self.owns_default and dist.is_initialized():
+        if owned:
             try:
                 dist.destroy_process_group()
             except Exception:  # a broken group cannot always be torn down cleanly

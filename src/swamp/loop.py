@@ -284,7 +284,10 @@ class LevelLoop:
         s = self.settings
         if getattr(self.engine, "is_worker", False):
             # A distributed rank > 0 trains the particles rank 0 sends; only rank 0 writes.
-            return RunResult(self.store.root, s, self.engine.serve(self.ctx))
+            try:
+                return RunResult(self.store.root, s, self.engine.serve(self.ctx))
+            finally:
+                self.engine.close()   # leave the process group together with rank 0
         if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another --run-dir")
