@@ -134,3 +134,29 @@ def test_the_python_api_never_reuses_a_run_of_another_model_or_data(tmp_path):
     torch.nn.init.zeros_(fresh[0].weight)
     loaded = load_run(first.run_dir, model=fresh, data=data)
     assert loaded.levels == [0, 1]
+
+
+def test_a_file_damaged_after_it_was_written_is_found_on_resume(tiny):
+    from swamp.errors import SwampError
+    from swamp.posthoc.runs import load_run
+
+    settings = tiny(levels=2)
+    store = RunStore(run(settings).run_dir)
+    recorded = read_json(store.checksums_path)
+    assert {"init.safetensors", "rewind.safetensors", "level_1/mask.safetensors",
+            "level_1/solution.safetensors", "level_1/particle_0.safetensors"} <= set(recorded)
+    assert store.verify_checksums() == len(recorded)
+    store.particle_path(0, 1).unlink()            # optional files may be deleted
+    run(settings)
+
+    path = store.solution_path(1)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01                              # one flipped bit in a weight: still loads
+    path.write_bytes(bytes(data))
+    before = {p: p.stat().st_mtime_ns for p in store.root.rglob("*")}
+    with pytest.raises(SwampError, match="level_1.solution.safetensors changed after it was "
+                                         "written.*delete .*level_1 and every later level"):
+        run(settings)
+    with pytest.raises(SwampError, match="changed after it was written"):
+        load_run(store.root)
+    assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*")} == before

@@ -152,6 +152,7 @@ class LevelLoop:
             return load_state(self.store.init_path, self.device)
         state = clone_state(self.model.state_dict())
         save_state(self.store.init_path, state)
+        self.store.record_checksums(self.store.init_path)
         return state
 
     def _rewind_state(self, init: StateDict) -> StateDict:
@@ -173,6 +174,7 @@ class LevelLoop:
                         label="rewind training")
             state = clone_state(self.model.state_dict())
         save_state(self.store.rewind_path, state)
+        self.store.record_checksums(self.store.rewind_path)
         return state
 
     # ---- one level ----------------------------------------------------------------------
@@ -260,13 +262,17 @@ class LevelLoop:
         }
         # metrics.json is written last: it marks the level finished.
         self.store.level_dir(level).mkdir(parents=True, exist_ok=True)
-        mask.save(self.store.mask_path(level))
+        written = [self.store.mask_path(level), self.store.solution_path(level)]
+        mask.save(written[0])
+        save_state(written[1], solution)
         if s.run.save_particles:
             for i, state in enumerate(particles):
-                save_state(self.store.particle_path(level, i), state)
-        save_state(self.store.solution_path(level), solution)
+                written.append(self.store.particle_path(level, i))
+                save_state(written[-1], state)
         if self.plan.combines_masks and level < self.plan.levels:
-            following.save(self.store.level_dir(level) / "next_mask.safetensors")
+            written.append(self.store.level_dir(level) / "next_mask.safetensors")
+            following.save(written[-1])
+        self.store.record_checksums(*written)
         write_json(self.store.level_metrics_path(level), details)
         self.store.write_metrics_csv()
         return row, solution
@@ -296,6 +302,7 @@ class LevelLoop:
             if self.inputs:
                 write_json(self.store.inputs_path, self.inputs)
             write_json(self.store.settings_path, s.to_dict())   # last: marks a run directory
+        self.store.verify_checksums()   # a damaged file is found now, not levels later
         init = self._init_state()
         rewind = self._rewind_state(init)
         finished = self.store.finished_levels()

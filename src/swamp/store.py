@@ -7,6 +7,7 @@
         metrics.csv              one row per finished level
         engine.json              how `--engine auto` trains the particles (kept on resume)
         inputs.json              fingerprints of a model / data given through the Python API
+        checksums.json           SHA-256 of every weight and mask file, checked on resume
         level_<n>/
             mask.safetensors     bool mask per prunable tensor used to train this level
             particle_<i>.safetensors   each particle's solution (optional)
@@ -20,6 +21,7 @@ half-written artefact under its real name.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -106,6 +108,14 @@ def save_state(path: Path, state: StateDict) -> None:
         raise
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def load_state(path: Path, device: str | torch.device = "cpu") -> StateDict:
     if not path.is_file():
         raise SwampError(f"{path} does not exist; the run directory is incomplete")
@@ -163,6 +173,47 @@ class RunStore:
 
     def level_metrics_path(self, level: int) -> Path:
         return self.level_dir(level) / "metrics.json"
+
+    @property
+    def checksums_path(self) -> Path:
+        return self.root / "checksums.json"
+
+    # checksums: a file damaged after it was written (disk, copy, sync) is found on resume
+    def _checksums(self) -> dict[str, str]:
+        if not self.checksums_path.is_file():
+            return {}
+        try:
+            return dict(read_json(self.checksums_path))
+        except (SwampError, TypeError, ValueError):
+            raise SwampError(f"{self.checksums_path} is corrupted; delete it (the run's files "
+                             f"are then not checked) and re-run the same command") from None
+
+    def record_checksums(self, *paths: Path) -> None:
+        """Remember the SHA-256 of freshly written files (relative to the run directory)."""
+        sums = self._checksums()
+        for path in paths:
+            sums[path.relative_to(self.root).as_posix()] = file_sha256(path)
+        write_json(self.checksums_path, sums)
+
+    def verify_checksums(self) -> int:
+        """Check every recorded file of the run's start and finished levels; returns how many
+        were checked. A mismatch is one SwampError line naming the file and the fix."""
+        finished = {f"level_{n}" for n in self.finished_levels()}
+        checked = 0
+        for rel, expected in sorted(self._checksums().items()):
+            top = rel.split("/", 1)[0]
+            if "/" in rel and top not in finished:
+                continue                 # a level still in progress: it is made again
+            path = self.root / rel
+            if not path.is_file():
+                continue                 # optional files (particles) may be deleted
+            if file_sha256(path) != expected:
+                where = (f"delete {self.root / top} and every later level folder"
+                         if "/" in rel else "delete the run directory")
+                raise SwampError(f"{path} changed after it was written (checksum mismatch); "
+                                 f"{where} and re-run the same command to recompute it")
+            checked += 1
+        return checked
 
     # queries
     def exists(self) -> bool:

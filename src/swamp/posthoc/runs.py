@@ -112,6 +112,7 @@ def load_run(path: str | Path, *, device: str = "cpu", model: nn.Module | None =
         raise SwampError(f"{root} was made with a model or data passed through the Python API; "
                          f"pass the same model= and data= to load it")
     settings.run.device = device
+    store.verify_checksums()
     loop = LevelLoop(settings, model=model, data=data, run_dir=root)
     return LoadedRun(root, loop.settings, store, loop.model, loop.data, levels, loop.device)
 
