@@ -362,8 +362,8 @@ def driver(args: argparse.Namespace) -> None:
         f"work: absolute numbers move with the load; ratios are measured side by side).",
         "",
         f"Threads: torch default {tuned_child['default_threads']}; the product's policy "
-        f"chose {tuned_child['policy_threads']} (free cores when the child started: "
-        f"{tuned_child['free_cores']}). Batch {BATCH}, SGD momentum 0.9, weight decay 5e-4, "
+        f"chose {tuned_child['policy_threads']} (the usable cores; of them free when the "
+        f"child started, by a load sample: {tuned_child['free_cores']}). Batch {BATCH}, SGD momentum 0.9, weight decay 5e-4, "
         f"50%-dense mask, SWA. Medians over {args.rounds} round(s) x {args.inner} "
         f"interleaved repetitions. Peak memory: extra resident memory of all processes "
         f"during the measurement (MiB).",

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from swamp.config import Settings
+from swamp.engines import SequentialEngine
 
 torch.set_num_threads(1)
 
@@ -21,3 +22,19 @@ def tiny_settings(tmp_path, **overrides) -> Settings:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda **kw: tiny_settings(tmp_path, **kw)
+
+
+class RecordingEngine(SequentialEngine):
+    """The sequential engine, recording each level's task; raises KeyboardInterrupt (as a
+    Ctrl-C would) when asked to train level `fail_at`."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.tasks = []
+        self.fail_at = fail_at
+
+    def train_particles(self, task, ctx, progress=None):
+        if task.level == self.fail_at:
+            raise KeyboardInterrupt
+        self.tasks.append(task)
+        return super().train_particles(task, ctx, progress)

@@ -8,10 +8,8 @@ import torch
 from torch import nn
 
 from swamp import cpu
-from swamp.config import Settings
 from swamp.engines import (LevelTask, ParticleJob, SequentialEngine, TrainContext,
                            VectorisedEngine, make_engine)
-from swamp.engines.auto import AutoEngine
 from swamp.engines.vectorised import train_stacked
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run

@@ -8,14 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swamp.engines import SequentialEngine
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
 from swamp.averaging import recompute_batchnorm
 from swamp.models import build_model
 from swamp.pruning import prune
 from swamp.training import derive_seed
+from conftest import RecordingEngine
 
 LINEAR_WEIGHTS = {"1.weight", "3.weight", "5.weight"}
 
@@ -76,18 +75,6 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tiny, tmp_path):
     assert stable(a) != stable(c)
 
 
-class CountingEngine(SequentialEngine):
-    def __init__(self, fail_at=None):
-        self.tasks = []
-        self.fail_at = fail_at
-
-    def train_particles(self, task, ctx, progress=None):
-        if task.level == self.fail_at:
-            raise KeyboardInterrupt
-        self.tasks.append(task)
-        return super().train_particles(task, ctx, progress)
-
-
 def loop_with(settings, engine, **kw):
     loop = LevelLoop(settings, **kw)
     loop.engine = engine
@@ -96,20 +83,20 @@ def loop_with(settings, engine, **kw):
 
 def test_interrupted_run_resumes_to_the_same_metrics(tiny, tmp_path):
     reference = read_csv(run(tiny(), run_dir=tmp_path / "ref").run_dir / "metrics.csv")
-    interrupted = CountingEngine(fail_at=2)
+    interrupted = RecordingEngine(fail_at=2)
     with pytest.raises(KeyboardInterrupt):
         loop_with(tiny(), interrupted).run()
-    resumed = CountingEngine()
+    resumed = RecordingEngine()
     result = loop_with(tiny(), resumed).run()
     assert [t.level for t in resumed.tasks] == [2]          # no finished level trained again
     assert stable(read_csv(result.run_dir / "metrics.csv")) == stable(reference)
-    again = CountingEngine()
+    again = RecordingEngine()
     loop_with(tiny(), again).run()                            # a finished run does no work
     assert again.tasks == []
 
 
 def test_every_level_restarts_exactly_from_the_rewind_point(tiny):
-    engine = CountingEngine()
+    engine = RecordingEngine()
     loop = loop_with(tiny(rewind_epochs=1.0), engine)
     loop.run()
     rewind = load_file(str(loop.store.rewind_path))

@@ -8,12 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from swamp.cli import main
-from swamp.engines import SequentialEngine
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
 from swamp.masks import Mask
 from swamp.models import build_model
 from swamp.training import derive_seed, train_steps
+from conftest import RecordingEngine
 
 
 def level_metrics(root, level):
@@ -37,20 +37,6 @@ def expected_snapshots(total, swa_start, freq, spe, start=0):
         on_grid = (done - swa_start) % freq == 0 if freq > 0 else done % spe == 0
         count += on_grid or done == total
     return count
-
-
-class InterruptingEngine(SequentialEngine):
-    """Records the level tasks; stops (like Ctrl-C) when asked to train `fail_at`."""
-
-    def __init__(self, fail_at=None):
-        self.tasks = []
-        self.fail_at = fail_at
-
-    def train_particles(self, task, ctx, progress=None):
-        if task.level == self.fail_at:
-            raise KeyboardInterrupt
-        self.tasks.append(task)
-        return super().train_particles(task, ctx, progress)
 
 
 # ---- prunable tensors -------------------------------------------------------------------------
@@ -117,7 +103,7 @@ def test_swa_freq_sets_the_number_of_snapshots(tiny, tmp_path):
 def test_rewind_iters_trains_the_dense_network_then_every_particle_from_t0(tiny):
     t0 = 2
     settings = tiny(rewind_iters=t0, swa_start=0.0, swa_freq=1, levels=1, engine="sequential")
-    engine = InterruptingEngine()
+    engine = RecordingEngine()
     loop = LevelLoop(settings)
     loop.engine = engine
     loop.run()
@@ -205,7 +191,7 @@ def test_imp_swa_keeps_one_particle_with_an_swa_average(tiny):
 def test_truncated_rewind_checkpoint_is_a_clear_error_and_touches_nothing(tiny, tmp_path):
     root = tmp_path / "r"
     loop = LevelLoop(tiny(rewind_iters=2, levels=1), run_dir=root)
-    loop.engine = InterruptingEngine(fail_at=0)
+    loop.engine = RecordingEngine(fail_at=0)
     with pytest.raises(KeyboardInterrupt):
         loop.run()
     rewind = root / "rewind.safetensors"

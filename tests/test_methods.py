@@ -7,22 +7,13 @@ import torch
 
 from swamp.config import Settings
 from swamp.data import DataBundle, Split, load_dataset
-from swamp.engines import SequentialEngine
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
 from swamp.masks import Mask
 from swamp.methods import combine_masks, greedy_soup, target_counts
 from swamp.pruning import keep_top
 from swamp.store import load_state
-
-
-class RecordingEngine(SequentialEngine):
-    def __init__(self):
-        self.tasks = []
-
-    def train_particles(self, task, ctx, progress=None):
-        self.tasks.append(task)
-        return super().train_particles(task, ctx, progress)
+from conftest import RecordingEngine
 
 
 def run_recorded(settings, **kw):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swamp.averaging import average_states, recompute_batchnorm
+from swamp.averaging import recompute_batchnorm
 from swamp.config import UNHASHED, Settings
 from swamp.data import DataBundle, load_dataset
 from swamp.display import RunDisplay
@@ -27,7 +27,6 @@ from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.masks import Mask, select_prunable
 from swamp.methods import MethodPlan
 from swamp.models import build_model
-from swamp.pruning import prune
 from swamp.store import RunStore, load_state, read_json, save_state, write_json
 from swamp.training import ParticleResult, Schedule, clone_state, derive_seed, train_steps
 

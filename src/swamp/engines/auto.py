@@ -8,8 +8,9 @@ from measurements rather than rules of thumb, and said in one line:
   enough to pay for starting them (a few seconds; estimated from timed training steps).
   Otherwise the sequential engine with threads matched to the cores. Measured here (2 cores,
   benchmarks/results/particles.md): two single-thread processes beat one two-thread process
-  for every built-in model, and stay fast when another program takes a core, where two
-  threads slow down many times over. vmap gives nothing on CPU.
+  for the small models (about 1.3x) and match it for ResNet-20, and stay fast when another
+  program takes a core, where two threads slow down many times over. vmap gives nothing on
+  CPU.
 - GPU: the vectorised engine where a timed probe (stacked step vs. N single steps on the
   model and batch of the run) shows it faster by at least 5%, else sequential.
 
@@ -21,7 +22,6 @@ engine and thread count at floating-point precision.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from typing import Any, Callable
 

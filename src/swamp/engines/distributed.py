@@ -24,7 +24,6 @@ from typing import Any, Callable
 
 import torch
 
-from swamp import cpu
 from swamp.distributed import Group
 from swamp.engines.base import LevelTask, ParticleJob, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
