@@ -160,3 +160,39 @@ def test_a_file_damaged_after_it_was_written_is_found_on_resume(tiny):
     with pytest.raises(SwampError, match="changed after it was written"):
         load_run(store.root)
     assert {p: p.stat().st_mtime_ns for p in store.root.rglob("*")} == before
+
+
+def test_a_stop_inside_a_level_keeps_the_particles_already_trained(tiny, tmp_path,
+                                                                   monkeypatch):
+    import swamp.engines.sequential as sequential
+
+    settings = tiny(levels=2, particles=3, engine="sequential")
+    reference = run(settings, run_dir=tmp_path / "whole")
+
+    calls, stops = [], [True]
+    real = sequential.train_steps
+
+    def stop_at_level_1_particle_2(*args, **kwargs):
+        calls.append(kwargs["label"])
+        if kwargs["label"] == "level 1, particle 2" and stops:
+            stops.pop()
+            raise KeyboardInterrupt                  # as a Ctrl-C during that particle, once
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sequential, "train_steps", stop_at_level_1_particle_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(settings, run_dir=tmp_path / "cut")
+    store = RunStore(tmp_path / "cut")
+    saved = sorted(p.name for p in store.partial_dir(1).iterdir())
+    assert saved == ["particle_0.json", "particle_0.safetensors", "particle_1.json",
+                     "particle_1.safetensors"]
+
+    calls.clear()
+    result = run(settings, run_dir=tmp_path / "cut")
+    assert "level 1, particle 2" in calls and len([c for c in calls if "level 1" in c]) == 1
+    same_levels(reference.run_dir, result.run_dir)
+    for level in range(3):                          # the same weights, bit for bit
+        for name, t in reference.solution(level).items():
+            assert torch.equal(t, result.solution(level)[name]), (level, name)
+    assert not store.partial_dir(1).exists()        # cleaned up once the level finished
+    assert not any("partial" in k for k in read_json(store.checksums_path))

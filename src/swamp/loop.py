@@ -190,6 +190,45 @@ class LevelLoop:
         self.model.load_state_dict(state)
         return evaluate(self.model, self.data.val).acc
 
+    # ---- particles finished before a stop inside a level --------------------------------
+    def _save_partial(self, job: ParticleJob, result: ParticleResult) -> None:
+        weights, record = self.store.partial_paths(job.level, job.index)
+        save_state(weights, result.state)
+        self.store.record_checksums(weights)
+        write_json(record, {"averaged": result.averaged, "train_loss": result.train_loss})
+
+    def _load_partial(self, level: int, jobs: list[ParticleJob]) -> dict[int, ParticleResult]:
+        """Particles of `level` trained (and saved) before the run was stopped."""
+        done = {}
+        for job in jobs:
+            weights, record = self.store.partial_paths(level, job.index)
+            if not (weights.is_file() and record.is_file()):
+                continue
+            self.store.verify_file(weights, f"delete {self.store.partial_dir(level)}")
+            meta = read_json(record)
+            done[job.index] = ParticleResult(load_state(weights, self.device),
+                                             int(meta["averaged"]), float(meta["train_loss"]))
+        return done
+
+    def _train(self, task: LevelTask) -> list[ParticleResult]:
+        """The level's particles, in job order: those saved before a stop are loaded, the
+        others trained (and saved one by one where the engine finishes them one by one)."""
+        done = self._load_partial(task.level, task.jobs)
+        pending = [job for job in task.jobs if job.index not in done]
+        for index in done:
+            self.display.particle_progress(index, self.schedule.total)
+        if done:
+            self.display.info(f"level {task.level}: {len(done)} particle(s) trained before the "
+                              f"stop are kept; training {len(pending)}")
+        trained: dict[int, ParticleResult] = {}
+        if pending:
+            todo = LevelTask(task.level, task.start_state, task.mask, task.start_step, pending,
+                             on_particle_done=self._save_partial)
+            results = self.engine.train_particles(todo, self.ctx,
+                                                  self.display.particle_progress)
+            trained = {job.index: r for job, r in zip(pending, results)}
+        return [done[j.index] if j.index in done else trained[j.index] for j in task.jobs]
+
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
         return self._refit(result.state) if result.averaged > 1 else result.state
@@ -202,7 +241,7 @@ class LevelLoop:
                          self._jobs(level))
         t0 = time.perf_counter()
         self.display.level_started(level, len(task.jobs), task.start_step, self.schedule.total)
-        results = self.engine.train_particles(task, self.ctx, self.display.particle_progress)
+        results = self._train(task)
         decisions = getattr(self.engine, "decisions", None)
         if decisions and (not self.store.engine_path.is_file()
                           or read_json(self.store.engine_path) != decisions):
@@ -273,6 +312,7 @@ class LevelLoop:
             following.save(written[-1])
         self.store.record_checksums(*written)
         write_json(self.store.level_metrics_path(level), details)
+        self.store.remove_partial(level)
         self.store.write_metrics_csv()
         return row, solution
 
@@ -308,6 +348,8 @@ class LevelLoop:
         rows = self.store.level_metrics()
         if finished:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop
+            for level in finished:           # a stop between metrics.json and the clean-up
+                self.store.remove_partial(level)
             self.display.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
                               f"finished")
             for row in rows:

@@ -13,6 +13,8 @@
             particle_<i>.safetensors   each particle's solution (optional)
             solution.safetensors the level's solution, zero wherever the mask is off
             metrics.json         written last: its presence marks the level finished
+            partial/             particles trained before a stop inside the level (resume
+                                 trains only the others; removed when the level finishes)
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
 half-written artefact under its real name.
@@ -27,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -171,6 +174,14 @@ class RunStore:
     def particle_path(self, level: int, index: int) -> Path:
         return self.level_dir(level) / f"particle_{index}.safetensors"
 
+    def partial_dir(self, level: int) -> Path:
+        return self.level_dir(level) / "partial"
+
+    def partial_paths(self, level: int, index: int) -> tuple[Path, Path]:
+        """(weights, record) of a particle trained before the level finished."""
+        base = self.partial_dir(level) / f"particle_{index}"
+        return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
     def level_metrics_path(self, level: int) -> Path:
         return self.level_dir(level) / "metrics.json"
 
@@ -195,6 +206,18 @@ class RunStore:
             sums[path.relative_to(self.root).as_posix()] = file_sha256(path)
         write_json(self.checksums_path, sums)
 
+    def remove_partial(self, level: int) -> None:
+        """Drop a finished level's `partial/` folder and its checksums."""
+        folder = self.partial_dir(level)
+        if not folder.exists():
+            return
+        prefix = folder.relative_to(self.root).as_posix() + "/"
+        sums = self._checksums()
+        kept = {k: v for k, v in sums.items() if not k.startswith(prefix)}
+        if kept != sums:
+            write_json(self.checksums_path, kept)
+        shutil.rmtree(folder, ignore_errors=True)
+
     def verify_checksums(self) -> int:
         """Check every recorded file of the run's start and finished levels; returns how many
         were checked. A mismatch is one SwampError line naming the file and the fix."""
@@ -207,13 +230,23 @@ class RunStore:
             path = self.root / rel
             if not path.is_file():
                 continue                 # optional files (particles) may be deleted
-            if file_sha256(path) != expected:
-                where = (f"delete {self.root / top} and every later level folder"
-                         if "/" in rel else "delete the run directory")
-                raise SwampError(f"{path} changed after it was written (checksum mismatch); "
-                                 f"{where} and re-run the same command to recompute it")
+            where = (f"delete {self.root / top} and every later level folder"
+                     if "/" in rel else "delete the run directory")
+            self._verify(path, expected, where)
             checked += 1
         return checked
+
+    def verify_file(self, path: Path, fix: str) -> None:
+        """Check one file against its recorded checksum, if it has one."""
+        expected = self._checksums().get(path.relative_to(self.root).as_posix())
+        if expected is not None:
+            self._verify(path, expected, fix)
+
+    @staticmethod
+    def _verify(path: Path, expected: str, fix: str) -> None:
+        if file_sha256(path) != expected:
+            raise SwampError(f"{path} changed after it was written (checksum mismatch); "
+                             f"{fix} and re-run the same command to recompute it")
 
     # queries
     def exists(self) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ class LevelTask:
     mask: Mask
     start_step: int              # schedule iteration the particles start from (T0)
     jobs: list[ParticleJob] = field(default_factory=list)
+    # Called with (job, result) as soon as a particle is trained, by engines that finish
+    # particles one at a time (the level loop saves it, so a stop loses no finished particle).
+    on_particle_done: Optional[Callable[[ParticleJob, ParticleResult], None]] = None
 
 
 @dataclass

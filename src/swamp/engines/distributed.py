@@ -221,7 +221,7 @@ class DistributedEngine:
                                  f"--model and data")
             if mine:
                 local = LevelTask(task.level, task.start_state, task.mask, task.start_step,
-                                  [task.jobs[pos] for pos in mine])
+                                  [task.jobs[pos] for pos in mine], task.on_particle_done)
                 trained = self.local.train_particles(local, ctx, progress)
                 results = dict(zip(mine, trained))
         except SwampError as exc:

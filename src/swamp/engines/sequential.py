@@ -43,4 +43,6 @@ class SequentialEngine:
                     augment=ctx.data.augment, augment_seed=job.augment_seed,
                     subset=job.subset, on_step=on_step,
                     label=f"level {task.level}, particle {job.index}"))
+                if task.on_particle_done is not None:
+                    task.on_particle_done(job, results[-1])
         return results
