@@ -196,3 +196,17 @@ def test_a_stop_inside_a_level_keeps_the_particles_already_trained(tiny, tmp_pat
             assert torch.equal(t, result.solution(level)[name]), (level, name)
     assert not store.partial_dir(1).exists()        # cleaned up once the level finished
     assert not any("partial" in k for k in read_json(store.checksums_path))
+
+
+def test_auto_decides_by_the_whole_level_when_only_some_particles_are_left(tiny):
+    from swamp.engines import LevelTask
+    from swamp.engines.auto import AutoEngine
+
+    loop = LevelLoop(tiny(particles=4))
+    jobs = loop.plan.jobs(0)
+    rest = LevelTask(0, loop.model.state_dict(), None, 0, jobs[3:], level_particles=4)
+    engine = AutoEngine(loop.settings, recorded={"4": {"engine": "sequential", "threads": 1},
+                                                 "1": {"engine": "sequential", "threads": 2}})
+    chosen = engine.choose(rest, loop.ctx)
+    assert chosen.threads == 1                  # the level's record, not the one-particle one
+    assert set(engine.decisions) == {"4", "1"} and engine.decisions["4"]["threads"] == 1

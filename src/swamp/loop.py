@@ -223,7 +223,8 @@ class LevelLoop:
         trained: dict[int, ParticleResult] = {}
         if pending:
             todo = LevelTask(task.level, task.start_state, task.mask, task.start_step, pending,
-                             on_particle_done=self._save_partial)
+                             on_particle_done=self._save_partial,
+                             level_particles=len(task.jobs))
             results = self.engine.train_particles(todo, self.ctx,
                                                   self.display.particle_progress)
             trained = {job.index: r for job, r in zip(pending, results)}

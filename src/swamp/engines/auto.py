@@ -69,7 +69,7 @@ def step_seconds(ctx: TrainContext, threads: int) -> float:
 
 def vectorised_speedup(task: LevelTask, ctx: TrainContext) -> float:
     """Throughput of a stacked step over N single steps, on this model and batch size."""
-    n = len(task.jobs)
+    n = task.particles
     b = min(ctx.settings.batch_size, len(ctx.data.train))
     x, y = ctx.data.train.x[:b], ctx.data.train.y[:b]
     saved = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
@@ -151,7 +151,7 @@ class AutoEngine:
                          f"follow; pass --engine sequential (or another engine) explicitly")
 
     def choose(self, task: LevelTask, ctx: TrainContext) -> Any:
-        n = len(task.jobs)
+        n = task.particles
         if n in self._choice:
             return self._choice[n]
         record = self.recorded.get(str(n))
@@ -164,7 +164,7 @@ class AutoEngine:
         return engine
 
     def _decide(self, task: LevelTask, ctx: TrainContext) -> tuple[Any, str]:
-        n = len(task.jobs)
+        n = task.particles
         device = ctx.model_device
         if self._distributed is not None and n > 1:
             return self._distributed, "the processes already running"
@@ -201,7 +201,7 @@ class AutoEngine:
             f"stacked steps measured only {speedup:.2f}x single ones")
 
     def _decide_cpu(self, task: LevelTask, ctx: TrainContext) -> tuple[Any, str]:
-        n = len(task.jobs)
+        n = task.particles
         cores = cpu.usable_cores()
         forced = self.processes > 1 or self.requested == "distributed"
         if self.processes == 1 or cores == 1 and not forced:

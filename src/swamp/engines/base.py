@@ -42,6 +42,13 @@ class LevelTask:
     # Called with (job, result) as soon as a particle is trained, by engines that finish
     # particles one at a time (the level loop saves it, so a stop loses no finished particle).
     on_particle_done: Optional[Callable[[ParticleJob, ParticleResult], None]] = None
+    # Particles of the whole level when `jobs` holds only those left after a stop (0: all
+    # are in `jobs`); engines that choose how to train decide by the whole level.
+    level_particles: int = 0
+
+    @property
+    def particles(self) -> int:
+        return self.level_particles or len(self.jobs)
 
 
 @dataclass
