@@ -112,3 +112,17 @@ def test_cli_export_prints_the_table_and_refuses_bad_input(finished_run, tmp_pat
     damaged.write_bytes(out.read_bytes()[:-100])
     with pytest.raises(swamp.SwampError, match="corrupted"):
         load_exported(damaged)
+
+
+def test_export_refuses_a_solution_changed_after_it_was_written(finished_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    path = RunStore(copy).solution_path(2)
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(swamp.SwampError, match="changed after it was written"):
+        export_level(copy, tmp_path / "x.safetensors", level=2)
+    assert not (tmp_path / "x.safetensors").exists()

@@ -165,6 +165,10 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     path = Path(out) if out is not None else root / "exports" / f"level_{level}.safetensors"
     if path.exists() and not _is_export(path):
         raise SwampError(f"{path} exists and is not a swamp export; choose another --out")
+    fix = f"delete {store.level_dir(level)} and every later level folder"
+    for source in (store.solution_path(level), store.mask_path(level)):
+        if source.is_file():
+            store.verify_file(source, fix)
     solution = load_state(store.solution_path(level))
     mask = Mask.load(store.mask_path(level))
     missing = [n for n in mask if n not in solution]
