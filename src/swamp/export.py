@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from swamp.errors import SwampError
 from swamp.masks import Mask
-from swamp.store import RunStore, load_state, publish, read_json
+from swamp.store import RunStore, load_state, read_json, save_state
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
@@ -195,15 +192,7 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     provenance = _provenance(store, level)
     metadata = {"format": FORMAT, "tensors": json.dumps(entries),
                 "source": json.dumps(provenance, default=str)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_state(path, tensors, metadata)
     return ExportSummary(path, level, mask.density, dense_bytes, path.stat().st_size,
                          layers, provenance)
 

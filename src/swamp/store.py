@@ -97,14 +97,15 @@ def read_json(path: Path) -> Any:
                          f"that artefact") from None
 
 
-def save_state(path: Path, state: StateDict) -> None:
-    """Save a state dict with safetensors (copies to CPU; the live tensors are untouched)."""
+def save_state(path: Path, state: StateDict, metadata: dict[str, str] | None = None) -> None:
+    """Save a state dict with safetensors (copies to CPU; the live tensors are untouched),
+    atomically, with optional string `metadata` in the file's header."""
     cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(cpu, tmp)
+        save_file(cpu, tmp, metadata=metadata)
         publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
