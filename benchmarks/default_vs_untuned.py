@@ -9,9 +9,12 @@ together). Each configuration runs the same `swamp run` command (default model, 
 configurations alternated round by round so that load on the machine hits them alike:
 
 - `untuned`: `--engine sequential`, torch's default thread count, glibc's default allocator
-  (SWAMP_NO_MALLOC_TUNING=1): what a plain PyTorch loop over the particles gets;
-- `allocator`: the same with the allocator setting the `swamp` command applies;
-- `default`: `swamp run` as shipped (`--engine auto`: processes, threads, allocator).
+  (SWAMP_NO_MALLOC_TUNING=1), contiguous layout (SWAMP_NO_CHANNELS_LAST=1): what a plain
+  PyTorch loop over the particles gets;
+- `allocator`, `channels_last`: untuned with one of the CPU settings the `swamp` command
+  applies itself; `sequential tuned`: with both;
+- `default`: `swamp run` as shipped (`--engine auto`: processes, threads, allocator,
+  channels_last).
 
 Throughput counts the training samples of levels 1..L (particles x iterations x batch) over
 the seconds those levels took (`train_seconds` in metrics.csv: training, averaging,
@@ -40,11 +43,27 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "default_vs_untuned.md"
 
 
+NO_ALLOCATOR = {"SWAMP_NO_MALLOC_TUNING": "1"}
+NO_CHANNELS_LAST = {"SWAMP_NO_CHANNELS_LAST": "1"}
+# name -> what it is, for the table's legend
+LEGEND = {
+    "untuned": "sequential engine, torch's default threads, glibc's default allocator, "
+               "contiguous layout",
+    "allocator": "untuned + the allocator setting",
+    "channels_last": "untuned + channels_last",
+    "sequential tuned": "sequential engine with both (what `--engine sequential` gets)",
+    "default": "plain `swamp run` (`--engine auto`: processes, threads, allocator, "
+               "channels_last)",
+}
+
+
 def configs(default_threads: int) -> dict[str, tuple[list[str], dict[str, str]]]:
-    untuned_env = {"SWAMP_NO_MALLOC_TUNING": "1", "SWAMP_NO_CHANNELS_LAST": "1"}
+    sequential = ["--engine", "sequential", "--threads", str(default_threads)]
     return {
-        "untuned": (["--engine", "sequential", "--threads", str(default_threads)], untuned_env),
-        "allocator": (["--engine", "sequential", "--threads", str(default_threads)], {}),
+        "untuned": (sequential, {**NO_ALLOCATOR, **NO_CHANNELS_LAST}),
+        "allocator": (sequential, NO_CHANNELS_LAST),
+        "channels_last": (sequential, NO_ALLOCATOR),
+        "sequential tuned": (sequential, {}),
         "default": ([], {}),
     }
 
@@ -93,13 +112,16 @@ def main() -> None:
         for name, (flags, env) in order:
             result = one_run(flags, env, args.levels, n_train)
             runs.setdefault(name, []).append(result)
-            print(f"round {r + 1}: {name:<9} {result[0] / result[1]:>9,.0f} samples/s "
+            print(f"round {r + 1}: {name:<16} {result[0] / result[1]:>9,.0f} samples/s "
                   f"({result[1]:.1f} s in levels, {result[2]:.1f} s wall)", flush=True)
     load.append(os.getloadavg())
 
     sps = {n: statistics.median(s / t for s, t, _ in v) for n, v in runs.items()}
     wall = {n: statistics.median(w for _, _, w in v) for n, v in runs.items()}
     ratio = sps["default"] / sps["untuned"]
+    # Paired per round: the two runs of a round saw about the same load on the machine.
+    paired = [(sd / td) / (su / tu) for (sd, td, _), (su, tu, _)
+              in zip(runs["default"], runs["untuned"])]
     cmd = " ".join(map(shlex.quote, ["python", "benchmarks/default_vs_untuned.py",
                                      *sys.argv[1:]]))
     lines = [
@@ -114,22 +136,23 @@ def main() -> None:
         f"Each row: `swamp run --levels {args.levels}` (levels 0..{args.levels}, 4 particles, "
         f"20 epochs) as a fresh process, {args.rounds} alternated rounds, medians; samples/s "
         f"over levels 1..{args.levels} (level 0 also holds the start of processes). "
-        f"`untuned` = "
-        f"`--engine sequential --threads {default_threads}` (torch's default) with "
-        "SWAMP_NO_MALLOC_TUNING=1; `allocator` = the same with the allocator setting; "
-        "`default` = plain `swamp run`.",
+        f"Sequential rows run `--engine sequential --threads {default_threads}` (torch's "
+        "default); the settings are switched off with SWAMP_NO_MALLOC_TUNING=1 and "
+        "SWAMP_NO_CHANNELS_LAST=1.",
         "",
-        "| configuration | samples/s in levels >= 1 | vs untuned | wall time of the command |",
-        "|---|---:|---:|---:|",
+        "| configuration | what it is | samples/s in levels >= 1 | vs untuned "
+        "| wall time of the command |",
+        "|---|---|---:|---:|---:|",
     ]
-    for name in ("untuned", "allocator", "default"):
-        lines.append(f"| {name} | {sps[name]:,.0f} | {sps[name] / sps['untuned']:.2f}x | "
-                     f"{wall[name]:.1f} s |")
+    for name in LEGEND:
+        lines.append(f"| {name} | {LEGEND[name]} | {sps[name]:,.0f} | "
+                     f"{sps[name] / sps['untuned']:.2f}x | {wall[name]:.1f} s |")
     lines += [
         "",
         f"Target: default >= 1.5x untuned: **{ratio:.2f}x**, "
         f"{'met' if ratio >= 1.5 else 'NOT met'} (whole-command wall time: "
-        f"{wall['untuned'] / wall['default']:.2f}x).",
+        f"{wall['untuned'] / wall['default']:.2f}x). Paired round by round: median "
+        f"{statistics.median(paired):.2f}x, range {min(paired):.2f}x to {max(paired):.2f}x.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -88,8 +88,12 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def build(model_name: str, kind: str, channels_last: bool):
+def build(model_name: str, kind: str):
+    """Data, model (channels_last where the product's CPU policy uses it), settings, and
+    the TrainContext class."""
     import torch
+
+    from swamp import cpu
 
     from swamp.config import TrainSettings
     from swamp.data import CropFlip, from_tensors, load_dataset
@@ -106,7 +110,7 @@ def build(model_name: str, kind: str, channels_last: bool):
                             augment=CropFlip(pad=4))
     torch.manual_seed(0)
     model = build_model(model_name, data.input_shape, data.num_classes)
-    if channels_last:
+    if cpu.wants_channels_last(model, torch.device("cpu")):
         model = model.to(memory_format=torch.channels_last)
     settings = TrainSettings(batch_size=BATCH)
     return data, model, settings, TrainContext
@@ -158,8 +162,8 @@ def child(args: argparse.Namespace) -> None:
     dist_engine = None
     for model_name in args.models.split(","):
         kind, steps = MODELS[model_name]
-        conv2d = kind == "image"
-        data, model, tsettings, TrainContext = build(model_name, kind, channels_last=conv2d)
+        data, model, tsettings, TrainContext = build(model_name, kind)
+        conv2d = cpu.wants_channels_last(model, torch.device("cpu"))   # channels_last rows
         plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
         sched = bench_schedule(steps)
         ctx = TrainContext(model, data, sched, tsettings)

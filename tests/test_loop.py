@@ -172,6 +172,31 @@ def test_corrupted_checkpoint_is_a_clear_error(tiny, tmp_path):
         LevelLoop(tiny(levels=1), run_dir=root).run()
 
 
+def test_a_run_of_an_older_model_layout_is_refused_in_one_line(tiny, tmp_path):
+    """conv1d once stored (C_out, C_in, k) weights, now (C_out, C_in, 1, k): a run directory
+    made before must give a clear error on resume, not a shape error, and stay untouched."""
+    from swamp.store import RunStore, load_state, save_state
+
+    settings = tiny(model="conv1d", levels=1, epochs=1)
+    first = run(settings, run_dir=tmp_path / "r")
+    root = first.run_dir
+    store = RunStore(root)
+    old = {k: v.squeeze(2) if v.dim() == 4 else v
+           for k, v in load_state(store.init_path).items()}
+    save_state(store.init_path, old)
+    store.record_checksums(store.init_path)                 # consistent, as the old version left it
+    # a finished run is only read: its results stay available
+    again = LevelLoop(settings, run_dir=root).run().levels
+    assert [(r["level"], r["test_acc"]) for r in again] == \
+        [(r["level"], r["test_acc"]) for r in first.levels]
+    (root / "level_1" / "metrics.json").unlink()           # level 1 unfinished: work left
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    with pytest.raises(SwampError, match=r"does not fit the model built now \(features\.0\."
+                                         r"weight: \(32, 1, 5\) in the file, \(32, 1, 1, 5\)"):
+        LevelLoop(settings, run_dir=root).run()
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
 def test_python_api_with_a_users_module_and_tensors(tmp_path):
     import swamp
     from torch import nn

@@ -48,9 +48,10 @@ def expected_snapshots(total, swa_start, freq, spe, start=0):
 def test_masks_cover_exactly_the_linear_and_conv_weights(tiny, model, names):
     result = run(tiny(model=model, method="imp", particles=1, levels=1, epochs=1))
     net = build_model(model, (1, 32), 10)
-    kinds = (torch.nn.Linear, torch.nn.Conv1d)
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
     assert names == {f"{n}.weight" for n, m in net.named_modules() if isinstance(m, kinds)}
-    bn = {n for n, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    bn = {n for n, m in net.named_modules()
+          if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))}
     solution = result.solution(1)
     for level in (0, 1):
         assert set(result.mask(level).names) == names

@@ -154,6 +154,21 @@ class LevelLoop:
         self.store.record_checksums(self.store.init_path)
         return state
 
+    def _check_layout(self, state: StateDict) -> None:
+        """A resumed run's weights must fit the model built now: a run made by an earlier
+        swamp version whose built-in model stored its tensors otherwise gets one line, not a
+        shape error deep inside load_state_dict. (A finished run is only read: no check.)"""
+        mine = self.model.state_dict()
+        odd = sorted(k for k in mine.keys() | state.keys()
+                     if k not in mine or k not in state or mine[k].shape != state[k].shape)
+        if odd:
+            k = odd[0]
+            found = tuple(state[k].shape) if k in state else "missing"
+            wanted = tuple(mine[k].shape) if k in mine else "no such tensor"
+            raise SwampError(f"{self.store.init_path} does not fit the model built now ({k}: "
+                             f"{found} in the file, {wanted} in the model), e.g. it was made by "
+                             f"an earlier swamp version; use another --out")
+
     def _rewind_state(self, init: StateDict) -> StateDict:
         """Weights at T0: the dense network trained T0 iterations (T0 = 0: init)."""
         if self.store.rewind_path.is_file():
@@ -346,6 +361,8 @@ class LevelLoop:
         init = self._init_state()
         rewind = self._rewind_state(init)
         finished = self.store.finished_levels()
+        if len(finished) <= self.plan.levels:   # work left: the weights must fit the model
+            self._check_layout(init)
         rows = self.store.level_metrics()
         if finished:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop

@@ -36,7 +36,7 @@ def _image(make: Callable[[int, int], nn.Module]) -> Builder:
 MODELS: dict[str, ModelInfo] = {m.name: m for m in [
     ModelInfo("mlp", "flatten + 2 hidden layers of 256 (ReLU); any input shape",
               lambda n, s, k: MLP(s, k)),
-    ModelInfo("conv1d", "Conv1d 32-32-32 (k5, strides 1-2-2) + BN + ReLU, flatten, linear; "
+    ModelInfo("conv1d", "1-D conv 32-32-32 (k5, strides 1-2-2) + BN + ReLU, flatten, linear; "
               "input (C, L) [default for mnist1d]", lambda n, s, k: Conv1dNet(s, k)),
     *[ModelInfo(f"resnet{d}", f"CIFAR ResNet-{d} (He et al. 2016, option-A shortcuts); input (C, H, W)",
                 _image(lambda c, k, d=d: cifar_resnet(d, c, k))) for d in (20, 32, 56)],
