@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from swamp.errors import SwampError
 from swamp.models import build_model, list_models, model_description
+from swamp.models.common import init_weights
 
 SMALL_IMAGE = (3, 16, 16)
 IMAGE_MODELS = ["resnet20", "resnet32", "resnet56", "resnet18", "vgg11", "vgg13", "vgg16", "vgg19",
@@ -59,6 +60,39 @@ def test_conv1d_on_signals_and_plain_vectors():
     _forward_backward(build_model("conv1d", (1, 40), 10), torch.randn(4, 1, 40), 10)
     _forward_backward(build_model("conv1d", (2, 33), 5), torch.randn(4, 2, 33), 5)
     _forward_backward(build_model("conv1d", (40,), 10), torch.randn(4, 40), 10)
+
+
+def _conv1d_reference(c_in: int, length: int, classes: int) -> nn.Module:
+    """The MNIST-1D CNN written with Conv1d/BatchNorm1d, as conv1d was before its 2-D form."""
+    layers: list[nn.Module] = []
+    for stride in (1, 2, 2):
+        layers += [nn.Conv1d(c_in, 32, 5, stride=stride, padding=2, bias=False),
+                   nn.BatchNorm1d(32), nn.ReLU()]
+        c_in, length = 32, (length - 1) // stride + 1
+    return init_weights(nn.Sequential(*layers, nn.Flatten(), nn.Linear(32 * length, classes)))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv1d_is_the_1d_cnn_with_the_same_initial_weights(channels_last):
+    """conv1d runs as 2-D convolutions of kernel (1, 5) (so that channels_last applies on
+    CPU): under the same seed it starts from the same values as the Conv1d stack and computes
+    the same function, in training and in evaluation mode, in both memory layouts."""
+    torch.manual_seed(7)
+    ours = build_model("conv1d", (2, 33), 5)
+    torch.manual_seed(7)
+    ref = _conv1d_reference(2, 33, 5)
+    ours_state, ref_state = ours.state_dict(), ref.state_dict()
+    ref_names = {"features." + k if not k.startswith("10.") else "classifier" + k[2:]: k
+                 for k in ref_state}
+    assert set(ref_names) == set(ours_state)
+    for name, ref_name in ref_names.items():        # same values; conv weights gain a 1-axis
+        assert torch.equal(ours_state[name].flatten(), ref_state[ref_name].flatten())
+    if channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
+    x = torch.randn(16, 2, 33)
+    for train in (True, False):
+        ours.train(train), ref.train(train)
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
 # Exact parameter counts at the CIFAR shape (3, 32, 32) with 10 classes. Conv layers have no

@@ -25,12 +25,12 @@ class MLP(nn.Sequential):
 
 
 class Conv1dNet(nn.Module):
-    """Conv1d-BN-ReLU stack, then flatten and one linear classifier.
+    """1-D conv-BN-ReLU stack, then flatten and one linear classifier.
 
     Default for MNIST-1D (1, 40): 32 channels x 3 layers, kernel 5, strides 1, 2, 2
     (length 40 -> 40 -> 20 -> 10), flatten 32*10 -> linear: 13,802 parameters. Measured on
     MNIST-1D (8000 train, 20 epochs SGD): ~98% test accuracy dense and still ~98% after IMP
-    to 91% sparsity, at ~25-30k training samples/s (batch 128) on two CPU cores. Wider stacks
+    to 91% sparsity (speed: benchmarks/results/default_vs_untuned.md). Wider stacks
     (32-64-64) were no more accurate and 2x slower. Flatten keeps *where* a feature occurred,
     which matters on MNIST-1D.
 
