@@ -50,7 +50,7 @@ def no_channels_last(monkeypatch):
 
 
 @pytest.mark.parametrize("dataset,model,swa,atol", [
-    ("synthetic", "conv1d", True, 1e-5),             # BatchNorm1d in training mode
+    ("synthetic", "conv1d", True, 1e-5),             # BatchNorm2d over (C, 1, L) signals
     # BatchNorm2d + crop/flip augmentation; 20 layers amplify rounding a little more
     ("synthetic-image", "resnet20", False, 2e-4),
 ])
@@ -72,6 +72,19 @@ def test_vectorised_equals_sequential_with_batchnorm(tiny, no_channels_last, dat
     for r in stacked:
         for name in task.mask:
             assert torch.all(r.state[name][~task.mask[name]] == 0)
+
+
+def test_vectorised_equals_sequential_with_batchnorm1d(tiny):
+    """A model of the user's own with BatchNorm1d (on features) in training mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(32, 24), nn.BatchNorm1d(24), nn.ReLU(),
+                          nn.Linear(24, 10))
+    loop = LevelLoop(tiny(particles=3, epochs=2, engine="sequential"), model=model)
+    task = level_task(loop)
+    reference = SequentialEngine().train_particles(task, loop.ctx)
+    stacked = train_stacked(task, loop.ctx)
+    assert_results_close(reference, stacked, 1e-5)
+    assert not torch.equal(reference[0].state["2.running_var"], reference[1].state["2.running_var"])
 
 
 def test_vectorised_and_sequential_give_the_same_level_solutions_and_masks(tiny):
