@@ -125,7 +125,8 @@ def make_task(model, n: int, steps: int, level: int = 0):
     g = torch.Generator().manual_seed(1)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     names = select_prunable(model)
-    mask = Mask({k: torch.rand(state[k].shape, generator=g) < 0.5 for k in names})
+    mask = Mask({k: (torch.rand(state[k].shape, generator=g) < 0.5).to(state[k].device)
+                 for k in names})
     state = mask.apply_to_state_dict(state)
     jobs = [ParticleJob(level, i, 1000 + i, 2000 + i) for i in range(n)]
     return LevelTask(level, state, mask, 0, jobs)
@@ -502,7 +503,8 @@ def driver(args: argparse.Namespace) -> None:
                      f"`swamp run` levels alternated in one run: "
                      f"`benchmarks/results/default_vs_untuned.md`.")
     lines.append("- GPU: `vectorised` with N = 4 vs `sequential` on the small models: "
-                 "**not measured** (no GPU in this session).")
+                 "**not measured** (no GPU in this session; on a GPU machine run "
+                 "`python benchmarks/gpu_particles.py`).")
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
