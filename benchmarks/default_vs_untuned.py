@@ -1,6 +1,6 @@
 """The default `swamp run` against an untuned sequential loop, end to end, on this machine.
 
-    python benchmarks/default_vs_untuned.py [--rounds 5] [--levels 2] [--out PATH]
+    python benchmarks/default_vs_untuned.py [--rounds 7] [--levels 2] [--out PATH]
 
 The issue's CPU target: the MNIST-1D CNN with 4 particles, with the default settings, at
 least 1.5x the throughput of an untuned sequential loop (allocator, threads and processes
@@ -97,7 +97,7 @@ def one_run(flags: list[str], env: dict[str, str], levels: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--levels", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
