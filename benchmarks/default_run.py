@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_file import publish  # benchmarks/ is on the path of its own scripts
 
 RESULTS = Path(__file__).parent / "results" / "default_run.md"
 
@@ -78,10 +79,7 @@ def main() -> None:
             f"{100 * float(r['test_acc']):.2f}% | {float(r['test_nll']):.3f} | "
             f"{100 * float(r['particle_acc_mean']):.2f}% | "
             f"{100 * float(r['ensemble_acc']):.2f}% | {float(r['train_seconds']):.0f} s |")
-    text = "\n".join(lines) + "\n"
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    publish(lines, RESULTS)
 
 
 if __name__ == "__main__":

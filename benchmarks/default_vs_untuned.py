@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from results_file import publish  # benchmarks/ is on the path of its own scripts
 
 RESULTS = Path(__file__).parent / "results" / "default_vs_untuned.md"
 
@@ -163,10 +164,7 @@ def main() -> None:
         f"{sps['default'] / sps['untuned']:.2f}x; whole-command wall time: "
         f"{wall['untuned'] / wall['default']:.2f}x.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

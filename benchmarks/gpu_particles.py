@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from particles import bench_schedule, build, make_task  # noqa: E402  (the same tasks)
+from results_file import publish  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "gpu_particles.md"
 # steps per particle per measurement, sized for about a second on a recent GPU
@@ -151,10 +152,7 @@ def main() -> None:
                       f"models: {verdicts}: **{'met' if met else 'NOT met'}**"
                       + ("" if device.type == "cuda" else " (not a GPU: a check of the "
                          "script only)") + "."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    publish(lines, args.out)
 
 
 if __name__ == "__main__":

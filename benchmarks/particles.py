@@ -39,6 +39,8 @@ import threading
 import time
 from pathlib import Path
 
+from results_file import publish  # benchmarks/ is on the path of its own scripts
+
 RESULTS = Path(__file__).parent / "results" / "particles.md"
 BATCH = 128
 # (dataset kind, steps per particle per measurement): sized so one measurement takes ~1-3 s
@@ -505,12 +507,8 @@ def driver(args: argparse.Namespace) -> None:
     lines.append("- GPU: `vectorised` with N = 4 vs `sequential` on the small models: "
                  "**not measured** (no GPU in this session; on a GPU machine run "
                  "`python benchmarks/gpu_particles.py`).")
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    (out.with_suffix(".json")).write_text(json.dumps(children, indent=1))
-    print(text)
+    publish(lines, args.out)
+    Path(args.out).with_suffix(".json").write_text(json.dumps(children, indent=1))
 
 
 def main() -> None:
