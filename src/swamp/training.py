@@ -19,17 +19,11 @@ from swamp.averaging import RunningAverage
 from swamp.config import TrainSettings
 from swamp.data import Split
 from swamp.errors import SwampError
+from swamp.core.seeds import derive_seed  # noqa: F401  (re-exported for callers)
 from swamp.masks import Mask
 
 StateDict = dict[str, torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from (run seed, purpose, level, particle ...), independent per tuple."""
-    words = [p if isinstance(p, int) else int.from_bytes(p.encode()[:8].ljust(8, b"\0"), "little")
-             for p in parts]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)

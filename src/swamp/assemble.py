@@ -1,0 +1,41 @@
+"""Building what a run needs from its settings: the data and the model.
+
+Shared by the level loop (training) and by the read-only tools (post-hoc commands, report,
+export), which need a run's model and data but no training machinery.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from swamp.config import Settings
+from swamp.core.seeds import derive_seed
+from swamp.data import DataBundle, load_dataset
+from swamp.models import build_model
+
+
+def prepare_data(settings: Settings, data: DataBundle | None = None,
+                 device: torch.device | str = "cpu") -> DataBundle:
+    """The run's data on `device`: `data` if given (Python API), else the registered dataset
+    named by the settings, with the validation split seeded by the run seed."""
+    s = settings
+    if data is None:
+        data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
+                            val_fraction=s.data.val_fraction, split_seed=s.run.seed,
+                            size=s.data.data_size, augment=s.data.augment)
+    return data.to(device)
+
+
+def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None = None,
+                  device: torch.device | str = "cpu") -> nn.Module:
+    """The run's model on `device`: a copy of `model` if given, else the registered model
+    initialised from the run seed."""
+    if model is None:
+        torch.manual_seed(derive_seed(settings.run.seed, "init"))
+        model = build_model(settings.model.model, data.input_shape, data.num_classes)
+    else:
+        model = copy.deepcopy(model)
+    return model.to(device)
