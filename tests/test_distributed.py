@@ -13,12 +13,12 @@ import torch.multiprocessing as mp
 
 from swamp.cli import main
 from swamp.config import Settings
-from swamp.distributed import start_local
+from swamp.engines.processes import start_processes
 from swamp.engines import LevelTask, ParticleJob, SequentialEngine
-from swamp.engines.distributed import DistributedEngine
+from swamp.engines.processes import DistributedEngine
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
@@ -114,7 +114,7 @@ def test_a_failing_rank_stops_the_others_with_a_clear_message(tiny):
     jobs = [ParticleJob(0, 0, 1, 2, torch.arange(0, 100)),
             ParticleJob(0, 1, 3, 4, torch.arange(100, 230))]
     task = LevelTask(0, state, mask, 0, jobs)
-    engine = DistributedEngine(start_local(2, ctx, torch.device("cpu"), 1), threads=1)
+    engine = start_processes(2, ctx, 1)
     try:
         # a training error on rank 1 is raised on rank 0, as one line
         with pytest.raises(SwampError, match="level 0, particle 1: the training loss became nan"):

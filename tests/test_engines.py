@@ -10,10 +10,11 @@ from torch import nn
 from swamp import cpu
 from swamp.engines import (LevelTask, ParticleJob, SequentialEngine, TrainContext,
                            VectorisedEngine, make_engine)
-from swamp.engines.vectorised import train_stacked
+from swamp.engines.base import train_group
+from swamp.train import StackedReplicas
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 
 
 def level_task(loop, level=0, particles=None, density=0.5, seed=0):
@@ -25,6 +26,12 @@ def level_task(loop, level=0, particles=None, density=0.5, seed=0):
     jobs = jobs[:particles] if particles else jobs
     start = mask.apply_to_state_dict({k: v.clone() for k, v in state.items()})
     return LevelTask(level, start, mask, loop.schedule.rewind, jobs)
+
+
+def train_stacked(task, ctx):
+    """Every particle of `task` stacked, through the one training loop."""
+    replicas = StackedReplicas(ctx.model, task.start_state, len(task.jobs))
+    return train_group(replicas, task, ctx, task.jobs)
 
 
 def assert_results_close(a, b, atol=1e-5):
@@ -50,7 +57,8 @@ def no_channels_last(monkeypatch):
 
 
 @pytest.mark.parametrize("dataset,model,swa,atol", [
-    ("synthetic", "conv1d", True, 1e-5),             # BatchNorm2d over (C, 1, L) signals
+    # BatchNorm2d over (C, 1, L) signals; batched convs sum in another order (seen: 1.5e-5)
+    ("synthetic", "conv1d", True, 5e-5),
     # BatchNorm2d + crop/flip augmentation; 20 layers amplify rounding a little more
     ("synthetic-image", "resnet20", False, 2e-4),
 ])

@@ -6,7 +6,7 @@ from swamp.cli import build_parser, main, settings_from_args
 from swamp.config import Settings, TrainSettings
 from swamp.errors import SwampError
 from swamp.presets import PRESETS
-from swamp.training import Schedule
+from swamp.train import Schedule
 
 
 def parse(*argv):

@@ -169,44 +169,28 @@ def test_a_stop_inside_a_level_keeps_the_particles_already_trained(tiny, tmp_pat
     settings = tiny(levels=2, particles=3, engine="sequential")
     reference = run(settings, run_dir=tmp_path / "whole")
 
-    calls, stops = [], [True]
-    real = sequential.train_steps
+    trained, stops = [], [True]
+    real = sequential.train_group
 
-    def stop_at_level_1_particle_2(*args, **kwargs):
-        calls.append(kwargs["label"])
-        if kwargs["label"] == "level 1, particle 2" and stops:
+    def stop_at_level_1_particle_2(replicas, task, ctx, jobs, progress=None, info=None):
+        (job,) = jobs
+        if (task.level, job.index) == (1, 2) and stops:
             stops.pop()
             raise KeyboardInterrupt                  # as a Ctrl-C during that particle, once
-        return real(*args, **kwargs)
+        results = real(replicas, task, ctx, jobs, progress, info)
+        trained.append((task.level, job.index))
+        return results
 
-    monkeypatch.setattr(sequential, "train_steps", stop_at_level_1_particle_2)
+    monkeypatch.setattr(sequential, "train_group", stop_at_level_1_particle_2)
     with pytest.raises(KeyboardInterrupt):
         run(settings, run_dir=tmp_path / "cut")
     store = RunStore(tmp_path / "cut")
-    saved = sorted(p.name for p in store.partial_dir(1).iterdir())
-    assert saved == ["particle_0.json", "particle_0.safetensors", "particle_1.json",
-                     "particle_1.safetensors"]
-
-    calls.clear()
+    # the finished particles of the level in progress are kept as finished checkpoints
+    assert [p.name for p in store.checkpoint_paths(1)] == ["checkpoint_0.safetensors",
+                                                           "checkpoint_1.safetensors"]
     result = run(settings, run_dir=tmp_path / "cut")
-    assert "level 1, particle 2" in calls and len([c for c in calls if "level 1" in c]) == 1
     same_levels(reference.run_dir, result.run_dir)
     for level in range(3):                          # the same weights, bit for bit
         for name, t in reference.solution(level).items():
             assert torch.equal(t, result.solution(level)[name]), (level, name)
-    assert not store.partial_dir(1).exists()        # cleaned up once the level finished
-    assert not any("partial" in k for k in read_json(store.checksums_path))
-
-
-def test_auto_decides_by_the_whole_level_when_only_some_particles_are_left(tiny):
-    from swamp.engines import LevelTask
-    from swamp.engines.auto import AutoEngine
-
-    loop = LevelLoop(tiny(particles=4))
-    jobs = loop.plan.jobs(0)
-    rest = LevelTask(0, loop.model.state_dict(), None, 0, jobs[3:], level_particles=4)
-    engine = AutoEngine(loop.settings, recorded={"4": {"engine": "sequential", "threads": 1},
-                                                 "1": {"engine": "sequential", "threads": 2}})
-    chosen = engine.choose(rest, loop.ctx)
-    assert chosen.threads == 1                  # the level's record, not the one-particle one
-    assert set(engine.decisions) == {"4", "1"} and engine.decisions["4"]["threads"] == 1
+    assert store.checkpoint_paths(1) == []          # cleaned up once the level finished

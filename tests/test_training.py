@@ -7,9 +7,10 @@ from torch import nn
 from swamp.config import TrainSettings
 from swamp.data import Split
 from swamp.errors import SwampError
-from swamp.masks import Mask, select_prunable
+from swamp.core.masks import Mask, select_prunable
 from swamp.store import save_state
-from swamp.training import BatchOrder, Schedule, derive_seed, train_steps
+from swamp.core.seeds import derive_seed
+from swamp.train import BatchOrder, Schedule, train_steps
 
 
 def toy_split(n=256, d=8, classes=3, seed=0):

@@ -1,7 +1,8 @@
-"""Building what a run needs from its settings: the data and the model.
+"""Building what a run needs from its settings: the data, the model, the training context.
 
-Shared by the level loop (training) and by the read-only tools (post-hoc commands, report,
-export), which need a run's model and data but no training machinery.
+Shared by the level loop, by serving ranks (which train without a level loop) and by the
+read-only tools (post-hoc commands, report, export), which need a run's model and data but
+no training machinery.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from torch import nn
 from swamp.config import Settings
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle, load_dataset
+from swamp.engines.base import TrainContext
 from swamp.models import build_model
+from swamp.train import CrossEntropy, Objective, Schedule
 
 
 def prepare_data(settings: Settings, data: DataBundle | None = None,
@@ -39,3 +42,19 @@ def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None 
     else:
         model = copy.deepcopy(model)
     return model.to(device)
+
+
+def build_context(settings: Settings, *, model: nn.Module | None = None,
+                  data: DataBundle | None = None, device: torch.device | str = "cpu",
+                  objective: Objective | None = None) -> TrainContext:
+    """Everything training needs that does not change between levels: data and model on
+    `device` (the model in the memory format that trains fastest there), the schedule and
+    the objective. `settings` must be resolved (method defaults filled in)."""
+    from swamp.engines import prepare
+
+    data = prepare_data(settings, data, device)
+    model = prepare_model(settings, data, model, device)
+    schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
+    ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
+    prepare(ctx)
+    return ctx

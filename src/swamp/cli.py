@@ -107,23 +107,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from swamp.loop import LevelLoop
 
     settings = settings_from_args(args)
-    from swamp import cpu, distributed
+    from swamp import cpu, world
 
     # Threads matched to the free cores (never more than torch's current setting).
     cpu.set_process_threads(settings.run.threads)
     # Under torchrun only rank 0 prints (and writes); the other ranks train particles.
     display = RunDisplay(Console(highlight=False),
-                         quiet=args.quiet or not distributed.is_leader())
+                         quiet=args.quiet or not world.is_leader())
+    if not world.is_leader():     # a torchrun rank above 0: serve rank 0's levels
+        from swamp.loop import serve
+
+        serve(settings)
+        return 0
     loop = LevelLoop(settings, run_dir=args.run_dir, display=display)
     s = loop.settings
-    engine = getattr(loop.engine, "description", loop.engine.name)
+    engine = s.run.engine
     display.info(f"[bold]swamp[/bold] {s.method.method}: {s.model.model} on {s.data.dataset}, "
                  f"{s.method.particles} particle(s), {s.prune.levels} levels of "
                  f"{s.prune.prune_fraction:g}, device {loop.device}, engine {engine}")
     display.info(f"run directory: {loop.store.root}")
     result = loop.run()
-    if not distributed.is_leader():
-        return 0
     last = result.levels[-1]
     display.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
                  f"test accuracy {100 * last['test_acc']:.2f}%; metrics in "

@@ -62,6 +62,13 @@ class TrainSettings:
     swa_lr: float | None = _setting(None, "constant learning rate during SWA "
                                     "(default: lr / 2); before it the schedule anneals to it")
     swa_freq: int = _setting(0, "iterations between SWA updates; 0 = at the end of every epoch")
+    precision: str = _setting("fp32", "arithmetic of the forward pass: fp32 | bf16 | fp16 "
+                              "(autocast; fp16 with a gradient scaler); weights stay fp32")
+    clip_grad_norm: float | None = _setting(None, "clip each particle's gradient norm to this "
+                                            "value before every step (default: no clipping)")
+    rewind_optimizer: bool = _setting(False, "also restore the optimiser state (momentum) "
+                                      "saved at the rewind point; by default every particle "
+                                      "starts with zero momentum, as in OpenLTH")
 
 
 @dataclass
@@ -108,6 +115,9 @@ class RunSettings:
                               "--engine distributed); for several machines use torchrun")
     threads: int = _setting(0, "torch threads per process (0: match the free cores)")
     save_particles: bool = _setting(True, "save every particle's weights in the level folder")
+    checkpoint_every: int = _setting(1000, "iterations between checkpoints of a particle in "
+                                     "training (0: only on SIGINT/SIGTERM and when it "
+                                     "finishes); a killed run resumes from the last one")
 
 
 SECTIONS: dict[str, type] = {
@@ -120,7 +130,8 @@ SECTIONS: dict[str, type] = {
 }
 
 # Settings that do not change what a run computes; they stay out of the run hash.
-UNHASHED = {"data_dir", "device", "out", "engine", "processes", "threads", "save_particles"}
+UNHASHED = {"data_dir", "device", "out", "engine", "processes", "threads", "save_particles",
+            "checkpoint_every"}
 
 
 @dataclass(frozen=True)
@@ -346,6 +357,12 @@ def validate(s: Settings) -> None:
          f"use a fraction in [0, 1)"),
         (t.swa_start < 0, f"--swa-start must be in [0, 1) (got {t.swa_start})"),
         (t.swa_freq < 0, f"--swa-freq must be >= 0 (got {t.swa_freq})"),
+        (t.precision not in ("fp32", "bf16", "fp16"),
+         f"unknown precision '{t.precision}'; use fp32, bf16 or fp16"),
+        (t.clip_grad_norm is not None and t.clip_grad_norm <= 0,
+         f"--clip-grad-norm must be positive (got {t.clip_grad_norm})"),
+        (s.run.checkpoint_every < 0,
+         f"--checkpoint-every must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
         (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
          f"--rewind-epochs {t.rewind_epochs} is not before the end of training "

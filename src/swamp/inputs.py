@@ -11,27 +11,13 @@ only need the architecture.
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any
-
 import torch
 from torch import nn
 
+from swamp.core.digest import digest as _digest
 from swamp.data import DataBundle
 
 RESUME_KEYS = ("model", "data")   # must match to resume; "model_init" only names the run
-
-
-def _digest(parts: list[Any]) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            t = part.detach().to("cpu").contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            h.update(str(part).encode())
-    return h.hexdigest()[:16]
 
 
 def model_fingerprints(model: nn.Module) -> dict[str, str]:

@@ -7,6 +7,7 @@ resumes an interrupted run from the last finished level and redoes no finished w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,19 +17,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from swamp.averaging import recompute_batchnorm
+from swamp import world
+from swamp.assemble import build_context
 from swamp.config import UNHASHED, Settings
-from swamp.data import DataBundle, load_dataset
+from swamp.core.averaging import recompute_batchnorm
+from swamp.core.masks import Mask, select_prunable
+from swamp.core.seeds import derive_seed
+from swamp.data import DataBundle
 from swamp.display import RunDisplay
-from swamp.engines import LevelTask, ParticleJob, TrainContext, engine_device, make_engine
+from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
+from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
-from swamp.masks import Mask, select_prunable
 from swamp.methods import MethodPlan
-from swamp.models import build_model
 from swamp.store import RunStore, load_state, read_json, save_state, write_json
-from swamp.training import ParticleResult, Schedule, clone_state, derive_seed, train_steps
+from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
+from swamp.train import stop as stops
+from swamp.train.checkpoint import CheckpointFile
+from swamp.train.fit import optimizer_state_by_name
 
 StateDict = dict[str, torch.Tensor]
 
@@ -111,7 +118,8 @@ class LevelLoop:
 
     def __init__(self, settings: Settings, *, model: nn.Module | None = None,
                  data: DataBundle | None = None, run_dir: str | Path | None = None,
-                 display: RunDisplay | None = None):
+                 display: RunDisplay | None = None, engine: Engine | None = None,
+                 objective: Objective | None = None):
         self.settings = settings.resolved()
         self.display = display or RunDisplay(quiet=True)
         # under torchrun, `cuda` is this rank's GPU
@@ -124,32 +132,28 @@ class LevelLoop:
         self.inputs = {**(model_fingerprints(model) if model is not None else {}),
                        **(data_fingerprint(data) if data is not None else {})}
         self.store = open_run_dir(s, run_dir, self.inputs)
-        if data is None:
-            data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
-                                val_fraction=s.data.val_fraction, split_seed=s.run.seed,
-                                size=s.data.data_size, augment=s.data.augment)
-        self.data = data.to(self.device)
-        if model is None:
-            torch.manual_seed(derive_seed(s.run.seed, "init"))
-            model = build_model(s.model.model, self.data.input_shape, self.data.num_classes)
-        else:
-            model = copy.deepcopy(model)
-        self.model = model.to(self.device)
+        self.ctx = build_context(s, model=model, data=data, device=self.device,
+                                 objective=objective)
+        self.data, self.model, self.schedule = self.ctx.data, self.ctx.model, self.ctx.schedule
         self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
-        self.schedule = Schedule.build(s.train, len(self.data.train), bool(s.method.swa))
-        self.ctx = TrainContext(self.model, self.data, self.schedule, s.train)
-        # after the context: engines prepare the model (channels_last) and join process groups
-        recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
-                    else None)
-        self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
-                                  recorded=recorded)
+        # Made when there is training to do (a finished run starts no processes).
+        self.engine: Engine | None = engine
         self.plan = MethodPlan(s, len(self.data.train), self.device)
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            s = self.settings
+            recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
+                        else None)
+            self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
+                                      recorded=recorded)
+        return self.engine
 
     # ---- artefacts before level 0 -------------------------------------------------------
     def _init_state(self) -> StateDict:
         if self.store.init_path.is_file():
             return load_state(self.store.init_path, self.device)
-        state = clone_state(self.model.state_dict())
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         save_state(self.store.init_path, state)
         self.store.record_checksums(self.store.init_path)
         return state
@@ -173,23 +177,44 @@ class LevelLoop:
         """Weights at T0: the dense network trained T0 iterations (T0 = 0: init)."""
         if self.store.rewind_path.is_file():
             return load_state(self.store.rewind_path, self.device)
+        keep_optimizer = self.settings.train.rewind_optimizer
+        optimizer_state: StateDict = {}
         if self.schedule.rewind == 0:
             state = init
         else:
             self.display.info(f"training the dense network to the rewind point "
                               f"({self.schedule.rewind} iterations)")
-            self.model.load_state_dict(init)
-            dense = Schedule(**{**self.schedule.__dict__, "swa": False})
-            train_steps(self.model, None, self.data.train, dense, self.settings.train,
-                        start=0, stop=self.schedule.rewind,
-                        order_seed=derive_seed(self.settings.run.seed, "rewind-order"),
-                        augment=self.data.augment,
-                        augment_seed=derive_seed(self.settings.run.seed, "rewind-augment"),
-                        label="rewind training")
-            state = clone_state(self.model.state_dict())
+            s = self.settings
+            dense = dataclasses.replace(self.schedule, swa=False)   # its lr: no SWA phase
+            plan = TrainPlan(self.data.train, dense, s.train, 0, self.schedule.rewind,
+                             order_seeds=[derive_seed(s.run.seed, "rewind-order")],
+                             augment_seeds=[derive_seed(s.run.seed, "rewind-augment")],
+                             subsets=[None], labels=["rewind training"],
+                             augment=self.data.augment, objective=self.ctx.objective,
+                             rng_seed=derive_seed(s.run.seed, "rewind-rng"))
+            replica = SingleReplica(self.model, init, self.ctx.objective.captures)
+            path = self.store.rewind_checkpoint_path
+            file = CheckpointFile(path, "rewind", s.run.checkpoint_every)
+            resume = file.load(self.device)
+            (result,), optimizer = fit(replica, plan, precision=s.train.precision,
+                                       clip_grad_norm=s.train.clip_grad_norm, checkpoint=file,
+                                       resume=resume)
+            state = result.state
+            if keep_optimizer:
+                optimizer_state = optimizer_state_by_name(optimizer, replica)
+        if keep_optimizer:
+            save_state(self.store.rewind_optimizer_path, optimizer_state)
+            self.store.record_checksums(self.store.rewind_optimizer_path)
         save_state(self.store.rewind_path, state)
         self.store.record_checksums(self.store.rewind_path)
+        self.store.rewind_checkpoint_path.unlink(missing_ok=True)
         return state
+
+    def _rewind_optimizer(self) -> StateDict | None:
+        """The optimiser state at T0 every particle starts from (`rewind_optimizer`)."""
+        if not self.settings.train.rewind_optimizer:
+            return None
+        return load_state(self.store.rewind_optimizer_path, self.device)
 
     # ---- one level ----------------------------------------------------------------------
     def _jobs(self, level: int) -> list[ParticleJob]:
@@ -199,51 +224,17 @@ class LevelLoop:
         """`state` with BatchNorm statistics recomputed on the training data."""
         self.model.load_state_dict(state)
         recompute_batchnorm(self.model, self.data.train)
-        return clone_state(self.model.state_dict())
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _val_acc(self, state: StateDict) -> float:
         self.model.load_state_dict(state)
         return evaluate(self.model, self.data.val).acc
 
-    # ---- particles finished before a stop inside a level --------------------------------
-    def _save_partial(self, job: ParticleJob, result: ParticleResult) -> None:
-        weights, record = self.store.partial_paths(job.level, job.index)
-        save_state(weights, result.state)
-        self.store.record_checksums(weights)
-        write_json(record, {"averaged": result.averaged, "train_loss": result.train_loss})
-
-    def _load_partial(self, level: int, jobs: list[ParticleJob]) -> dict[int, ParticleResult]:
-        """Particles of `level` trained (and saved) before the run was stopped."""
-        done = {}
-        for job in jobs:
-            weights, record = self.store.partial_paths(level, job.index)
-            if not (weights.is_file() and record.is_file()):
-                continue
-            self.store.verify_file(weights, f"delete {self.store.partial_dir(level)}")
-            meta = read_json(record)
-            done[job.index] = ParticleResult(load_state(weights, self.device),
-                                             int(meta["averaged"]), float(meta["train_loss"]))
-        return done
-
     def _train(self, task: LevelTask) -> list[ParticleResult]:
-        """The level's particles, in job order: those saved before a stop are loaded, the
-        others trained (and saved one by one where the engine finishes them one by one)."""
-        done = self._load_partial(task.level, task.jobs)
-        pending = [job for job in task.jobs if job.index not in done]
-        for index in done:
-            self.display.particle_progress(index, self.schedule.total)
-        if done:
-            self.display.info(f"level {task.level}: {len(done)} particle(s) trained before the "
-                              f"stop are kept; training {len(pending)}")
-        trained: dict[int, ParticleResult] = {}
-        if pending:
-            todo = LevelTask(task.level, task.start_state, task.mask, task.start_step, pending,
-                             on_particle_done=self._save_partial,
-                             level_particles=len(task.jobs))
-            results = self.engine.train_particles(todo, self.ctx,
-                                                  self.display.particle_progress)
-            trained = {job.index: r for job, r in zip(pending, results)}
-        return [done[j.index] if j.index in done else trained[j.index] for j in task.jobs]
+        """The level's particles, in job order. Each group of particles trained together is
+        checkpointed into the level's folder as it trains and when it finishes, so a stop
+        loses at most `checkpoint_every` iterations and no finished particle."""
+        return self._engine().train_particles(task, self.ctx, self.display.particle_progress)
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
@@ -254,14 +245,15 @@ class LevelLoop:
         """Train, combine, evaluate and save one level; returns its row and solution."""
         s = self.settings
         task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
-                         self._jobs(level))
+                         self._jobs(level), checkpoint_dir=self.store.level_dir(level),
+                         checkpoint_every=s.run.checkpoint_every,
+                         optimizer_state=self._rewind_optimizer())
         t0 = time.perf_counter()
         self.display.level_started(level, len(task.jobs), task.start_step, self.schedule.total)
         results = self._train(task)
-        decisions = getattr(self.engine, "decisions", None)
-        if decisions and (not self.store.engine_path.is_file()
-                          or read_json(self.store.engine_path) != decisions):
-            write_json(self.store.engine_path, decisions)
+        record = self._engine().record
+        if not self.store.engine_path.is_file() or read_json(self.store.engine_path) != record:
+            write_json(self.store.engine_path, record)
         particles = [self._finish_particle(r) for r in results]
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
@@ -310,7 +302,7 @@ class LevelLoop:
             "combined": combined,
             "particle_train_loss": [r.train_loss for r in results],
             "swa_snapshots": [r.averaged for r in results],
-            "engine": getattr(self.engine, "description", self.engine.name),
+            "engine": self._engine().description,
             "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
                        for name, (nnz, numel) in mask.per_layer().items()},
         }
@@ -328,7 +320,7 @@ class LevelLoop:
             following.save(written[-1])
         self.store.record_checksums(*written)
         write_json(self.store.level_metrics_path(level), details)
-        self.store.remove_partial(level)
+        self.store.remove_checkpoints(level)
         self.store.write_metrics_csv()
         return row, solution
 
@@ -342,13 +334,11 @@ class LevelLoop:
 
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:
+        with stops.stop_on_signals():      # SIGINT/SIGTERM: checkpoint, then stop cleanly
+            return self._run()
+
+    def _run(self) -> RunResult:
         s = self.settings
-        if getattr(self.engine, "is_worker", False):
-            # A distributed rank > 0 trains the particles rank 0 sends; only rank 0 writes.
-            try:
-                return RunResult(self.store.root, s, self.engine.serve(self.ctx))
-            finally:
-                self.engine.close()   # leave the process group together with rank 0
         if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another --run-dir")
@@ -359,15 +349,15 @@ class LevelLoop:
             write_json(self.store.settings_path, s.to_dict())   # last: marks a run directory
         self.store.verify_checksums()   # a damaged file is found now, not levels later
         init = self._init_state()
-        rewind = self._rewind_state(init)
         finished = self.store.finished_levels()
         if len(finished) <= self.plan.levels:   # work left: the weights must fit the model
             self._check_layout(init)
+        rewind = self._rewind_state(init)
         rows = self.store.level_metrics()
         if finished:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop
             for level in finished:           # a stop between metrics.json and the clean-up
-                self.store.remove_partial(level)
+                self.store.remove_checkpoints(level)
             self.display.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
                               f"finished")
             for row in rows:
@@ -386,20 +376,25 @@ class LevelLoop:
                 row, solution = self.run_level(level, start, mask)
                 rows.append(row)
                 self.display.level_finished(row)
+                stops.raise_if_requested()
                 if level < self.plan.levels:
                     mask = self.next_mask(level, solution, mask)
         finally:
             self.display.close()
-            close = getattr(self.engine, "close", None)
-            if close is not None:      # stops distributed ranks and processes it started
-                close(rows)
+            if self.engine is not None:      # stops distributed ranks and processes it started
+                self.engine.close(rows)
         return RunResult(self.store.root, s, rows)
 
 
 def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         data: DataBundle | None = None, run_dir: str | Path | None = None,
-        display: RunDisplay | None = None) -> RunResult:
-    """Run (or resume) a pruning study. `model` and `data` replace the built-in ones."""
+        display: RunDisplay | None = None, objective: Objective | None = None) -> RunResult:
+    """Run (or resume) a pruning study. `model` and `data` replace the built-in ones;
+    `objective` replaces classification cross-entropy.
+
+    Under torchrun, ranks above 0 serve rank 0's levels (they never build a level loop or
+    open the run directory) and return rank 0's level rows when it is done.
+    """
     settings = settings or Settings()
     if model is not None and settings.model.model == "conv1d":
         settings = copy.deepcopy(settings)
@@ -407,4 +402,23 @@ def run(settings: Settings | None = None, *, model: nn.Module | None = None,
     if data is not None and settings.data.dataset == "mnist1d":
         settings = copy.deepcopy(settings)
         settings.data.dataset = data.name
-    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, display=display).run()
+    if world.launched() and world.env_rank() > 0:
+        return serve(settings, model=model, data=data, objective=objective)
+    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, display=display,
+                     objective=objective).run()
+
+
+def serve(settings: Settings, *, model: nn.Module | None = None,
+          data: DataBundle | None = None, objective: Objective | None = None) -> RunResult:
+    """A torchrun rank above 0: train the particles rank 0 sends until it says stop."""
+    from swamp.engines import join_torchrun
+
+    s = settings.resolved()
+    device = engine_device(s.run.engine, resolve_device(s.run.device))
+    ctx = build_context(s, model=model, data=data, device=device, objective=objective)
+    engine = join_torchrun(ctx, s.run.threads)
+    try:
+        rows = engine.serve(ctx)
+    finally:
+        engine.close()          # leave the process group together with rank 0
+    return RunResult(Path(s.run.out), s, list(rows))

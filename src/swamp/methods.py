@@ -25,12 +25,12 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from swamp.averaging import average_states
+from swamp.core.averaging import average_states
 from swamp.config import MethodSpec, Settings, method_spec
 from swamp.engines import ParticleJob
-from swamp.masks import Mask
-from swamp.pruning import keep_top, n_to_remove, prune, score
-from swamp.training import derive_seed
+from swamp.core.masks import Mask
+from swamp.core.pruning import keep_top, n_to_remove, prune, score
+from swamp.core.seeds import derive_seed
 
 StateDict = dict[str, torch.Tensor]
 

@@ -4,6 +4,7 @@
         settings.json            resolved settings (written once; a resume must match it)
         init.safetensors         weights at initialisation
         rewind.safetensors       weights at the rewind point T0
+        rewind_optimizer.safetensors  optimiser state at T0 (with `rewind_optimizer`)
         metrics.csv              one row per finished level
         engine.json              how `--engine auto` trains the particles (kept on resume)
         inputs.json              fingerprints of a model / data given through the Python API
@@ -13,8 +14,8 @@
             particle_<i>.safetensors   each particle's solution (optional)
             solution.safetensors the level's solution, zero wherever the mask is off
             metrics.json         written last: its presence marks the level finished
-            partial/             particles trained before a stop inside the level (resume
-                                 trains only the others; removed when the level finishes)
+            checkpoint_<i>.safetensors  particles in training or trained before a stop (a
+                                 resume continues them; removed when the level finishes)
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
 half-written artefact under its real name.
@@ -150,6 +151,16 @@ class RunStore:
         return self.root / "rewind.safetensors"
 
     @property
+    def rewind_optimizer_path(self) -> Path:
+        """The optimiser state at T0 (written with `rewind_optimizer`)."""
+        return self.root / "rewind_optimizer.safetensors"
+
+    @property
+    def rewind_checkpoint_path(self) -> Path:
+        """The dense training to T0 in progress (removed once rewind.safetensors exists)."""
+        return self.root / "checkpoint_rewind.safetensors"
+
+    @property
     def inputs_path(self) -> Path:
         """Fingerprints of a model or data passed through the Python API (inputs.py)."""
         return self.root / "inputs.json"
@@ -178,11 +189,6 @@ class RunStore:
     def partial_dir(self, level: int) -> Path:
         return self.level_dir(level) / "partial"
 
-    def partial_paths(self, level: int, index: int) -> tuple[Path, Path]:
-        """(weights, record) of a particle trained before the level finished."""
-        base = self.partial_dir(level) / f"particle_{index}"
-        return base.with_suffix(".safetensors"), base.with_suffix(".json")
-
     def level_metrics_path(self, level: int) -> Path:
         return self.level_dir(level) / "metrics.json"
 
@@ -207,8 +213,15 @@ class RunStore:
             sums[path.relative_to(self.root).as_posix()] = file_sha256(path)
         write_json(self.checksums_path, sums)
 
-    def remove_partial(self, level: int) -> None:
-        """Drop a finished level's `partial/` folder and its checksums."""
+    def checkpoint_paths(self, level: int) -> list[Path]:
+        """Checkpoints of the level's particles in training or trained (train/checkpoint.py)."""
+        return sorted(self.level_dir(level).glob("checkpoint_*.safetensors"))
+
+    def remove_checkpoints(self, level: int) -> None:
+        """Drop a finished level's particle checkpoints (and an earlier version's
+        `partial/` folder with its checksums)."""
+        for path in self.checkpoint_paths(level):
+            path.unlink(missing_ok=True)
         folder = self.partial_dir(level)
         if not folder.exists():
             return

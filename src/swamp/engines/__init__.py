@@ -2,8 +2,9 @@
 
 An engine receives one `LevelTask` (the ticket every particle starts from, the mask and one
 `ParticleJob` per particle) and returns one `ParticleResult` per job, in job order. Engines
-differ only in how they schedule the work; `sequential` is the reference the others are
-tested against:
+differ only in how they schedule the work; all train through the same step loop
+(`swamp.train.fit`, via `engines.base.train_group`); `sequential` is the reference the
+others are tested against:
 
 - `sequential`: one particle after another in this process.
 - `vectorised`: all particles stacked in one forward/backward (torch.func + vmap).
@@ -17,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from swamp import cpu
+from swamp import cpu, world
 from swamp.config import Settings
 from swamp.engines.base import Engine, LevelTask, ParticleJob, TrainContext
 from swamp.engines.sequential import SequentialEngine
@@ -32,10 +33,8 @@ ENGINE_NAMES = ("auto", "sequential", "vectorised", "distributed")
 
 def engine_device(name: str, device: torch.device) -> torch.device:
     """The device this process trains on: under torchrun, `cuda` is cuda:LOCAL_RANK."""
-    from swamp.distributed import launched, rank_device
-
-    if launched() and name in ("auto", "distributed"):
-        return rank_device(device)
+    if world.launched() and name in ("auto", "distributed"):
+        return world.rank_device(device)
     return device
 
 
@@ -53,39 +52,28 @@ def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings |
     `recorded`: the choices `auto` made in an earlier invocation of the same run (see
     `AutoEngine`), followed unless processes or threads are now given explicitly.
     """
-    from swamp import distributed
-
     settings = settings or Settings()
     run = settings.run
     info = info or (lambda message: None)
     if name not in ENGINE_NAMES:
         raise SwampError(f"unknown engine '{name}'; use one of: {', '.join(ENGINE_NAMES)}")
-    distributed.check_not_bootstrapping()
-    if ctx is not None:
-        prepare(ctx)
-    if distributed.launched():
+    world.check_not_bootstrapping()
+    if world.launched():
         if name not in ("auto", "distributed"):
-            raise SwampError(f"this process is one of {distributed.local_world()}+ ranks "
-                             f"started by torchrun, but --engine is {name}; use --engine "
-                             f"distributed (or auto)")
+            raise SwampError(f"this process is one of {world.local_world()}+ ranks "
+                             f"started by torchrun, but `engine` is {name}; use the "
+                             f"distributed (or auto) engine")
         if run.processes > 1:
-            raise SwampError("--processes starts ranks itself; do not combine it with "
-                             "torchrun (drop --processes)")
+            raise SwampError("`processes` starts ranks itself; do not combine it with "
+                             "torchrun")
         if ctx is None:
             raise SwampError("the distributed engine needs the training context")
-        from swamp.engines.distributed import DistributedEngine
-
-        device = ctx.model_device
-        threads = run.threads or max(1, cpu.usable_cores() // distributed.local_world())
-        if device.type == "cpu":
-            torch.set_num_threads(threads)
-        group = distributed.join_from_env(device)
-        return DistributedEngine(group, threads=threads, info=info)
+        return join_torchrun(ctx, run.threads, info)
     if run.processes > 1 and name in ("sequential", "vectorised"):
-        raise SwampError(f"--processes {run.processes} needs --engine distributed or auto "
-                         f"(got --engine {name})")
+        raise SwampError(f"`processes` {run.processes} needs the distributed or auto engine "
+                         f"(got `engine` {name})")
     if name == "sequential":
-        return SequentialEngine(run.threads)
+        return SequentialEngine(run.threads, info)
     if name == "vectorised":
         return VectorisedEngine(info, run.threads)
     from swamp.engines.auto import AutoEngine
@@ -93,3 +81,14 @@ def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings |
     if run.processes or run.threads:
         recorded = None                       # explicit choices win over the record
     return AutoEngine(settings, info, requested=name, recorded=recorded)
+
+
+def join_torchrun(ctx: TrainContext, threads: int = 0,
+                  info: Callable[[str], None] | None = None) -> Engine:
+    """This rank's engine in a torchrun launch (rank 0 trains; the others `serve`)."""
+    from swamp.engines.processes import DistributedEngine
+
+    threads = threads or max(1, cpu.usable_cores() // world.local_world())
+    if ctx.model_device.type == "cpu":
+        torch.set_num_threads(threads)
+    return DistributedEngine(world.join_from_env(ctx.model_device), threads=threads, info=info)

@@ -23,18 +23,17 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from swamp import cpu
 from swamp.config import Settings
 from swamp.engines.base import LevelTask, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
-from swamp.engines.vectorised import Stack, VectorisedEngine, probe, time_steps
+from swamp.engines.vectorised import VectorisedEngine, probe, time_steps
 from swamp.errors import SwampError
-from swamp.training import ParticleResult, make_optimizer
+from swamp.train import ParticleResult, SingleReplica, StackedReplicas, make_optimizer
 
 Info = Callable[[str], None]
 
@@ -48,12 +47,13 @@ VECTORISED_MARGIN = 1.05
 def step_seconds(ctx: TrainContext, threads: int) -> float:
     """Seconds per training step of one particle (forward, backward, SGD step)."""
     model = copy.deepcopy(ctx.model).train()
-    optimizer = make_optimizer(model, ctx.settings)
+    replica = SingleReplica(model)
+    optimizer = make_optimizer(replica.parameters(), ctx.settings)
     b = min(ctx.settings.batch_size, len(ctx.data.train))
-    x, y = ctx.data.train.x[:b], ctx.data.train.y[:b]
+    x, y = ctx.data.train.x[:b].unsqueeze(0), ctx.data.train.y[:b].unsqueeze(0)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        loss = ctx.objective(replica.forward(x), x, y)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -69,28 +69,30 @@ def step_seconds(ctx: TrainContext, threads: int) -> float:
 
 def vectorised_speedup(task: LevelTask, ctx: TrainContext) -> float:
     """Throughput of a stacked step over N single steps, on this model and batch size."""
-    n = task.particles
+    n = len(task.jobs)
     b = min(ctx.settings.batch_size, len(ctx.data.train))
     x, y = ctx.data.train.x[:b], ctx.data.train.y[:b]
     saved = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     try:
-        single = copy.deepcopy(ctx.model).train()
-        opt1 = make_optimizer(single, ctx.settings)
+        single = SingleReplica(copy.deepcopy(ctx.model).train())
+        opt1 = make_optimizer(single.parameters(), ctx.settings)
+        x1, y1 = x.unsqueeze(0), y.unsqueeze(0)
 
         def one() -> None:
             for _ in range(n):
-                loss = F.cross_entropy(single(x), y)
+                loss = ctx.objective(single.forward(x1), x1, y1)[0]
                 opt1.zero_grad(set_to_none=True)
                 loss.backward()
                 opt1.step()
 
-        stack = Stack(ctx.model.train(), task.start_state, n)
-        optn = make_optimizer(stack.holder, ctx.settings)
-        xs, ys = x.unsqueeze(0).expand(n, *x.shape).contiguous(), y.repeat(n)
+        ctx.model.train()
+        stack = StackedReplicas(ctx.model, task.start_state, n)
+        optn = make_optimizer(stack.parameters(), ctx.settings)
+        xs = x.unsqueeze(0).expand(n, *x.shape).contiguous()
+        ys = y.unsqueeze(0).expand(n, *y.shape).contiguous()
 
         def stacked() -> None:
-            logits = stack.forward(xs)
-            loss = F.cross_entropy(logits.flatten(0, 1), ys)
+            loss = ctx.objective(stack.forward(xs), xs, ys).sum()
             optn.zero_grad(set_to_none=True)
             loss.backward()
             optn.step()
@@ -123,18 +125,16 @@ class AutoEngine:
 
     # ---- the choice ---------------------------------------------------------------------
     def _start_processes(self, k: int, threads: int, ctx: TrainContext) -> Any:
-        from swamp.distributed import start_local
-        from swamp.engines.distributed import DistributedEngine
+        from swamp.engines.processes import start_processes
 
-        group = start_local(k, ctx, ctx.model_device, threads)
-        self._distributed = DistributedEngine(group, threads=threads, info=self.info)
+        self._distributed = start_processes(k, ctx, threads, self.info)
         return self._distributed
 
     @property
-    def decisions(self) -> dict[str, dict[str, Any]]:
+    def record(self) -> dict[str, dict[str, Any]]:
         """What was chosen per number of particles, to be recorded with the run."""
         return {**self.recorded,
-                **{str(n): engine.decision for n, engine in self._choice.items()}}
+                **{str(n): engine.record for n, engine in self._choice.items()}}
 
     def _from_record(self, record: dict[str, Any], ctx: TrainContext) -> tuple[Any, str]:
         kind, threads = record.get("engine"), int(record.get("threads", 0))
@@ -146,31 +146,31 @@ class AutoEngine:
         if kind == "vectorised":
             return VectorisedEngine(self.info, threads), why
         if kind == "sequential":
-            return SequentialEngine(threads), why
+            return SequentialEngine(threads, self.info), why
         raise SwampError(f"the run's engine record {record} is not one this version can "
                          f"follow; pass --engine sequential (or another engine) explicitly")
 
     def choose(self, task: LevelTask, ctx: TrainContext) -> Any:
-        n = task.particles
+        n = len(task.jobs)
         if n in self._choice:
             return self._choice[n]
         record = self.recorded.get(str(n))
         engine, why = (self._from_record(record, ctx) if record is not None
                        else self._decide(task, ctx))
         self._choice[n] = engine
-        name = getattr(engine, "description", engine.name)
+        name = engine.description
         self.description = f"{self.requested} -> {name}"
         self.info(f"engine {self.requested}: {name} for {n} particle(s) ({why})")
         return engine
 
     def _decide(self, task: LevelTask, ctx: TrainContext) -> tuple[Any, str]:
-        n = task.particles
+        n = len(task.jobs)
         device = ctx.model_device
         if self._distributed is not None and n > 1:
             return self._distributed, "the processes already running"
         if n == 1 and self.processes <= 1:
             threads = cpu.run_threads(self.threads) if device.type == "cpu" else 0
-            return SequentialEngine(self.threads), (
+            return SequentialEngine(self.threads, self.info), (
                 f"one particle; {threads} thread(s)" if threads else "one particle")
         if device.type == "cpu":
             return self._decide_cpu(task, ctx)
@@ -182,31 +182,31 @@ class AutoEngine:
             k = min(self.processes if self.processes > 1 else gpus, n)
             if k > 1:
                 return self._start_processes(k, self.threads or 1, ctx), f"{k} processes"
-            return SequentialEngine(self.threads), "one device"
+            return SequentialEngine(self.threads, self.info), "one device"
         reason = probe(ctx.model, task.start_state, ctx.data.train.x[:2])
         if reason is not None:
-            return SequentialEngine(self.threads), f"vmap cannot stack this model ({reason})"
+            return SequentialEngine(self.threads, self.info), f"vmap cannot stack this model ({reason})"
         try:
             speedup = vectorised_speedup(task, ctx)
         except Exception as exc:  # e.g. out of memory with N stacked copies
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             text = str(exc).strip().splitlines()
-            return SequentialEngine(self.threads), (
+            return SequentialEngine(self.threads, self.info), (
                 f"stacking failed in the probe ({text[0][:120] if text else type(exc).__name__})")
         if speedup >= VECTORISED_MARGIN:
             return (VectorisedEngine(self.info, self.threads),
                     f"stacked steps measured {speedup:.2f}x the throughput of single ones")
-        return SequentialEngine(self.threads), (
+        return SequentialEngine(self.threads, self.info), (
             f"stacked steps measured only {speedup:.2f}x single ones")
 
     def _decide_cpu(self, task: LevelTask, ctx: TrainContext) -> tuple[Any, str]:
-        n = task.particles
+        n = len(task.jobs)
         cores = cpu.usable_cores()
         forced = self.processes > 1 or self.requested == "distributed"
         if self.processes == 1 or cores == 1 and not forced:
             threads = cpu.run_threads(self.threads)
-            return SequentialEngine(self.threads), (
+            return SequentialEngine(self.threads, self.info), (
                 f"--processes 1, {threads} thread(s)" if self.processes == 1
                 else "one core")
         if not forced:
@@ -215,7 +215,7 @@ class AutoEngine:
             estimate = steps * step_seconds(ctx, 1)
             if estimate < MIN_RUN_SECONDS:
                 threads = cpu.run_threads(self.threads)
-                return SequentialEngine(self.threads), (
+                return SequentialEngine(self.threads, self.info), (
                     f"about {estimate:.0f} s of training, too little to start processes; "
                     f"{threads} thread(s)")
         k = min(n, self.processes if self.processes > 1 else cores)
@@ -225,7 +225,7 @@ class AutoEngine:
         except SwampError as exc:
             if forced:
                 raise
-            return SequentialEngine(self.threads), f"processes unavailable ({exc})"
+            return SequentialEngine(self.threads, self.info), f"processes unavailable ({exc})"
         return engine, f"{cores} cores"
 
     # ---- the engine interface ------------------------------------------------------------------
@@ -233,7 +233,7 @@ class AutoEngine:
                         progress: ProgressFn | None = None) -> list[ParticleResult]:
         return self.choose(task, ctx).train_particles(task, ctx, progress)
 
-    def close(self, rows: list[dict[str, Any]] | None = None) -> None:
+    def close(self, rows: Sequence[dict[str, Any]] = ()) -> None:
         if self._distributed is not None:
             self._distributed.close(rows)
             self._distributed = None

@@ -24,15 +24,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from swamp.averaging import interpolate, recompute_batchnorm
+from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.posthoc.runs import (POSTHOC_FILE, LoadedRun, check_out_dir, load_run,
                                 read_settings)
-from swamp.pruning import keep_top, score
+from swamp.core.pruning import keep_top, score
 from swamp.store import RunStore, read_json, save_state, write_json
-from swamp.training import clone_state
 
 StateDict = dict[str, torch.Tensor]
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -129,7 +128,7 @@ def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
     def fit(state: StateDict) -> StateDict:
         model.load_state_dict(state)
         recompute_batchnorm(model, data.train)
-        return clone_state(model.state_dict())
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def val_acc(state: StateDict) -> float:
         model.load_state_dict(state)

@@ -68,9 +68,14 @@ def select_prunable(
     return names
 
 
-def _named_params(model: nn.Module, names: Sequence[str]) -> list[Tensor]:
-    """The parameters called `names` (any state-dict alias of a shared parameter works)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
+def _named_params(model: nn.Module | Mapping[str, Tensor], names: Sequence[str]) -> list[Tensor]:
+    """The parameters called `names` (any state-dict alias of a shared parameter works).
+
+    `model` may also be a mapping name -> tensor, e.g. stacked copies of a model's parameters
+    (leading replica dim): the masks broadcast over leading dims.
+    """
+    params = (dict(model) if isinstance(model, Mapping)
+              else dict(model.named_parameters(remove_duplicate=False)))
     missing = [n for n in names if n not in params]
     if missing:
         raise SwampError(
@@ -187,9 +192,11 @@ class Mask(Mapping[str, Tensor]):
             f = cache[name] = self._t[name].to(device=device, dtype=dtype)
         return f
 
-    def _check_shapes(self, tensors: Sequence[Tensor], what: str) -> None:
+    def _check_shapes(self, tensors: Sequence[Tensor], what: str, stacked: bool = False) -> None:
         for n, t in zip(self._t, tensors):
-            if t.shape != self._t[n].shape:
+            # stacked replicas carry one leading dim that the mask broadcasts over
+            shape = t.shape[1:] if stacked and t.dim() == self._t[n].dim() + 1 else t.shape
+            if shape != self._t[n].shape:
                 raise SwampError(
                     f"{what} {n!r} has shape {tuple(t.shape)} but the mask has "
                     f"{tuple(self._t[n].shape)}; was the mask made for a different model?"
@@ -246,8 +253,11 @@ class Mask(Mapping[str, Tensor]):
             with torch.no_grad():
                 torch._foreach_mul_(targets, factors)
 
-    def bind(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> BoundMask:
-        """A `BoundMask` for the training loop: call `.apply_()` after every optimiser step."""
+    def bind(self, model: nn.Module | Mapping[str, Tensor],
+             optimizer: torch.optim.Optimizer | None = None) -> BoundMask:
+        """A `BoundMask` for the training loop: call `.apply_()` after every optimiser step.
+
+        `model`: the module, or its parameters by state-dict name (stacked copies allowed)."""
         return BoundMask(self, model, optimizer)
 
     # -- files ------------------------------------------------------------------------------
@@ -299,13 +309,14 @@ class BoundMask:
     """
 
     def __init__(
-        self, mask: Mask, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
+        self, mask: Mask, model: nn.Module | Mapping[str, Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.mask = mask
         self.model = model
         self.optimizer = optimizer
         self._params = _named_params(model, mask.names)
-        mask._check_shapes(self._params, "parameter")
+        mask._check_shapes(self._params, "parameter", stacked=isinstance(model, Mapping))
         self._param_factors = [
             mask._factor(n, p.dtype, p.device) for n, p in zip(mask.names, self._params)
         ]

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from swamp.errors import SwampError
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 
 __all__ = [
     "SCORERS",

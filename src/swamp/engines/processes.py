@@ -1,4 +1,4 @@
-"""The distributed engine: ranks own particles; rank 0 runs the level loop.
+"""The process engine (`--engine distributed`): ranks own particles; rank 0 runs the level loop.
 
 Rank 0 runs the whole level loop (rewind point, evaluation, averaging, pruning, every
 write to the run directory). For each level it sends the ticket (start weights and mask)
@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import sys
 import traceback
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
-from swamp.distributed import Group
+from swamp.core.masks import Mask
 from swamp.engines.base import LevelTask, ParticleJob, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
 from swamp.errors import SwampError
-from swamp.masks import Mask
-from swamp.training import ParticleResult
+from swamp.train import ParticleResult
+from swamp.train.stop import stop_on_signals
+from swamp.world import Group
 
 StateDict = dict[str, torch.Tensor]
 Info = Callable[[str], None]
@@ -83,7 +85,7 @@ class DistributedEngine:
         return self.group.rank != 0
 
     @property
-    def decision(self) -> dict:
+    def record(self) -> dict[str, Any]:
         return {"engine": "distributed", "processes": self.group.world,
                 "threads": self.threads}
 
@@ -146,22 +148,30 @@ class DistributedEngine:
                              "command to resume")
         self._mid_level = True
         state_layout = layout_of(task.start_state)
-        mask_layout = layout_of(dict(task.mask.items()))
+        mask_layout = layout_of(dict(task.mask.items())) if task.mask is not None else None
+        optim_layout = layout_of(task.optimizer_state) if task.optimizer_state else None
         header = {"op": "train", "level": task.level, "start_step": task.start_step,
                   "jobs": [(j.level, j.index, j.order_seed, j.augment_seed,
                             None if j.subset is None else j.subset.cpu()) for j in task.jobs],
-                  "state": state_layout, "mask": mask_layout,
+                  "state": state_layout, "mask": mask_layout, "optimizer": optim_layout,
+                  # each rank checkpoints its own particles into the level's folder (the
+                  # same path on its machine)
+                  "checkpoint_dir": None if task.checkpoint_dir is None
+                  else str(task.checkpoint_dir), "checkpoint_every": task.checkpoint_every,
                   # the schedule and training settings travel too: rank 0's ctx decides
                   "schedule": ctx.schedule, "settings": ctx.settings}
         self._broadcast_object(header)
         self._broadcast_state(task.start_state, state_layout)
-        self._broadcast_state(dict(task.mask.items()), mask_layout)
+        if mask_layout is not None:
+            self._broadcast_state(dict(task.mask.items()), mask_layout)
+        if optim_layout is not None:
+            self._broadcast_state(task.optimizer_state, optim_layout)
         results = self._train_and_gather(task, ctx, progress)
         self._mid_level = False
         assert results is not None
         return results
 
-    def close(self, rows: list[dict[str, Any]] | None = None) -> None:
+    def close(self, rows: Sequence[dict[str, Any]] = ()) -> None:
         """Tell the other ranks to stop (rank 0), and release the processes this one started."""
         if self.group.closed:
             return
@@ -169,7 +179,7 @@ class DistributedEngine:
         failure = sys.exc_info()[1]
         if not self.is_worker and not self._mid_level and not self._stopped:
             try:
-                self._broadcast_object({"op": "stop", "rows": rows or [],
+                self._broadcast_object({"op": "stop", "rows": list(rows),
                                         "error": None if failure is None else
                                         str(failure).splitlines()[0] if str(failure)
                                         else type(failure).__name__})
@@ -187,12 +197,20 @@ class DistributedEngine:
                     raise RunStopped(f"rank 0 stopped the run: {header['error']}")
                 return header["rows"]
             state = self._broadcast_state(None, header["state"])
-            mask = Mask(self._broadcast_state(None, header["mask"]))
+            mask = (Mask(self._broadcast_state(None, header["mask"]))
+                    if header["mask"] is not None else None)
+            optim = (self._broadcast_state(None, header["optimizer"])
+                     if header["optimizer"] is not None else None)
             jobs = [ParticleJob(level, index, order, augment,
                                 None if subset is None else subset.to(self.group.device))
                     for level, index, order, augment, subset in header["jobs"]]
-            task = LevelTask(header["level"], state, mask, header["start_step"], jobs)
-            level_ctx = TrainContext(ctx.model, ctx.data, header["schedule"], header["settings"])
+            folder = header["checkpoint_dir"]
+            task = LevelTask(header["level"], state, mask, header["start_step"], jobs,
+                             checkpoint_dir=None if folder is None else Path(folder),
+                             checkpoint_every=header["checkpoint_every"],
+                             optimizer_state=optim)
+            level_ctx = TrainContext(ctx.model, ctx.data, header["schedule"], header["settings"],
+                                     ctx.objective)
             try:
                 self._train_and_gather(task, level_ctx, None)
             except SwampError:
@@ -221,8 +239,16 @@ class DistributedEngine:
                                  f"--model and data")
             if mine:
                 local = LevelTask(task.level, task.start_state, task.mask, task.start_step,
-                                  [task.jobs[pos] for pos in mine], task.on_particle_done)
-                trained = self.local.train_particles(local, ctx, progress)
+                                  [task.jobs[pos] for pos in mine], task.checkpoint_dir,
+                                  task.checkpoint_every, task.optimizer_state)
+                if g.rank == 0:       # the level loop already turns signals into stops
+                    trained = self.local.train_particles(local, ctx, progress)
+                else:
+                    # A SIGTERM (rank 0 stopping) or Ctrl-C while training: checkpoint the
+                    # particle, then stop. Outside training the default action stands, so
+                    # an idle rank waiting in a collective ends at once.
+                    with stop_on_signals():
+                        trained = self.local.train_particles(local, ctx, progress)
                 results = dict(zip(mine, trained))
         except SwampError as exc:
             error = str(exc)
@@ -283,3 +309,76 @@ class DistributedEngine:
             if progress is not None:
                 progress(task.jobs[pos].index, ctx.schedule.total)
         return out
+
+
+# ---- ranks started by this process (`--processes K`, `--engine auto` on CPU) -----------------
+
+def start_processes(processes: int, ctx: TrainContext, threads: int,
+                    info: Callable[[str], None] | None = None) -> DistributedEngine:
+    """Spawn ranks 1..K-1 on this machine (rank 0 is this process) and return the engine."""
+    from swamp.world import start_local
+
+    group = start_local(processes, _to_cpu(ctx), ctx.model_device, threads, _worker_main)
+    return DistributedEngine(group, threads=threads, info=info)
+
+
+def _to_cpu(ctx: TrainContext) -> TrainContext:
+    """The training context to pickle to other processes: CPU tensors, a copy of the model.
+
+    Pickling moves tensors to shared memory, so the data is shared read-only; the model
+    template must not be: each rank trains in its own copy (see `_worker_main`).
+    """
+    import copy
+
+    return TrainContext(copy.deepcopy(ctx.model).cpu(), ctx.data.to("cpu"), ctx.schedule,
+                        ctx.settings, ctx.objective)
+
+
+def _worker_main(index: int, port: int, processes: int, ctx: TrainContext, device_name: str,
+                 threads: int, parent: int) -> None:
+    """Entry point of a spawned rank (index 0 is rank 1)."""
+    import copy
+    import os
+
+    import torch.distributed as dist
+
+    from swamp import cpu
+    from swamp.world import open_groups, timeout, watch_parent
+
+    rank = index + 1
+    watch_parent(parent)
+    cpu.tune_allocator()
+    torch.set_num_threads(max(1, threads))
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        count = max(1, torch.cuda.device_count())
+        device = torch.device("cuda", ((device.index or 0) + rank) % count)
+        torch.cuda.set_device(device)
+    # The unpickled model lives in memory shared with the other ranks: train in a copy.
+    ctx = TrainContext(copy.deepcopy(ctx.model).to(device), ctx.data.to(device), ctx.schedule,
+                       ctx.settings, ctx.objective)
+    try:
+        store = dist.TCPStore("127.0.0.1", port, processes, is_master=False, timeout=timeout())
+        store.set(f"swamp/ready/{rank}", "1")
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=processes,
+                                timeout=timeout())
+        group = Group(rank, processes, device, owns_default=True)
+        open_groups(group)
+        engine = DistributedEngine(group, threads=threads)
+        engine.serve(ctx)
+        group.close()
+        # Nothing is left to do: skip interpreter teardown (and the C++ destructors of the
+        # process group's threads, which can race at exit).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    except KeyboardInterrupt:
+        os._exit(130)
+    except SwampError as exc:
+        if isinstance(exc, RunStopped):     # rank 0 reports the error itself
+            raise SystemExit(1) from None
+        print(f"swamp: rank {rank}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except Exception:
+        traceback.print_exc()
+        raise

@@ -1,4 +1,5 @@
-"""Process groups for the distributed engine: joined from torchrun, or started here.
+"""The process topology: which rank this process is, of how many, on which device, and the
+process groups to talk over (joined from torchrun, or started here).
 
 Two ways to get K ranks:
 
@@ -8,7 +9,9 @@ Two ways to get K ranks:
   this process becomes rank 0 and `start_local` spawns ranks 1..K-1, which receive the
   training context by pickling and never touch the run directory.
 
-Either way rank 0 runs the level loop and the other ranks serve it (engines/distributed.py).
+Either way rank 0 runs the level loop and the other ranks serve it (engines/processes.py).
+This module knows nothing of engines: `start_local` is given the entry point of the ranks
+it spawns.
 Control messages travel on a gloo group even when tensors go over NCCL: gloo notices a peer
 that died (its sockets close) at once, where a collective would otherwise wait for its
 timeout.
@@ -22,7 +25,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -115,7 +118,8 @@ class Group:
                 for proc in self.workers.processes:
                     if proc.is_alive():
                         proc.terminate()
-            deadline = time.monotonic() + 30
+            # a training rank answers SIGTERM with a checkpoint within a step; 10 s at most
+            deadline = time.monotonic() + (10 if kill else 30)
             for proc in self.workers.processes:
                 proc.join(timeout=max(0.1, deadline - time.monotonic()))
                 if proc.is_alive():
@@ -129,7 +133,7 @@ class Group:
         self.store = None        # the store goes last, after every client has left
 
 
-def _groups(group: Group) -> None:
+def open_groups(group: Group) -> None:
     import torch.distributed as dist
 
     if dist.get_backend() == "gloo":
@@ -157,7 +161,7 @@ def join_from_env(device: torch.device) -> Group:
                              f"torchrun's --rdzv-endpoint / --master-addr and the network") from None
         owns = True
     group = Group(dist.get_rank(), dist.get_world_size(), device, owns_default=owns)
-    _groups(group)
+    open_groups(group)
     return group
 
 
@@ -182,12 +186,13 @@ def _first_line(exc: BaseException) -> str:
 
 # ---- ranks started by this process ---------------------------------------------------------
 
-def start_local(processes: int, ctx: Any, device: torch.device, threads: int) -> Group:
+def start_local(processes: int, payload: Any, device: torch.device, threads: int,
+                target: Callable[..., None]) -> Group:
     """Become rank 0 of `processes` ranks on this machine; spawn ranks 1..K-1.
 
-    The spawned ranks get `ctx` (model template, data, schedule, training settings) by
-    pickling, set `threads` intra-op threads and the allocator thresholds, then serve
-    rank 0's levels until it says stop (or dies).
+    Each spawned rank runs `target(index, port, processes, payload, device_name, threads,
+    parent_pid)` (a module-level function: processes are started with spawn); `payload` is
+    pickled to it once (its tensors travel through shared memory).
     """
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -203,10 +208,9 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int) ->
     saved = {k: os.environ.get(k) for k in (*cpu.ALLOCATOR_ENV, "OMP_NUM_THREADS")}
     os.environ.update(cpu.allocator_env())
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    cpu_ctx = _to_cpu(ctx)
     try:
         workers = mp.start_processes(
-            _worker_main, args=(store.port, processes, cpu_ctx, str(device), threads,
+            target, args=(store.port, processes, payload, str(device), threads,
                                 os.getpid()),
             nprocs=processes - 1, join=False, daemon=True, start_method="spawn")
     except Exception as exc:
@@ -234,25 +238,11 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int) ->
             raise SwampError("the training processes did not start in time; use --processes 1")
     dist.init_process_group("gloo", store=store, rank=0, world_size=processes,
                             timeout=timeout())
-    _groups(group)
+    open_groups(group)
     return group
 
 
-def _to_cpu(ctx: Any) -> Any:
-    """The training context to pickle to other processes: CPU tensors, a copy of the model.
-
-    Pickling moves tensors to shared memory, so the data is shared read-only; the model
-    template must not be: each rank trains in its own copy (see `_own_model`).
-    """
-    import copy
-
-    from swamp.engines.base import TrainContext
-
-    return TrainContext(copy.deepcopy(ctx.model).cpu(), ctx.data.to("cpu"), ctx.schedule,
-                        ctx.settings)
-
-
-def _watch_parent(parent: int) -> None:
+def watch_parent(parent: int) -> None:
     """Exit if the process that started us goes away (never leave orphans behind)."""
     import threading
 
@@ -265,54 +255,3 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="swamp-parent-watch").start()
 
 
-def _worker_main(index: int, port: int, processes: int, ctx: Any, device_name: str,
-                 threads: int, parent: int) -> None:
-    """Entry point of a spawned rank (index 0 is rank 1)."""
-    import torch.distributed as dist
-
-    from swamp import cpu
-    from swamp.engines.distributed import DistributedEngine
-
-    rank = index + 1
-    _watch_parent(parent)
-    cpu.tune_allocator()
-    torch.set_num_threads(max(1, threads))
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        count = max(1, torch.cuda.device_count())
-        device = torch.device("cuda", ((device.index or 0) + rank) % count)
-        torch.cuda.set_device(device)
-    # The unpickled model lives in memory shared with the other ranks: train in a copy.
-    import copy
-
-    from swamp.engines.base import TrainContext
-
-    ctx = TrainContext(copy.deepcopy(ctx.model).to(device), ctx.data.to(device), ctx.schedule,
-                       ctx.settings)
-    try:
-        store = dist.TCPStore("127.0.0.1", port, processes, is_master=False, timeout=timeout())
-        store.set(f"swamp/ready/{rank}", "1")
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=processes,
-                                timeout=timeout())
-        group = Group(rank, processes, device, owns_default=True)
-        _groups(group)
-        engine = DistributedEngine(group, threads=threads)
-        engine.serve(ctx)
-        group.close()
-        # Nothing is left to do: skip interpreter teardown (and the C++ destructors of the
-        # process group's threads, which can race at exit).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    except KeyboardInterrupt:
-        os._exit(130)
-    except SwampError as exc:
-        from swamp.engines.distributed import RunStopped
-
-        if isinstance(exc, RunStopped):     # rank 0 reports the error itself
-            raise SystemExit(1) from None
-        print(f"swamp: rank {rank}: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
-    except Exception:
-        traceback.print_exc()
-        raise

@@ -29,22 +29,29 @@ class RunningAverage:
 
     def __init__(self) -> None:
         self.count = 0
-        self._mean: StateDict = {}
+        self.mean: StateDict = {}      # live running mean (the checkpoint of an average)
+
+    @classmethod
+    def restore(cls, mean: StateDict, count: int) -> "RunningAverage":
+        """The average a checkpoint saved (`mean` after `count` updates)."""
+        out = cls()
+        out.mean, out.count = dict(mean), count
+        return out
 
     def update(self, state: StateDict) -> None:
         self.count += 1
         if self.count == 1:
-            self._mean = {k: v.detach().clone() for k, v in state.items()}
+            self.mean = {k: v.detach().clone() for k, v in state.items()}
             return
         for k, v in state.items():
-            mean = self._mean[k]
+            mean = self.mean[k]
             if _is_averaged(mean):
                 mean.add_(v.detach() - mean, alpha=1.0 / self.count)
             else:
                 mean.copy_(v)
 
     def value(self) -> StateDict:
-        return {k: v.clone() for k, v in self._mean.items()}
+        return {k: v.clone() for k, v in self.mean.items()}
 
 
 def average_states(states: Sequence[StateDict], weights: Sequence[float] | None = None

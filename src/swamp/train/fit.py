@@ -1,0 +1,267 @@
+"""The one step loop every engine trains with.
+
+`fit(replicas, plan)` trains one module (`SingleReplica`) or N stacked copies
+(`StackedReplicas`) from iteration `plan.start` to `plan.stop` of the schedule: per step it
+draws each replica's own batch (its seeded order and augmentation), sets the learning rate,
+runs forward and loss under the precision's autocast, steps one optimiser (clipping each
+replica's gradient norm first when asked) and then runs the callbacks: re-masking, the loss
+check, SWA, progress and checkpoints. A feature of training is added here once and holds in
+every engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from swamp.config import TrainSettings
+from swamp.data import Augment, Split
+from swamp.train import stop as stops
+from swamp.train.callbacks import (SWA, Callback, Checkpoint, LossCheck, Progress, ReMask,
+                                   overrides)
+from swamp.train.objective import CrossEntropy, Objective
+from swamp.train.precision import Precision
+from swamp.train.schedule import BatchOrder, Schedule
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass
+class ParticleResult:
+    """What one trained particle hands back to the level loop."""
+
+    state: StateDict            # its solution: SWA average if it kept one, else final weights
+    averaged: int               # number of snapshots in the SWA average (0: none)
+    train_loss: float           # mean loss of its last epoch
+
+
+def make_optimizer(params: Sequence[torch.Tensor], t: TrainSettings) -> torch.optim.Optimizer:
+    params = list(params)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum,
+                               weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, betas=(t.momentum or 0.9, 0.999),
+                            weight_decay=t.weight_decay)
+
+
+@dataclass
+class TrainPlan:
+    """What one call of `fit` trains: each replica's batches and a segment of the schedule."""
+
+    data: Split
+    schedule: Schedule
+    settings: TrainSettings
+    start: int
+    stop: int
+    order_seeds: list[int]
+    augment_seeds: list[int]
+    subsets: list[torch.Tensor | None]
+    labels: list[str]                        # named in errors: "level 3, particle 1"
+    augment: Augment | None = None
+    objective: Objective = field(default_factory=CrossEntropy)
+    swa: bool = False
+    mask: Any = None                         # a core.masks.Mask, or None (dense)
+    rng_seed: int = 0                        # torch's global RNG (dropout) during training
+
+    @property
+    def n(self) -> int:
+        return len(self.order_seeds)
+
+
+class Batches:
+    """Each replica's mini-batch at iteration t, stacked replica-major: (N, B, ...)."""
+
+    def __init__(self, plan: TrainPlan, device: torch.device):
+        self.x, self.y = plan.data.x, plan.data.y
+        self.orders = [BatchOrder(len(plan.data), plan.settings.batch_size, seed, device, sub)
+                       for seed, sub in zip(plan.order_seeds, plan.subsets)]
+        self.generators = [torch.Generator().manual_seed(s) for s in plan.augment_seeds]
+        self.augment = plan.augment
+        self.steps_per_epoch = self.orders[0].steps_per_epoch
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.orders) == 1:
+            idx = self.orders[0].batch(step)
+            x, y = self.x[idx], self.y[idx]
+            if self.augment is not None:
+                x = self.augment(x, self.generators[0])
+            return x.unsqueeze(0), y.unsqueeze(0)
+        idx = torch.stack([order.batch(step) for order in self.orders])       # (N, B)
+        x, y = self.x[idx], self.y[idx]
+        if self.augment is not None:
+            x = torch.stack([self.augment(x[i], g) for i, g in enumerate(self.generators)])
+        return x, y
+
+
+class LoopState:
+    """What the callbacks see: the replicas, the optimiser, the iteration reached, the last
+    step's per-replica losses; and how to checkpoint all of it."""
+
+    def __init__(self, replicas: Any, optimizer: torch.optim.Optimizer, precision: Precision,
+                 batches: Batches, callbacks: Sequence[Callback], step: int, stop: int):
+        self.replicas = replicas
+        self.optimizer = optimizer
+        self.precision = precision
+        self.batches = batches
+        self.callbacks = list(callbacks)
+        self.step = step
+        self.stop = stop
+        self.losses = torch.zeros(0)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, file: Any) -> None:
+        tensors: dict[str, torch.Tensor] = {f"replicas/{k}": v
+                                            for k, v in self.replicas.state().items()}
+        opt = self.optimizer.state_dict()
+        for index, entries in opt["state"].items():
+            for key, value in entries.items():
+                tensors[f"optim/{index}/{key}"] = torch.as_tensor(value)
+        meta: dict[str, Any] = {"param_groups": opt["param_groups"],
+                                "scaler": self.precision.state_dict(), "callbacks": {}}
+        for cb in self.callbacks:
+            if cb.key:
+                values, info = cb.state()
+                tensors.update({f"{cb.key}/{k}": v for k, v in values.items()})
+                meta["callbacks"][cb.key] = info
+        for i, g in enumerate(self.batches.generators):
+            tensors[f"generator/{i}"] = g.get_state()
+        tensors["rng/cpu"] = torch.get_rng_state()
+        file.save(self.step, tensors, meta)
+
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        def group(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.replicas.load(group("replicas/"))
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in group("optim/").items():
+            index, name = key.split("/", 1)
+            state.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.precision.load_state_dict(meta["scaler"])
+        for cb in self.callbacks:
+            if cb.key:
+                cb.load(group(f"{cb.key}/"), meta["callbacks"][cb.key])
+        for i, g in enumerate(self.batches.generators):
+            g.set_state(tensors[f"generator/{i}"].cpu())
+        torch.set_rng_state(tensors["rng/cpu"].cpu())
+        self.step = int(meta["step"])
+
+
+def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
+        clip_grad_norm: float | None = None, checkpoint: Any = None,
+        resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+        progress: Callable[[int], None] | None = None,
+        optimizer_state: dict[str, torch.Tensor] | None = None,
+        callbacks: Sequence[Callback] = ()) -> tuple[list[ParticleResult], torch.optim.Optimizer]:
+    """Train `replicas` over `plan` (see the module docstring); one result per replica and
+    the optimiser (its state is what `--rewind-optimizer` keeps at the rewind point).
+
+    `optimizer_state`: per-replica optimiser state by parameter name (`optimizer_state_by_name`)
+    to start from, e.g. the rewind point's momentum; `checkpoint`: a CheckpointFile to write
+    to; `resume`: what `CheckpointFile.load` gave back, to continue from.
+    """
+    params = replicas.parameters()
+    device = params[0].device
+    optimizer = make_optimizer(params, plan.settings)
+    if optimizer_state:
+        load_optimizer_state(optimizer, replicas, optimizer_state)
+    amp = Precision(precision, device)
+    batches = Batches(plan, device)
+    loss_check = LossCheck(plan.labels, batches.steps_per_epoch, plan.stop)
+    swa = SWA(plan.schedule.averages_after) if plan.swa else None
+    chain: list[Callback] = [
+        *([ReMask(plan.mask)] if plan.mask is not None else []), loss_check,
+        *([swa] if swa is not None else []), *callbacks,
+        *([Progress(progress)] if progress is not None else []),
+        *([Checkpoint(checkpoint, plan.stop)] if checkpoint is not None else [])]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(plan.rng_seed)
+        loop = LoopState(replicas, optimizer, amp, batches, chain, plan.start, plan.stop)
+        if resume is not None:
+            loop.restore(*resume)
+        for cb in chain:
+            cb.on_start(loop)
+        after_step = [cb.on_step_end for cb in chain if overrides(cb, "on_step_end")]
+        objective, schedule, clip = plan.objective, plan.schedule, clip_grad_norm
+        replicas.train()
+        for step in range(loop.step, plan.stop):
+            if stops.requested() is not None:
+                for cb in chain:
+                    cb.on_stop(loop)
+                stops.raise_if_requested()
+            x, y = batches(step)
+            lr = schedule.lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with amp.autocast():
+                losses = objective(replicas.forward(x), x, y)
+            optimizer.zero_grad(set_to_none=True)
+            amp.backward(losses[0] if losses.shape[0] == 1 else losses.sum())
+            if clip:
+                amp.unscale_(optimizer)
+                replicas.clip_grad_norm_(clip)
+            amp.step(optimizer)
+            loop.step = step + 1
+            loop.losses = losses.detach().float()
+            for hook in after_step:
+                hook(loop)
+    if swa is not None and swa.average.count > 0:
+        states, count = replicas.split(swa.average.mean), swa.average.count
+    else:
+        states, count = replicas.split(replicas.state()), 0
+    results = [ParticleResult(s, count, loss) for s, loss in zip(states, loss_check.last)]
+    return results, optimizer
+
+
+def train_steps(model: torch.nn.Module, mask: Any, train: Split, schedule: Schedule,
+                settings: TrainSettings, *, start: int, stop: int, order_seed: int,
+                augment: Augment | None = None, augment_seed: int = 0,
+                subset: torch.Tensor | None = None,
+                on_step: Callable[[int], None] | None = None,
+                label: str = "training") -> ParticleResult:
+    """Train one module in place from iteration `start` to `stop` of the schedule: `fit` on a
+    `SingleReplica`, for callers with one model (the rewind segment, tests, notebooks)."""
+    from swamp.train.replicas import SingleReplica
+
+    plan = TrainPlan(train, schedule, settings, start, stop, [order_seed], [augment_seed],
+                     [subset], [label], augment=augment, swa=schedule.swa, mask=mask,
+                     rng_seed=order_seed)
+    progress = None
+    if on_step is not None:
+        def progress(done: int) -> None:
+            if done > start:         # the first report is the start itself
+                on_step(done)
+    (result,), _ = fit(SingleReplica(model), plan, precision=settings.precision,
+                       clip_grad_norm=settings.clip_grad_norm, progress=progress)
+    return result
+
+
+# ---- optimiser state by parameter name (the rewind point's momentum) -----------------------
+
+def optimizer_state_by_name(optimizer: torch.optim.Optimizer, replicas: Any
+                            ) -> dict[str, torch.Tensor]:
+    """The optimiser's state of a single replica as `{"<param name>::<key>": tensor}`."""
+    ids = {id(p): name for name, p in replicas.named_parameters().items()}
+    out = {}
+    for p, entries in optimizer.state.items():
+        name = ids.get(id(p))
+        for key, value in entries.items():
+            if name is not None and isinstance(value, torch.Tensor):
+                out[f"{name}::{key}"] = value.detach().clone()
+    return out
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, replicas: Any,
+                         state: dict[str, torch.Tensor]) -> None:
+    """Start `optimizer` from per-replica state saved by `optimizer_state_by_name`; tensors
+    shaped like one replica's parameter are expanded to every replica."""
+    params = replicas.named_parameters()
+    for key, value in state.items():
+        name, entry = key.rsplit("::", 1)
+        p = params[name]
+        per_replica = p.shape[1:] if replicas.n > 1 else p.shape
+        t = replicas.expand(value) if value.dim() and value.shape == per_replica else value.clone()
+        optimizer.state[p][entry] = t.to(p.device)

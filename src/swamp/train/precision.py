@@ -1,0 +1,63 @@
+"""Mixed precision for the training loop: fp32 | bf16 | fp16.
+
+bf16 and fp16 run the forward pass and the loss under `torch.autocast` (the weights, their
+gradients and the optimiser state stay fp32, so masks hold exactly); fp16 also scales the
+loss with a `torch.amp.GradScaler`, which skips a step whose gradients overflowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ContextManager
+
+import torch
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    def __init__(self, kind: str, device: torch.device):
+        self.kind = kind
+        self.dtype = DTYPES[kind]
+        self.device = device
+        self.scaler = torch.amp.GradScaler(device.type) if kind == "fp16" else None
+
+    def autocast(self) -> ContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients in their true scale (before clipping)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
+def autocast_reaches_vmap(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ops under `torch.func.vmap` are autocast on this device. On CPU they are not
+    (vmap's batching rules call the matmul kernels below the autocast dispatch key), so the
+    stacked backend would silently train in fp32 there."""
+    from torch.func import vmap
+
+    a = torch.randn(2, 3, 4, device=device)
+    b = torch.randn(2, 4, 5, device=device)
+    with torch.autocast(device.type, dtype=dtype):
+        out = vmap(torch.matmul)(a, b)
+    return out.dtype == dtype
