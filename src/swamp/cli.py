@@ -197,9 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:   # a path that cannot be read or written: one line, not a traceback
         print(f"swamp: error: {exc}; check the path and its permissions", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (train/stop.py): work is kept
         print("swamp: interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", 2)
 
 
 if __name__ == "__main__":  # pragma: no cover

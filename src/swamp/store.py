@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from swamp.errors import SwampError
 
@@ -98,19 +98,27 @@ def read_json(path: Path) -> Any:
                          f"that artefact") from None
 
 
+def safetensors_bytes(state: StateDict, metadata: dict[str, str] | None = None) -> bytes:
+    """A safetensors file of `state` whose bytes depend on its content alone.
+
+    safetensors writes its header's metadata in hash-map order, which varies between
+    processes: identical runs would write byte-different files with different checksums.
+    The header is re-serialised with sorted keys (the data offsets do not change) and padded
+    to a multiple of 8 bytes with spaces, as the format asks.
+    """
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+    raw = save(cpu, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":"))
+    encoded = header.encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + raw[8 + n:]
+
+
 def save_state(path: Path, state: StateDict, metadata: dict[str, str] | None = None) -> None:
     """Save a state dict with safetensors (copies to CPU; the live tensors are untouched),
-    atomically, with optional string `metadata` in the file's header."""
-    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(cpu, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomically, with optional string `metadata` in the file's header, byte-reproducibly."""
+    atomic_write_bytes(path, safetensors_bytes(state, metadata))
 
 
 def file_sha256(path: Path) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from swamp.errors import SwampError
@@ -266,15 +266,10 @@ class Mask(Mapping[str, Tensor]):
 
         The name order is kept in the metadata: it is the global tie-break order of pruning.
         """
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        # Own contiguous CPU copies: safetensors refuses views sharing storage.
-        save_file(
-            {n: t.to("cpu", copy=True).contiguous() for n, t in self._t.items()},
-            str(tmp),
-            metadata={"format": "swamp-mask", "names": json.dumps(self.names)},
-        )
-        os.replace(tmp, path)
+        from swamp.store import save_state
+
+        save_state(Path(path), dict(self._t),
+                   metadata={"format": "swamp-mask", "names": json.dumps(self.names)})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device | str = "cpu") -> Mask:

@@ -23,7 +23,7 @@ from swamp import cpu
 from swamp.engines.base import Info, LevelTask, ProgressFn, TrainContext, train_group
 from swamp.engines.sequential import SequentialEngine
 from swamp.train import ParticleResult, StackedReplicas
-from swamp.train.precision import DTYPES, autocast_reaches_vmap
+from swamp.train.precision import DTYPES, compute_dtypes
 
 StateDict = dict[str, torch.Tensor]
 
@@ -35,10 +35,28 @@ def unsupported_reason(task: LevelTask, ctx: TrainContext) -> str | None:
     sizes = {len(j.subset) if j.subset is not None else len(ctx.data.train) for j in task.jobs}
     if len(sizes) > 1:
         return "the particles train on data subsets of different sizes"
-    dtype = DTYPES[ctx.settings.precision]
-    if dtype is not None and not autocast_reaches_vmap(ctx.model_device, dtype):
-        return (f"autocast to {ctx.settings.precision} does not reach vmapped operations on "
-                f"{ctx.model_device.type}")
+    return None
+
+
+def autocast_gap(model: nn.Module, start: StateDict, x: torch.Tensor, precision: str
+                 ) -> str | None:
+    """Why stacking would change the arithmetic of `precision`, or None: autocast does not
+    reach every vmapped kernel on every device (on CPU, vmapped convolutions run in fp32)."""
+    dtype = DTYPES[precision]
+    if dtype is None:
+        return None
+    device = x.device
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            single = compute_dtypes(lambda: model(x[:2]), device, dtype)
+            stack = StackedReplicas(model, start, 2)
+            xb = x[:2].unsqueeze(0).expand(2, *x[:2].shape).contiguous()
+            stacked = compute_dtypes(lambda: stack.forward(xb), device, dtype)
+    finally:
+        model.load_state_dict(saved)
+    if stacked.count(dtype) < single.count(dtype):
+        return f"autocast to {precision} does not reach every vmapped kernel on {device.type}"
     return None
 
 
@@ -85,11 +103,18 @@ class VectorisedEngine:
     def usable(self, task: LevelTask, ctx: TrainContext) -> bool:
         reason = unsupported_reason(task, ctx)
         if reason is None and self._checked is None:
-            error = probe(ctx.model, task.start_state, ctx.data.train.x[:2])
+            x = ctx.data.train.x[:2]
+            error = probe(ctx.model, task.start_state, x)
             self._checked = error is None
             if error is not None:
                 self._say_once(f"engine vectorised: this model cannot be stacked with vmap "
                                f"({error}); training the particles sequentially")
+            else:
+                gap = autocast_gap(ctx.model, task.start_state, x, ctx.settings.precision)
+                self._checked = gap is None
+                if gap is not None:
+                    self._say_once(f"engine vectorised: {gap}; training the particles "
+                                   f"sequentially")
         if reason is not None:
             if len(task.jobs) > 1:
                 self._say_once(f"engine vectorised: {reason}; training the particles "

@@ -6,6 +6,7 @@
     precision.py   fp32 | bf16 | fp16 (autocast; a gradient scaler for fp16)
     callbacks.py   side effects of the loop: re-masking, loss check, SWA, progress, checkpoints
     checkpoint.py  the file a particle's training state is saved to and resumed from
+    state.py       what callbacks see of the loop, and how it is checkpointed
     fit.py         the step loop itself
     stop.py        SIGINT/SIGTERM become a checkpoint and a clean stop
 

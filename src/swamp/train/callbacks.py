@@ -16,7 +16,7 @@ from swamp.core.averaging import RunningAverage
 from swamp.errors import SwampError
 
 if TYPE_CHECKING:
-    from swamp.train.fit import LoopState
+    from swamp.train.state import LoopState
 
 Tensors = dict[str, torch.Tensor]
 

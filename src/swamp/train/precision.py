@@ -8,7 +8,7 @@ loss with a `torch.amp.GradScaler`, which skips a step whose gradients overflowe
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -50,14 +50,24 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def autocast_reaches_vmap(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether ops under `torch.func.vmap` are autocast on this device. On CPU they are not
-    (vmap's batching rules call the matmul kernels below the autocast dispatch key), so the
-    stacked backend would silently train in fp32 there."""
-    from torch.func import vmap
+# The matrix products and convolutions autocast is meant to run in low precision.
+_COMPUTE = {"convolution", "mm", "addmm", "bmm", "baddbmm", "matmul", "linear"}
 
-    a = torch.randn(2, 3, 4, device=device)
-    b = torch.randn(2, 4, 5, device=device)
-    with torch.autocast(device.type, dtype=dtype):
-        out = vmap(torch.matmul)(a, b)
-    return out.dtype == dtype
+
+def compute_dtypes(fn: Callable[[], Any], device: torch.device, dtype: torch.dtype
+                   ) -> list[torch.dtype]:
+    """The input dtypes of the matrix products and convolutions `fn` runs under autocast to
+    `dtype`, as the kernels see them (a dispatch mode below every transform)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[torch.dtype] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name.split("::")[-1] in _COMPUTE and args:
+                seen.append(args[0].dtype)
+            return func(*args, **(kwargs or {}))
+
+    with torch.autocast(device.type, dtype=dtype), Record():
+        fn()
+    return seen
