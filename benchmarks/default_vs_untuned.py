@@ -86,7 +86,7 @@ def one_run(flags: list[str], env: dict[str, str], levels: int,
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))[1:]    # levels 1..L
     from swamp.config import Settings
-    from swamp.training import Schedule
+    from swamp.train import Schedule
 
     settings = Settings.from_dict(json.loads((run_dir / "settings.json").read_text()))
     schedule = Schedule.build(settings.train, n_train, swa=True)

@@ -135,7 +135,7 @@ def make_task(model, n: int, steps: int, level: int = 0):
 
 
 def bench_schedule(steps: int):
-    from swamp.training import Schedule
+    from swamp.train import Schedule
 
     # one "epoch" of `steps` iterations; SWA averages its end, as a real epoch end would
     return Schedule(steps_per_epoch=steps, total=steps, rewind=0, swa_start=steps - 1,
@@ -148,11 +148,11 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from swamp import cpu
-    from swamp.core.averaging import recompute_batchnorm
     from swamp.config import Settings
+    from swamp.core.averaging import recompute_batchnorm
     from swamp.engines import SequentialEngine, VectorisedEngine
     from swamp.engines.auto import AutoEngine
-    from swamp.training import Schedule, train_steps
+    from swamp.train import Schedule, train_steps
 
     if args.alloc == "mallopt":
         assert cpu.tune_allocator()
@@ -219,12 +219,10 @@ def child(args: argparse.Namespace) -> None:
                 if dist_engine is None and auto._distributed is not None:
                     dist_engine = auto._distributed        # 2 processes x 1 thread as well
                 if dist_engine is None:
-                    from swamp.distributed import start_local
-                    from swamp.engines.distributed import DistributedEngine
+                    from swamp.engines.processes import start_processes
 
                     t0 = time.perf_counter()
-                    dist_engine = DistributedEngine(
-                        start_local(2, ctx, torch.device("cpu"), 1), threads=1)
+                    dist_engine = start_processes(2, ctx, 1)
                     out.setdefault("distributed_start_s", []).append(
                         time.perf_counter() - t0)
                 cases.append(("distributed", dist_engine, 1, ctx))
@@ -242,7 +240,7 @@ def child(args: argparse.Namespace) -> None:
             # our step vs. a bare PyTorch loop: same model, batches, threads, optimiser
             import torch.nn.functional as F
 
-            from swamp.training import BatchOrder, make_optimizer
+            from swamp.train import BatchOrder, make_optimizer
 
             task = make_task(model, 1, steps)
             n_steps = steps * 4
@@ -257,7 +255,7 @@ def child(args: argparse.Namespace) -> None:
 
             def bare() -> float:
                 model.load_state_dict(task.start_state)
-                opt = make_optimizer(model, tsettings)
+                opt = make_optimizer(model.parameters(), tsettings)
                 order = BatchOrder(len(data.train), BATCH, 7, torch.device("cpu"))
                 gen = torch.Generator().manual_seed(8)
                 model.train()

@@ -132,6 +132,8 @@ def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
             cb.on_start(loop)
         after_step = [cb.on_step_end for cb in chain if overrides(cb, "on_step_end")]
         objective, schedule, clip = plan.objective, plan.schedule, clip_grad_norm
+        # d(sum of the replicas' losses)/d(each loss) = 1, without a sum node in the graph
+        ones = torch.ones(replicas.n, device=device)
         replicas.train()
         for step in range(loop.step, plan.stop):
             if stops.requested() is not None:
@@ -145,7 +147,7 @@ def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
             with amp.autocast():
                 losses = objective(replicas.forward(x), x, y)
             optimizer.zero_grad(set_to_none=True)
-            amp.backward(losses[0] if losses.shape[0] == 1 else losses.sum())
+            amp.backward(losses, ones)
             if clip:
                 amp.unscale_(optimizer)
                 replicas.clip_grad_norm_(clip)

@@ -9,17 +9,33 @@ moment matching) are new classes here; the loop does not change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 
-@dataclass
 class Outputs:
-    logits: torch.Tensor                                   # (N, B, ...)
-    features: dict[str, torch.Tensor] = field(default_factory=dict)   # captured, (N, B, ...)
+    """The outputs of all replicas: `logits` (N, B, ...) and the captured `features`.
+
+    One module's outputs are kept as they are (`one`, no replica dim): objectives that can,
+    compute its loss straight from them, so the loop adds no autograd nodes to a plain
+    PyTorch step; `logits` adds the dim when asked.
+    """
+
+    def __init__(self, logits: torch.Tensor | None = None,
+                 features: dict[str, torch.Tensor] | None = None, *,
+                 one: torch.Tensor | None = None):
+        self._logits = logits
+        self.features = features or {}
+        self.one = one
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            assert self.one is not None
+            self._logits = self.one.unsqueeze(0)
+        return self._logits
 
 
 class Objective(Protocol):
@@ -37,11 +53,11 @@ class CrossEntropy:
     captures: tuple[str, ...] = ()
 
     def __call__(self, outputs: Outputs, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if outputs.one is not None:
+            # One module: exactly the loss a plain PyTorch loop computes (same reduction).
+            return F.cross_entropy(outputs.one, y[0]).reshape(1)
         logits = outputs.logits
         n = logits.shape[0]
-        if n == 1:
-            # One module: exactly the loss a plain PyTorch loop computes (same reduction).
-            return F.cross_entropy(logits[0], y[0]).unsqueeze(0)
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(),
                                reduction="none").view(n, -1).mean(1)
 

@@ -27,8 +27,9 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+    def backward(self, losses: torch.Tensor, gradient: torch.Tensor) -> None:
+        """Backward from per-replica `losses` with `gradient` (ones: their sum)."""
+        (self.scaler.scale(losses) if self.scaler is not None else losses).backward(gradient)
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients in their true scale (before clipping)."""

@@ -73,10 +73,10 @@ class SingleReplica:
     def forward(self, x: torch.Tensor) -> Outputs:
         logits = self.model(x[0])
         if self._capture is None:
-            return Outputs(logits.unsqueeze(0))
+            return Outputs(one=logits)
         names = self._capture.names
-        return Outputs(logits.unsqueeze(0),
-                       {n: v.unsqueeze(0) for n, v in zip(names, self._capture.take())})
+        return Outputs(features={n: v.unsqueeze(0) for n, v in zip(names, self._capture.take())},
+                       one=logits)
 
     def state(self) -> StateDict:
         return self.model.state_dict()
