@@ -140,13 +140,16 @@ class LevelLoop:
         self.engine: Engine | None = engine
         self.plan = MethodPlan(s, len(self.data.train), self.device)
 
-    def _engine(self) -> Engine:
+    def _engine(self, first_level: int = 0) -> Engine:
+        """The engine (made once, when there is training to do: a finished run starts no
+        processes); `auto` decides for the levels from `first_level` on."""
         if self.engine is None:
             s = self.settings
             recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
                         else None)
+            particles = [len(self._jobs(lv)) for lv in range(first_level, self.plan.levels + 1)]
             self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
-                                      recorded=recorded)
+                                      recorded=recorded, particles=particles)
         return self.engine
 
     # ---- artefacts before level 0 -------------------------------------------------------
@@ -352,6 +355,8 @@ class LevelLoop:
         finished = self.store.finished_levels()
         if len(finished) <= self.plan.levels:   # work left: the weights must fit the model
             self._check_layout(init)
+            # before the rewind segment: processes `auto` starts get ready meanwhile
+            self._engine(len(finished))
         rewind = self._rewind_state(init)
         rows = self.store.level_metrics()
         if finished:

@@ -85,6 +85,35 @@ class Group:
     owns_default: bool = False           # whether we created the default process group
     store: Any = None                    # the rendezvous store this process hosts
     closed: bool = field(default=False)
+    connected: bool = True               # False: spawned ranks still starting (`connect`)
+
+    def connect(self) -> "Group":
+        """Wait for spawned ranks to start and join them (a no-op once joined). Starting
+        them is asynchronous, so rank 0 can train its rewind segment meanwhile."""
+        if self.connected:
+            return self
+        import torch.distributed as dist
+
+        keys = [f"swamp/ready/{r}" for r in range(1, self.world)]
+        # importing torch and unpickling the data takes seconds, even on a busy machine
+        deadline = time.monotonic() + float(os.environ.get("SWAMP_START_TIMEOUT", 300))
+        while not self.store.check(keys):
+            failure = self.worker_failure(wait=0.05)
+            if failure is not None:
+                self.close(kill=True)
+                raise SwampError(f"a training process failed to start ({failure}); from a "
+                                 f"Python script, call swamp under `if __name__ == "
+                                 f"'__main__':` and define your model at module level "
+                                 f"(processes use spawn)")
+            if time.monotonic() > deadline:
+                self.close(kill=True)
+                raise SwampError("the training processes did not start in time; use "
+                                 "`processes` 1")
+        dist.init_process_group("gloo", store=self.store, rank=0, world_size=self.world,
+                                timeout=timeout())
+        open_groups(self)
+        self.connected = True
+        return self
 
     def worker_failure(self, wait: float = 5.0) -> str | None:
         """One line about a spawned rank that stopped with an error, if any."""
@@ -104,7 +133,7 @@ class Group:
         self.closed = True
         import torch.distributed as dist
 
-        owned = self.owns_default and dist.is_initialized()
+        owned = self.owns_default and self.connected and dist.is_initialized()
         if owned and not kill:
             # Every rank reaches this point before any tears its group down: a rank that
             # destroys gloo while a peer still talks to it can abort the peer at its exit.
@@ -187,12 +216,13 @@ def _first_line(exc: BaseException) -> str:
 # ---- ranks started by this process ---------------------------------------------------------
 
 def start_local(processes: int, payload: Any, device: torch.device, threads: int,
-                target: Callable[..., None]) -> Group:
+                target: Callable[..., None], wait: bool = True) -> Group:
     """Become rank 0 of `processes` ranks on this machine; spawn ranks 1..K-1.
 
     Each spawned rank runs `target(index, port, processes, payload, device_name, threads,
     parent_pid)` (a module-level function: processes are started with spawn); `payload` is
-    pickled to it once (its tensors travel through shared memory).
+    pickled to it once (its tensors travel through shared memory). With `wait=False` the
+    ranks go on starting in the background until `Group.connect()`.
     """
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -222,24 +252,9 @@ def start_local(processes: int, payload: Any, device: torch.device, threads: int
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    group = Group(0, processes, device, workers=workers, owns_default=True, store=store)
-    keys = [f"swamp/ready/{r}" for r in range(1, processes)]
-    # importing torch and unpickling the data takes seconds, even on a busy machine
-    deadline = time.monotonic() + float(os.environ.get("SWAMP_START_TIMEOUT", 300))
-    while not store.check(keys):
-        failure = group.worker_failure(wait=0.05)
-        if failure is not None:
-            group.close(kill=True)
-            raise SwampError(f"a training process failed to start ({failure}); from a Python "
-                             f"script, call swamp under `if __name__ == '__main__':` and "
-                             f"define your model at module level (processes use spawn)")
-        if time.monotonic() > deadline:
-            group.close(kill=True)
-            raise SwampError("the training processes did not start in time; use --processes 1")
-    dist.init_process_group("gloo", store=store, rank=0, world_size=processes,
-                            timeout=timeout())
-    open_groups(group)
-    return group
+    group = Group(0, processes, device, workers=workers, owns_default=True, store=store,
+                  connected=False)
+    return group.connect() if wait else group
 
 
 def watch_parent(parent: int) -> None:

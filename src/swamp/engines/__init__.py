@@ -14,7 +14,7 @@ others are tested against:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -46,11 +46,14 @@ def prepare(ctx: TrainContext) -> None:
 
 def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings | None = None,
                 info: Callable[[str], None] | None = None,
-                recorded: dict[str, dict] | None = None) -> Engine:
+                recorded: dict[str, dict] | None = None,
+                particles: Sequence[int] = ()) -> Engine:
     """The engine called `name` for this run (`ctx` and `settings` of the level loop).
 
     `recorded`: the choices `auto` made in an earlier invocation of the same run (see
     `AutoEngine`), followed unless processes or threads are now given explicitly.
+    `particles`: the number of particles of each level still to train; with it and `ctx`,
+    `auto` decides (and starts processes) at once.
     """
     settings = settings or Settings()
     run = settings.run
@@ -80,7 +83,8 @@ def make_engine(name: str, ctx: TrainContext | None = None, settings: Settings |
 
     if run.processes or run.threads:
         recorded = None                       # explicit choices win over the record
-    return AutoEngine(settings, info, requested=name, recorded=recorded)
+    return AutoEngine(settings, info, requested=name, recorded=recorded,
+                      ctx=ctx if particles else None, particles=particles)
 
 
 def join_torchrun(ctx: TrainContext, threads: int = 0,

@@ -1,12 +1,14 @@
 """`--engine auto`: the fastest way to train the particles on this device and model.
 
-Decided at the first level (and again if a later level has another number of particles),
-from measurements rather than rules of thumb, and said in one line:
+Decided before the run trains its rewind segment (for every number of particles its levels
+have), from measurements rather than rules of thumb, and said in one line:
 
-- CPU: K = min(particles, cores) processes when there are at least two cores and two
-  particles, each process with cores // K threads, provided the run's training is long
-  enough to pay for starting them (a few seconds; estimated from timed training steps).
-  Otherwise the sequential engine with threads matched to the cores. Measured here (2 cores,
+- CPU: K = min(particles, cores) processes with cores // K threads each, where timed
+  training steps estimate that they finish the run's remaining training sooner than this
+  process alone, their start (a few seconds, overlapped with the rewind segment) included;
+  otherwise the sequential engine with threads matched to the cores. With processes, this
+  process also keeps cores // K threads for its own phases (rewind, evaluation, BatchNorm),
+  so that nothing oversubscribes the cores. Measured here (2 cores,
   benchmarks/results/particles.md): two single-thread processes beat one two-thread process
   for the small models (about 1.3x) and match it for ResNet-20, and stay fast when another
   program takes a core, where two threads slow down many times over. vmap gives nothing on
@@ -37,9 +39,10 @@ from swamp.train import ParticleResult, SingleReplica, StackedReplicas, make_opt
 
 Info = Callable[[str], None]
 
-# Starting K-1 processes costs a few seconds once per run; below this much estimated
-# training in the whole run, processes cannot win it back.
-MIN_RUN_SECONDS = 20.0
+# Starting K-1 processes (spawn, import torch, receive the model and data, join the group)
+# took 2-4 s on the 2-core machine this was measured on; they start while this process
+# trains the rewind segment, and are chosen where they save more than this.
+PROCESS_START_SECONDS = 3.0
 # The vectorised engine must beat sequential by this factor in the probe to be chosen.
 VECTORISED_MARGIN = 1.05
 
@@ -67,9 +70,8 @@ def step_seconds(ctx: TrainContext, threads: int) -> float:
         return time_steps(step, 3, ctx.model_device)
 
 
-def vectorised_speedup(task: LevelTask, ctx: TrainContext) -> float:
+def vectorised_speedup(n: int, state: dict[str, torch.Tensor], ctx: TrainContext) -> float:
     """Throughput of a stacked step over N single steps, on this model and batch size."""
-    n = len(task.jobs)
     b = min(ctx.settings.batch_size, len(ctx.data.train))
     x, y = ctx.data.train.x[:b], ctx.data.train.y[:b]
     saved = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
@@ -86,7 +88,7 @@ def vectorised_speedup(task: LevelTask, ctx: TrainContext) -> float:
                 opt1.step()
 
         ctx.model.train()
-        stack = StackedReplicas(ctx.model, task.start_state, n)
+        stack = StackedReplicas(ctx.model, state, n)
         optn = make_optimizer(stack.parameters(), ctx.settings)
         xs = x.unsqueeze(0).expand(n, *x.shape).contiguous()
         ys = y.unsqueeze(0).expand(n, *y.shape).contiguous()
@@ -110,7 +112,11 @@ class AutoEngine:
     name = "auto"
 
     def __init__(self, settings: Settings, info: Info | None = None,
-                 requested: str = "auto", recorded: dict[str, dict[str, Any]] | None = None):
+                 requested: str = "auto", recorded: dict[str, dict[str, Any]] | None = None,
+                 ctx: TrainContext | None = None, particles: Sequence[int] = ()):
+        """With `ctx` and `particles` (the number of particles of every level still to
+        train) the choice is made now, before the run trains its rewind segment: processes
+        then start while it does, and the main process takes their thread policy."""
         self.settings = settings
         self.info = info or (lambda message: None)
         self.requested = requested              # "auto" or "distributed" (no torchrun)
@@ -121,13 +127,24 @@ class AutoEngine:
         self.recorded = dict(recorded or {})
         self._choice: dict[int, Any] = {}       # particles -> engine
         self._distributed: Any = None
+        self._threads_before: int | None = None  # this process's threads before processes
         self.description = f"{requested} (chosen at the first level)"
+        self._levels = list(particles)
+        if ctx is not None:
+            state = ctx.model.state_dict()
+            for n in sorted(set(self._levels), reverse=True):
+                self.choose(n, ctx, state)
 
     # ---- the choice ---------------------------------------------------------------------
     def _start_processes(self, k: int, threads: int, ctx: TrainContext) -> Any:
         from swamp.engines.processes import start_processes
 
-        self._distributed = start_processes(k, ctx, threads, self.info)
+        self._distributed = start_processes(k, ctx, threads, self.info, wait=False)
+        if ctx.model_device.type == "cpu" and self._threads_before is None:
+            # the main process's own phases (rewind, evaluation, BatchNorm) run with the
+            # workers' thread count too: more threads would oversubscribe the cores
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
         return self._distributed
 
     @property
@@ -150,21 +167,22 @@ class AutoEngine:
         raise SwampError(f"the run's engine record {record} is not one this version can "
                          f"follow; pass --engine sequential (or another engine) explicitly")
 
-    def choose(self, task: LevelTask, ctx: TrainContext) -> Any:
-        n = len(task.jobs)
+    def choose(self, n: int, ctx: TrainContext, state: dict[str, torch.Tensor],
+               level: int = 0) -> Any:
+        """The engine for levels of `n` particles (`state`: a ticket, for probes)."""
         if n in self._choice:
             return self._choice[n]
         record = self.recorded.get(str(n))
         engine, why = (self._from_record(record, ctx) if record is not None
-                       else self._decide(task, ctx))
+                       else self._decide(n, ctx, state, level))
         self._choice[n] = engine
         name = engine.description
         self.description = f"{self.requested} -> {name}"
         self.info(f"engine {self.requested}: {name} for {n} particle(s) ({why})")
         return engine
 
-    def _decide(self, task: LevelTask, ctx: TrainContext) -> tuple[Any, str]:
-        n = len(task.jobs)
+    def _decide(self, n: int, ctx: TrainContext, state: dict[str, torch.Tensor],
+                level: int) -> tuple[Any, str]:
         device = ctx.model_device
         if self._distributed is not None and n > 1:
             return self._distributed, "the processes already running"
@@ -173,7 +191,7 @@ class AutoEngine:
             return SequentialEngine(self.threads, self.info), (
                 f"one particle; {threads} thread(s)" if threads else "one particle")
         if device.type == "cpu":
-            return self._decide_cpu(task, ctx)
+            return self._decide_cpu(n, ctx, level)
         if self.processes > 1 or self.requested == "distributed":
             gpus = torch.cuda.device_count() if device.type == "cuda" else 1
             if self.processes > gpus:
@@ -183,11 +201,11 @@ class AutoEngine:
             if k > 1:
                 return self._start_processes(k, self.threads or 1, ctx), f"{k} processes"
             return SequentialEngine(self.threads, self.info), "one device"
-        reason = probe(ctx.model, task.start_state, ctx.data.train.x[:2])
+        reason = probe(ctx.model, state, ctx.data.train.x[:2])
         if reason is not None:
             return SequentialEngine(self.threads, self.info), f"vmap cannot stack this model ({reason})"
         try:
-            speedup = vectorised_speedup(task, ctx)
+            speedup = vectorised_speedup(n, state, ctx)
         except Exception as exc:  # e.g. out of memory with N stacked copies
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -200,26 +218,34 @@ class AutoEngine:
         return SequentialEngine(self.threads, self.info), (
             f"stacked steps measured only {speedup:.2f}x single ones")
 
-    def _decide_cpu(self, task: LevelTask, ctx: TrainContext) -> tuple[Any, str]:
-        n = len(task.jobs)
+    def _steps_left(self, n: int, ctx: TrainContext, level: int) -> int:
+        """Training iterations of all particles of the levels still to train."""
+        per_particle = ctx.schedule.total - ctx.schedule.rewind
+        if self._levels:
+            return per_particle * sum(self._levels)
+        return per_particle * n * max(1, self.settings.prune.levels - level + 1)
+
+    def _decide_cpu(self, n: int, ctx: TrainContext, level: int) -> tuple[Any, str]:
         cores = cpu.usable_cores()
         forced = self.processes > 1 or self.requested == "distributed"
         if self.processes == 1 or cores == 1 and not forced:
             threads = cpu.run_threads(self.threads)
             return SequentialEngine(self.threads, self.info), (
-                f"--processes 1, {threads} thread(s)" if self.processes == 1
+                f"`processes` 1, {threads} thread(s)" if self.processes == 1
                 else "one core")
-        if not forced:
-            levels_left = max(1, self.settings.prune.levels - task.level + 1)
-            steps = n * (ctx.schedule.total - task.start_step) * levels_left
-            estimate = steps * step_seconds(ctx, 1)
-            if estimate < MIN_RUN_SECONDS:
-                threads = cpu.run_threads(self.threads)
-                return SequentialEngine(self.threads, self.info), (
-                    f"about {estimate:.0f} s of training, too little to start processes; "
-                    f"{threads} thread(s)")
         k = min(n, self.processes if self.processes > 1 else cores)
         threads = self.threads or max(1, cores // k)
+        if not forced:
+            # Measured, not assumed: one step with the threads this process would use, and
+            # one with a process's share of the cores; K processes run K such steps at once.
+            here = cpu.run_threads(self.threads)
+            steps = self._steps_left(n, ctx, level)
+            alone = steps * step_seconds(ctx, here)
+            spread = steps * step_seconds(ctx, threads) / k + PROCESS_START_SECONDS
+            if alone <= spread:
+                return SequentialEngine(self.threads, self.info), (
+                    f"about {alone:.0f} s of training here with {here} thread(s), against "
+                    f"{spread:.0f} s in {k} processes with their start")
         try:
             engine = self._start_processes(k, threads, ctx)
         except SwampError as exc:
@@ -231,9 +257,13 @@ class AutoEngine:
     # ---- the engine interface ------------------------------------------------------------------
     def train_particles(self, task: LevelTask, ctx: TrainContext,
                         progress: ProgressFn | None = None) -> list[ParticleResult]:
-        return self.choose(task, ctx).train_particles(task, ctx, progress)
+        engine = self.choose(len(task.jobs), ctx, task.start_state, task.level)
+        return engine.train_particles(task, ctx, progress)
 
     def close(self, rows: Sequence[dict[str, Any]] = ()) -> None:
         if self._distributed is not None:
             self._distributed.close(rows)
             self._distributed = None
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None

@@ -146,6 +146,7 @@ class DistributedEngine:
         if self._stopped:
             raise SwampError("the other training processes have stopped; re-run the same "
                              "command to resume")
+        self.group.connect()
         self._mid_level = True
         state_layout = layout_of(task.start_state)
         mask_layout = layout_of(dict(task.mask.items())) if task.mask is not None else None
@@ -177,6 +178,9 @@ class DistributedEngine:
             return
         # Called from the level loop's `finally`: an exception in flight means a failed run.
         failure = sys.exc_info()[1]
+        if not self.group.connected:          # never used: the ranks are still starting
+            self.group.close(kill=True)
+            return
         if not self.is_worker and not self._mid_level and not self._stopped:
             try:
                 self._broadcast_object({"op": "stop", "rows": list(rows),
@@ -314,11 +318,14 @@ class DistributedEngine:
 # ---- ranks started by this process (`--processes K`, `--engine auto` on CPU) -----------------
 
 def start_processes(processes: int, ctx: TrainContext, threads: int,
-                    info: Callable[[str], None] | None = None) -> DistributedEngine:
-    """Spawn ranks 1..K-1 on this machine (rank 0 is this process) and return the engine."""
+                    info: Callable[[str], None] | None = None,
+                    wait: bool = True) -> DistributedEngine:
+    """Spawn ranks 1..K-1 on this machine (rank 0 is this process) and return the engine;
+    with `wait=False` they go on starting until the engine first needs them."""
     from swamp.world import start_local
 
-    group = start_local(processes, _to_cpu(ctx), ctx.model_device, threads, _worker_main)
+    group = start_local(processes, _to_cpu(ctx), ctx.model_device, threads, _worker_main,
+                        wait=wait)
     return DistributedEngine(group, threads=threads, info=info)
 
 
