@@ -450,3 +450,35 @@ def test_particles_of_a_level_get_their_own_reproducible_augmentation():
     assert not torch.equal(a[0], a[1]) and not torch.equal(a[1], a[2])
     assert all(torch.equal(p, q) for p, q in zip(a, augmented(0, 1)))  # same seeds, same crops
     assert not torch.equal(a[0], augmented(0, 2)[0])  # a new level draws new crops
+
+
+def test_a_crafted_cifar_batch_runs_nothing_and_is_one_line(tmp_path):
+    """A data_batch that would run a shell command when unpickled with plain `pickle` is
+    refused by the restricted reader before anything runs."""
+    import pickle as plain
+
+    from swamp.data import load_dataset
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(d / f, "wb") as fh:
+            plain.dump({b"data": Evil(), b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(SwampError, match="posix.system|os.system") as err:
+        load_dataset("cifar10", data_dir=str(tmp_path))
+    assert "nothing was run" in str(err.value) and "\n" not in str(err.value)
+    assert not marker.exists()
+    # object arrays (whose elements could be anything) are refused too
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(d / f, "wb") as fh:
+            plain.dump({b"data": np.array([object()] * 3072, dtype=object)[None],
+                        b"labels": [0]}, fh, protocol=2)
+    with pytest.raises(SwampError, match="cannot read"):
+        load_dataset("cifar10", data_dir=str(tmp_path))

@@ -220,15 +220,44 @@ CIFAR_STATS = {  # per-channel mean/std of the training pixels, in [0, 1] units
 }
 
 
+# What a CIFAR python batch holds: dicts, lists, bytes, str, numbers, and numpy arrays of
+# plain dtypes. These are the only globals the restricted unpickler resolves; anything
+# else in a file (os.system, builtins.eval, ...) is refused before it can run.
+_CIFAR_GLOBALS = {
+    ("_codecs", "encode"),                         # bytes, as pickled by protocol 2
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """A pickle reader that admits only what the CIFAR format holds (see _CIFAR_GLOBALS)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch "
+                                         f"never holds (refused; nothing was run)")
+        return super().find_class(module, name)
+
+
+def _plain_array(value: object, what: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind not in "uif":             # no object arrays: plain numbers only
+        raise ValueError(f"{what} holds {array.dtype} values, not numbers")
+    return array
+
+
 def _unpickle(path: Path, label_key: bytes, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
-            # The standard CIFAR format is a pickle: only load files you trust.
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[label_key], dtype=np.int64)
+            d = _CifarUnpickler(f, encoding="bytes").load()
+        if not isinstance(d, dict):
+            raise ValueError("it holds no dict of arrays")
+        data = _plain_array(d[b"data"], "data").astype(np.uint8)
+        labels = _plain_array(d[label_key], "labels").astype(np.int64)
         x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    except Exception as e:
+    except Exception as e:  # the restricted unpickler and numpy raise many kinds
         raise SwampError(f"{name}: cannot read {path} as a CIFAR python batch "
                          f"({type(e).__name__}: {e}); re-extract the official archive") from None
     if x.shape[0] != labels.shape[0]:
