@@ -31,7 +31,8 @@ from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import MethodPlan
-from swamp.store import RunStore, load_state, read_json, save_state, write_json
+from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
+                         save_state, write_json)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
 from swamp.train import stop as stops
 from swamp.train.checkpoint import CheckpointFile
@@ -107,8 +108,10 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             raise SwampError(f"{root} holds a run of another {' and '.join(changed)} than the "
                              f"one passed now (fingerprints differ); pass the run's own "
                              f"model and data, or use another run directory")
-    elif root.exists() and any(p.name != "inputs.json" for p in root.iterdir()):
-        # (inputs.json alone: a run that stopped before writing its settings)
+    elif root.exists() and any(p.name != "inputs.json" and not is_temporary(p)
+                               for p in root.iterdir()):
+        # (inputs.json alone, or the temporary file of an interrupted write: a run that
+        # stopped before its settings were written)
         raise SwampError(f"{root} exists and is not a swamp run directory; choose another --out")
     return store
 
@@ -346,6 +349,7 @@ class LevelLoop:
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another --run-dir")
         self.store.root.mkdir(parents=True, exist_ok=True)
+        remove_temporary(self.store.root)          # left by writes a stop interrupted
         if not self.store.exists():
             if self.inputs:
                 write_json(self.store.inputs_path, self.inputs)

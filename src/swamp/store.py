@@ -77,6 +77,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def is_temporary(path: Path) -> bool:
+    """A file `atomic_write_bytes` was writing when its process stopped."""
+    return path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file()
+
+
+def remove_temporary(folder: Path) -> None:
+    """Remove stale temporary files of interrupted writes in `folder` and its level folders
+    (call only while holding the run: a write in progress also has one)."""
+    if folder.is_dir():
+        for path in [*folder.glob(".*.tmp"), *folder.glob("level_*/.*.tmp")]:
+            if is_temporary(path):
+                path.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
                               + "\n").encode())
@@ -252,8 +266,10 @@ class RunStore:
             path = self.root / rel
             if not path.is_file():
                 continue                 # optional files (particles) may be deleted
+            # the smallest deletion that recovers: a level is retrained from the one before
+            # it; the start files are made again, identically, from the settings and seed
             where = (f"delete {self.root / top} and every later level folder"
-                     if "/" in rel else "delete the run directory")
+                     if "/" in rel else f"delete {path}")
             self._verify(path, expected, where)
             checked += 1
         return checked
