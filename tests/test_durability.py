@@ -45,3 +45,34 @@ def test_a_damaged_start_file_names_only_that_file_and_deleting_it_recovers(tiny
     assert path.read_bytes() == original
     assert [r["test_acc"] for r in again.levels] == [r["test_acc"] for r in first.levels]
     assert store.verify_checksums() > 0
+
+
+def test_a_run_directory_is_held_by_one_process_and_taken_over_when_it_dies(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flags = ["run", "--dataset", "synthetic", "--data-size", "4000", "--model", "mlp",
+             "--epochs", "30", "--batch-size", "16", "--levels", "0", "--particles", "1",
+             "--method", "imp", "--device", "cpu", "--engine", "sequential", "--threads", "1",
+             "--rewind-epochs", "0", "--run-dir", str(tmp_path / "r"), "--quiet"]
+    first = subprocess.Popen([sys.executable, "-m", "swamp", *flags],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lock = tmp_path / "r" / "run.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().startswith("pid")):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    second = subprocess.run([sys.executable, "-m", "swamp", *flags], capture_output=True,
+                            text=True, timeout=120)
+    assert second.returncode == 2
+    assert f"is in use by pid {first.pid} on " in second.stderr
+    assert second.stderr.count("\n") == 1
+    os.kill(first.pid, signal.SIGKILL)               # a dead holder's lock is taken over
+    first.wait()
+    third = subprocess.run([sys.executable, "-m", "swamp", *flags], capture_output=True,
+                           text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert RunStore(tmp_path / "r").finished_levels() == [0]

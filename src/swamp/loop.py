@@ -108,8 +108,8 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             raise SwampError(f"{root} holds a run of another {' and '.join(changed)} than the "
                              f"one passed now (fingerprints differ); pass the run's own "
                              f"model and data, or use another run directory")
-    elif root.exists() and any(p.name != "inputs.json" and not is_temporary(p)
-                               for p in root.iterdir()):
+    elif root.exists() and any(p.name not in ("inputs.json", "run.lock")
+                               and not is_temporary(p) for p in root.iterdir()):
         # (inputs.json alone, or the temporary file of an interrupted write: a run that
         # stopped before its settings were written)
         raise SwampError(f"{root} exists and is not a swamp run directory; choose another --out")
@@ -340,15 +340,18 @@ class LevelLoop:
 
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:
-        with stops.stop_on_signals():      # SIGINT/SIGTERM: checkpoint, then stop cleanly
-            return self._run()
-
-    def _run(self) -> RunResult:
-        s = self.settings
         if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another --run-dir")
-        self.store.root.mkdir(parents=True, exist_ok=True)
+        self.store.lock()                  # one process per run directory
+        try:
+            with stops.stop_on_signals():  # SIGINT/SIGTERM: checkpoint, then stop cleanly
+                return self._run()
+        finally:
+            self.store.unlock()
+
+    def _run(self) -> RunResult:
+        s = self.settings
         remove_temporary(self.store.root)          # left by writes a stop interrupted
         if not self.store.exists():
             if self.inputs:

@@ -158,6 +158,45 @@ class RunStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._lock: Any = None
+
+    @property
+    def lock_path(self) -> Path:
+        """Held (an OS file lock) by the process that runs this directory."""
+        return self.root / "run.lock"
+
+    def lock(self) -> None:
+        """Hold the run directory for this process until `unlock` (or the process ends:
+        the OS releases the lock of a process that died, and the next run takes it over).
+        A directory held by another process is refused in one line naming the holder."""
+        import socket
+
+        try:
+            import fcntl
+        except ImportError:        # not POSIX: runs are not protected from each other
+            return
+        if self._lock is not None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        fh = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise SwampError(f"{self.root} is in use by {holder}; wait for that run to end "
+                             f"(or stop it), or use another run directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        self._lock = fh
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()          # closing the file releases the lock
+            self._lock = None
 
     # paths
     @property
