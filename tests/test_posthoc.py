@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
 from swamp.loop import run

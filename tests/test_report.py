@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.config import Settings
 from swamp.errors import SwampError
-from swamp.report import build_report
+from swamp.studies.report import build_report
 
 HEADER = "level,density,sparsity,target_density,test_acc,test_nll\n"
 

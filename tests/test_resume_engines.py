@@ -8,8 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from swamp.cli import main
-from swamp.display import RunDisplay
+from swamp.app.cli import main
+from swamp.app.display import RunDisplay
+from swamp.events import Events
 from swamp.loop import LevelLoop, run
 from swamp.store import RunStore, read_json, write_json
 
@@ -68,7 +69,9 @@ def test_progress_counts_the_steps_of_the_level_from_the_rewind_point(tiny):
             super().particle_progress(index, iteration)
 
     console = Console(record=True, force_terminal=False, width=120)
-    loop = LevelLoop(tiny(levels=1, rewind_epochs=1.0, epochs=3), display=Recorder(console))
+    events = Events()
+    events.subscribe(Recorder(console))
+    loop = LevelLoop(tiny(levels=1, rewind_epochs=1.0, epochs=3), events=events)
     loop.run()
     assert loop.schedule.rewind > 0
     (total,) = {total for _, _, total in seen}

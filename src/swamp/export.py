@@ -137,8 +137,7 @@ def _decode(name: str, info: dict[str, Any], f: Any) -> tuple[torch.Tensor, torc
 def _provenance(store: RunStore, level: int) -> dict[str, Any]:
     settings = read_json(store.settings_path) if store.settings_path.is_file() else {}
     row = read_json(store.level_metrics_path(level))
-    posthoc = store.root / "posthoc.json"
-    method = (read_json(posthoc).get("method") if posthoc.is_file()
+    method = (read_json(store.posthoc_path).get("method") if store.posthoc_path.is_file()
               else settings.get("method", {}).get("method"))
     keys = ("density", "sparsity", "test_acc", "test_nll", "val_acc", "val_nll")
     return {"run": str(store.root), "level": level, "method": method,
@@ -159,7 +158,7 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     if dtype not in DTYPES:
         raise SwampError(f"unknown --dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     level = choose_level(store, level, max_val_drop)
-    path = Path(out) if out is not None else root / "exports" / f"level_{level}.safetensors"
+    path = Path(out) if out is not None else store.export_path(level)
     if path.exists() and not _is_export(path):
         raise SwampError(f"{path} exists and is not a swamp export; choose another --out")
     fix = f"delete {store.level_dir(level)} and every later level folder"

@@ -19,9 +19,10 @@ from torch import nn
 from swamp.averaging import recompute_batchnorm
 from swamp.config import UNHASHED, Settings
 from swamp.data import DataBundle, load_dataset
-from swamp.display import RunDisplay
 from swamp.engines import LevelTask, ParticleJob, TrainContext, engine_device, make_engine
 from swamp.errors import SwampError
+from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
+                           RunFinished, RunStarted)
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.masks import Mask, select_prunable
@@ -111,9 +112,9 @@ class LevelLoop:
 
     def __init__(self, settings: Settings, *, model: nn.Module | None = None,
                  data: DataBundle | None = None, run_dir: str | Path | None = None,
-                 display: RunDisplay | None = None):
+                 events: Events | None = None):
         self.settings = settings.resolved()
-        self.display = display or RunDisplay(quiet=True)
+        self.events = events or Events()   # no subscriber: the run is silent
         # under torchrun, `cuda` is this rank's GPU
         self.device = engine_device(self.settings.run.engine,
                                     resolve_device(self.settings.run.device))
@@ -141,7 +142,7 @@ class LevelLoop:
         # after the context: engines prepare the model (channels_last) and join process groups
         recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
                     else None)
-        self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
+        self.engine = make_engine(s.run.engine, self.ctx, s, info=self.events.info,
                                   recorded=recorded)
         self.plan = MethodPlan(s, len(self.data.train), self.device)
 
@@ -176,7 +177,7 @@ class LevelLoop:
         if self.schedule.rewind == 0:
             state = init
         else:
-            self.display.info(f"training the dense network to the rewind point "
+            self.events.info(f"training the dense network to the rewind point "
                               f"({self.schedule.rewind} iterations)")
             self.model.load_state_dict(init)
             dense = Schedule(**{**self.schedule.__dict__, "swa": False})
@@ -231,17 +232,18 @@ class LevelLoop:
         done = self._load_partial(task.level, task.jobs)
         pending = [job for job in task.jobs if job.index not in done]
         for index in done:
-            self.display.particle_progress(index, self.schedule.total)
+            self.events.emit(ParticleProgress(task.level, index, self.schedule.total))
         if done:
-            self.display.info(f"level {task.level}: {len(done)} particle(s) trained before the "
+            self.events.info(f"level {task.level}: {len(done)} particle(s) trained before the "
                               f"stop are kept; training {len(pending)}")
         trained: dict[int, ParticleResult] = {}
         if pending:
             todo = LevelTask(task.level, task.start_state, task.mask, task.start_step, pending,
                              on_particle_done=self._save_partial,
                              level_particles=len(task.jobs))
-            results = self.engine.train_particles(todo, self.ctx,
-                                                  self.display.particle_progress)
+            results = self.engine.train_particles(
+                todo, self.ctx,
+                lambda index, it: self.events.emit(ParticleProgress(task.level, index, it)))
             trained = {job.index: r for job, r in zip(pending, results)}
         return [done[j.index] if j.index in done else trained[j.index] for j in task.jobs]
 
@@ -256,7 +258,7 @@ class LevelLoop:
         task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
                          self._jobs(level))
         t0 = time.perf_counter()
-        self.display.level_started(level, len(task.jobs), task.start_step, self.schedule.total)
+        self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
         results = self._train(task)
         decisions = getattr(self.engine, "decisions", None)
         if decisions and (not self.store.engine_path.is_file()
@@ -349,6 +351,10 @@ class LevelLoop:
                 return RunResult(self.store.root, s, self.engine.serve(self.ctx))
             finally:
                 self.engine.close()   # leave the process group together with rank 0
+        self.events.emit(RunStarted(
+            self.store.root, s.method.method, s.model.model, s.data.dataset, s.method.particles,
+            s.prune.levels, s.prune.prune_fraction, str(self.device),
+            getattr(self.engine, "description", self.engine.name)))
         if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another --run-dir")
@@ -368,10 +374,10 @@ class LevelLoop:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop
             for level in finished:           # a stop between metrics.json and the clean-up
                 self.store.remove_partial(level)
-            self.display.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
+            self.events.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
                               f"finished")
             for row in rows:
-                self.display.level_finished(row)
+                self.events.emit(LevelFinished(row))
             last = finished[-1]
             mask = Mask.load(self.store.mask_path(last), self.device)
             solution = load_state(self.store.solution_path(last), self.device)
@@ -385,20 +391,20 @@ class LevelLoop:
                 start = self.plan.start_state(rewind, solution)   # sms: the previous solution
                 row, solution = self.run_level(level, start, mask)
                 rows.append(row)
-                self.display.level_finished(row)
+                self.events.emit(LevelFinished(row))
                 if level < self.plan.levels:
                     mask = self.next_mask(level, solution, mask)
         finally:
-            self.display.close()
             close = getattr(self.engine, "close", None)
             if close is not None:      # stops distributed ranks and processes it started
                 close(rows)
+        self.events.emit(RunFinished(self.store.root, rows))
         return RunResult(self.store.root, s, rows)
 
 
 def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         data: DataBundle | None = None, run_dir: str | Path | None = None,
-        display: RunDisplay | None = None) -> RunResult:
+        events: Events | None = None) -> RunResult:
     """Run (or resume) a pruning study. `model` and `data` replace the built-in ones."""
     settings = settings or Settings()
     if model is not None and settings.model.model == "conv1d":
@@ -407,4 +413,4 @@ def run(settings: Settings | None = None, *, model: nn.Module | None = None,
     if data is not None and settings.data.dataset == "mnist1d":
         settings = copy.deepcopy(settings)
         settings.data.dataset = data.name
-    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, display=display).run()
+    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, events=events).run()

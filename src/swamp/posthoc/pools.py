@@ -28,7 +28,7 @@ from swamp.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.masks import Mask
-from swamp.posthoc.runs import (POSTHOC_FILE, LoadedRun, check_out_dir, load_run,
+from swamp.posthoc.runs import (LoadedRun, check_out_dir, load_run,
                                 read_settings)
 from swamp.pruning import keep_top, score
 from swamp.store import RunStore, read_json, save_state, write_json
@@ -103,14 +103,14 @@ def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
         _check_validation_split(Path(run), read_settings(run)[0].data.val_fraction)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
     _check_validation_split(loaded.root, len(loaded.data.val))
-    root = Path(out) if out is not None else loaded.root.with_name(loaded.root.name + "-pools")
+    root = Path(out) if out is not None else loaded.store.pools_root
     check_out_dir(root)
     if root.resolve() == loaded.root.resolve():
         raise SwampError("--out must differ from the run directory")
     record = {"method": "lottery-pools", "source": str(loaded.root), "window": window,
               "grid": [float(c) for c in grid], "source_method": loaded.label}
     store = RunStore(root)
-    marker = root / POSTHOC_FILE
+    marker = store.posthoc_path
     if marker.is_file():
         old = read_json(marker)
         keys = ("window", "grid")

@@ -24,7 +24,6 @@ from swamp.masks import Mask
 from swamp.store import RunStore, load_state, read_json
 
 StateDict = dict[str, torch.Tensor]
-POSTHOC_FILE = "posthoc.json"
 
 
 def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
@@ -40,8 +39,7 @@ def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
         settings = Settings.from_dict(read_json(store.settings_path), str(store.settings_path))
     except AttributeError:
         raise SwampError(f"{store.settings_path} is not a swamp settings file") from None
-    posthoc = root / POSTHOC_FILE
-    return settings, (read_json(posthoc) if posthoc.is_file() else {})
+    return settings, (read_json(store.posthoc_path) if store.posthoc_path.is_file() else {})
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:

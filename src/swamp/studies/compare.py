@@ -22,10 +22,11 @@ from __future__ import annotations
 import copy
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from swamp.config import METHODS, MethodSettings, Settings, method_spec
 from swamp.errors import SwampError
+from swamp.events import Events
 
 PSEUDO_METHODS = {
     "lottery-pools": "Lottery Pools over each seed's imp run (post-hoc, no training)",
@@ -88,14 +89,19 @@ def ensemble_pairs(seeds: Sequence[int]) -> list[tuple[int, int]]:
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
-            display_for: Callable[[str], object] | None = None,
-            info: Callable[[str], None] = lambda msg: None) -> Path:
-    """Run what is missing, then write summary.csv, the plot and report.md into `out`."""
+            events: Events | None = None) -> Path:
+    """Run what is missing, then write summary.csv, the plot and report.md into `out`.
+
+    Every run reports on `events`, and so does compare itself (Info events)."""
     from swamp.loop import LevelLoop, resolve_device
     from swamp.posthoc.ensemble import ensemble_runs
     from swamp.posthoc.pools import lottery_pools
     from swamp.posthoc.runs import check_out_dir
-    from swamp.report import build_report
+    from swamp.store import RunStore
+    from swamp.studies.report import build_report
+
+    events = events or Events()
+    info = events.info
 
     check_methods(methods)
     if not seeds:
@@ -120,8 +126,7 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     total = len(settings)
     for k, ((m, seed), s) in enumerate(settings.items(), 1):
         info(f"[{k}/{total}] {m}, seed {seed}: {run_dirs[(m, seed)]}")
-        display = display_for(m) if display_for is not None else None
-        LevelLoop(s, run_dir=run_dirs[(m, seed)], display=display).run()  # type: ignore[arg-type]
+        LevelLoop(s, run_dir=run_dirs[(m, seed)], events=events).run()
 
     report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
     device = str(resolve_device(base.run.device))
@@ -129,13 +134,13 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
         for seed in seeds:
             src = run_dirs[("imp", seed)]
             info(f"lottery pools over {src}")
-            report_dirs.append(lottery_pools(src, src.with_name(src.name + "-pools"),
+            report_dirs.append(lottery_pools(src, RunStore(src).pools_root,
                                              device=device))
     if "imp-ensemble" in methods:
         for seed, other in ensemble_pairs(seeds):
             a, b = run_dirs[("imp", seed)], run_dirs[("imp", other)]
             target = runs_root / f"imp-ensemble-{a.name}-{b.name}"
-            if not (target / "metrics.csv").is_file():
+            if not RunStore(target).metrics_csv.is_file():
                 info(f"ensemble of {a.name} and {b.name}")
                 ensemble_runs([a, b], target, label="imp-ensemble", device=device)
             report_dirs.append(target)
