@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from swamp.app.cli import main
 from swamp.config import Settings
-from swamp.distributed import start_local
+from swamp.local_ranks import start_local
 from swamp.engines import LevelTask, ParticleJob, SequentialEngine
 from swamp.engines.distributed import DistributedEngine
 from swamp.errors import SwampError

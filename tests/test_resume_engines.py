@@ -115,7 +115,7 @@ def _api_inputs(shift=0, hidden=16):
 def test_the_python_api_never_reuses_a_run_of_another_model_or_data(tmp_path):
     from swamp.config import Settings
     from swamp.errors import SwampError
-    from swamp.posthoc.runs import load_run
+    from swamp.reader import load_run
 
     settings = Settings.from_dict({"levels": 1, "epochs": 2, "particles": 2, "batch_size": 50,
                                    "device": "cpu", "rewind_epochs": 0, "out": str(tmp_path)})
@@ -141,7 +141,7 @@ def test_the_python_api_never_reuses_a_run_of_another_model_or_data(tmp_path):
 
 def test_a_file_damaged_after_it_was_written_is_found_on_resume(tiny):
     from swamp.errors import SwampError
-    from swamp.posthoc.runs import load_run
+    from swamp.reader import load_run
 
     settings = tiny(levels=2)
     store = RunStore(run(settings).run_dir)

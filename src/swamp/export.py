@@ -31,7 +31,8 @@ from safetensors import SafetensorError, safe_open
 
 from swamp.errors import SwampError
 from swamp.masks import Mask
-from swamp.store import RunStore, load_state, read_json, save_state
+from swamp.reader import RunReader
+from swamp.store import RunStore, read_json, save_state
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
@@ -157,16 +158,13 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
                          f"directory made by `swamp run` or `swamp lottery-pools`")
     if dtype not in DTYPES:
         raise SwampError(f"unknown --dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    reader = RunReader(root)   # checks the files' checksums
     level = choose_level(store, level, max_val_drop)
     path = Path(out) if out is not None else store.export_path(level)
     if path.exists() and not _is_export(path):
         raise SwampError(f"{path} exists and is not a swamp export; choose another --out")
-    fix = f"delete {store.level_dir(level)} and every later level folder"
-    for source in (store.solution_path(level), store.mask_path(level)):
-        if source.is_file():
-            store.verify_file(source, fix)
-    solution = load_state(store.solution_path(level))
-    mask = Mask.load(store.mask_path(level))
+    solution = reader.solution(level)
+    mask = reader.mask(level)
     missing = [n for n in mask if n not in solution]
     if missing:
         raise SwampError(f"{store.mask_path(level)} does not match the level's solution "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from swamp.assemble import resolve_device
 from swamp.averaging import recompute_batchnorm
 from swamp.config import UNHASHED, Settings
 from swamp.data import DataBundle, load_dataset
@@ -47,23 +48,6 @@ class RunResult:
 
     def mask(self, level: int) -> Mask:
         return Mask.load(RunStore(self.run_dir).mask_path(level))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SwampError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SwampError(f"device '{name}' was asked for but CUDA is not available here; "
-                         f"use --device cpu")
-    return device
 
 
 def _comparable(settings_dict: dict[str, Any]) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class AutoEngine:
 
     # ---- the choice ---------------------------------------------------------------------
     def _start_processes(self, k: int, threads: int, ctx: TrainContext) -> Any:
-        from swamp.distributed import start_local
+        from swamp.local_ranks import start_local
         from swamp.engines.distributed import DistributedEngine
 
         group = start_local(k, ctx, ctx.model_device, threads)

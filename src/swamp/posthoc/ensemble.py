@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
-from swamp.posthoc.runs import (check_out_dir, check_same_task, load_run,
-                                read_settings)
+from swamp.posthoc.runs import check_out_dir, check_same_task
+from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, atomic_write_bytes, read_json, write_json
 
 COLUMNS = ["level", "density", "sparsity", "target_density", "test_acc", "test_nll",
@@ -47,7 +47,7 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
     if len({p.resolve() for p in paths}) != len(paths):
         raise SwampError("the same run was passed twice; pass different runs")
     check_same_task([(p, read_settings(p)[0]) for p in paths], "ensemble")
-    runs = [load_run(p, device=device) for p in paths]
+    runs = [RunReader(p, device=device) for p in paths]
     first = runs[0]
     for r in runs[1:]:
         if (r.data.test.y.shape != first.data.test.y.shape

@@ -28,9 +28,9 @@ from swamp.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.masks import Mask
-from swamp.posthoc.runs import (LoadedRun, check_out_dir, load_run,
-                                read_settings)
+from swamp.posthoc.runs import check_out_dir
 from swamp.pruning import keep_top, score
+from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, read_json, save_state, write_json
 from swamp.training import clone_state
 
@@ -89,7 +89,7 @@ def _check_validation_split(root: Path, size: float) -> None:
                          f"select on it; use a run made with --val-fraction > 0")
 
 
-def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
+def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
                   window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
                   device: str = "cpu") -> Path:
     """Pool every finished level of `run` into `out` (default `<run>-pools`); resumable."""
@@ -99,9 +99,9 @@ def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
         raise SwampError(f"--grid coefficients must lie in (0, 1) (got {list(grid)})")
     if out is not None:
         check_out_dir(out)
-    if not isinstance(run, LoadedRun):
+    if not isinstance(run, RunReader):
         _check_validation_split(Path(run), read_settings(run)[0].data.val_fraction)
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    loaded = run if isinstance(run, RunReader) else RunReader(run, device=device)
     _check_validation_split(loaded.root, len(loaded.data.val))
     root = Path(out) if out is not None else loaded.store.pools_root
     check_out_dir(root)

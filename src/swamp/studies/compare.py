@@ -93,7 +93,8 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     """Run what is missing, then write summary.csv, the plot and report.md into `out`.
 
     Every run reports on `events`, and so does compare itself (Info events)."""
-    from swamp.loop import LevelLoop, resolve_device
+    from swamp.assemble import resolve_device
+    from swamp.loop import LevelLoop
     from swamp.posthoc.ensemble import ensemble_runs
     from swamp.posthoc.pools import lottery_pools
     from swamp.posthoc.runs import check_out_dir

@@ -84,7 +84,8 @@ def _float(v: str | None, csv_path: Path, column: str, line: int) -> float:
 
 
 def read_result(path: str | Path) -> Result:
-    from swamp.posthoc.runs import method_label, read_settings
+    from swamp.posthoc.runs import method_label
+    from swamp.reader import read_settings
 
     root = Path(path)
     settings, posthoc = read_settings(root)
