@@ -148,7 +148,7 @@ def join_from_env(device: torch.device) -> Group:
     import torch.distributed as dist
 
     if not dist.is_available():
-        raise SwampError("this PyTorch build has no torch.distributed; use --engine sequential")
+        raise SwampError("this PyTorch build has no torch.distributed; use `engine` sequential")
     owns = False
     if not dist.is_initialized():
         try:

@@ -32,7 +32,7 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int) ->
 
     if dist.is_initialized():
         raise SwampError("a torch.distributed process group already exists in this process; "
-                         "start the ranks with torchrun instead of --processes")
+                         "start the ranks with torchrun instead of `processes`")
     store = dist.TCPStore("127.0.0.1", 0, processes, is_master=True, wait_for_workers=False,
                           timeout=timeout())
     # Children inherit the environment: the allocator thresholds take effect at their start.
@@ -47,7 +47,7 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int) ->
             nprocs=processes - 1, join=False, daemon=True, start_method="spawn")
     except Exception as exc:
         raise SwampError(f"could not start {processes - 1} training process(es) "
-                         f"({first_line(exc)}); use --processes 1") from None
+                         f"({first_line(exc)}); use `processes` 1") from None
     finally:
         for k, v in saved.items():
             if v is None:
@@ -67,7 +67,7 @@ def start_local(processes: int, ctx: Any, device: torch.device, threads: int) ->
                              f"define your model at module level (processes use spawn)")
         if time.monotonic() > deadline:
             group.close(kill=True)
-            raise SwampError("the training processes did not start in time; use --processes 1")
+            raise SwampError("the training processes did not start in time; use `processes` 1")
     dist.init_process_group("gloo", store=store, rank=0, world_size=processes,
                             timeout=timeout())
     make_subgroups(group)

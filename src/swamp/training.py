@@ -47,7 +47,7 @@ class Schedule:
         rewind = t.rewind_iters or int(round(t.rewind_epochs * spe))
         if rewind >= total:
             raise SwampError(f"the rewind point ({rewind} iterations) is not before the end of "
-                             f"training ({total} iterations); lower --rewind-epochs/--rewind-iters")
+                             f"training ({total} iterations); lower `rewind_epochs`/`rewind_iters`")
         # lr / 2: the SWA recipe of Izmailov et al. for ResNets and WRNs, and the best of
         # {lr/20, lr/5, lr/2} on MNIST-1D's validation split (benchmarks/results/swa_lr.md).
         swa_lr = t.swa_lr if t.swa_lr is not None else t.lr / 2
@@ -167,7 +167,7 @@ def train_steps(model: nn.Module, mask: Mask | None, train: Split, schedule: Sch
             last_loss = (epoch_loss / epoch_batches).item()
             if not math.isfinite(last_loss):
                 raise SwampError(f"{label}: the training loss became {last_loss} at iteration "
-                                 f"{done}; lower --lr or check the data")
+                                 f"{done}; lower `lr` or check the data")
             epoch_loss.zero_()
             epoch_batches = 0
         if average is not None and schedule.averages_after(step):

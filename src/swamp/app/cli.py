@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_options(parser: argparse.ArgumentParser, command: str | None) -> set[str]:
+    """The names (dests) of a sub-command's options, e.g. `max_val_drop` of export."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return {a.dest for a in action.choices[command]._actions if a.option_strings}
+    return set()
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from swamp.data import list_datasets
     from swamp.models import list_models
@@ -61,15 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tune_allocator()   # glibc thresholds: ~same effect as MALLOC_*_THRESHOLD_ (see cpu.py)
     parser = build_parser()
+    command = None
     try:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)   # reports quote the command
+        command = args.command
         if args.command is None:
             parser.print_help()
             return 2
         return args.handler(args)
     except SwampError as exc:   # the library names settings; the user typed flags
-        print(f"swamp: error: {render_error(str(exc))}", file=sys.stderr)
+        message = render_error(str(exc), command_options(parser, command))
+        print(f"swamp: error: {message}", file=sys.stderr)
         return 2
     except OSError as exc:   # a path that cannot be read or written: one line, not a traceback
         print(f"swamp: error: {exc}; check the path and its permissions", file=sys.stderr)

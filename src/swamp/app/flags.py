@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import MISSING, fields
+from typing import Iterable
 
 from swamp.config import SECTIONS, Settings, read_settings_file
 from swamp.presets import preset_values
@@ -18,10 +19,19 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def render_error(message: str) -> str:
-    """A library message for the command line: a setting quoted as `name` becomes its flag."""
-    return _QUOTED.sub(lambda m: flag(m.group(1)) if m.group(1) in SETTING_NAMES
-                       else m.group(0), message)
+def render_error(message: str, options: Iterable[str] = ()) -> str:
+    """A library message for the command line: a setting, or one of the command's `options`
+    (argument names of the library call behind it), quoted as `name` becomes its flag;
+    `no_name`, a setting switched off, becomes `--no-name`."""
+    names = SETTING_NAMES | set(options)
+
+    def replace(match: re.Match) -> str:
+        name = match.group(1)
+        if name in names or (name.startswith("no_") and name[3:] in SETTING_NAMES):
+            return flag(name)
+        return match.group(0)
+
+    return _QUOTED.sub(replace, message)
 
 
 def _flag_type(kind: str):

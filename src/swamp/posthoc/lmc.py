@@ -41,11 +41,11 @@ def connectivity(run: str | Path | RunReader, *, level: int | None = None,
     finished level) or the solutions of two levels (`levels`). With `out`, writes
     `connectivity.csv`, `connectivity.json` and `connectivity.png` there."""
     if points < 2:
-        raise SwampError(f"--points must be at least 2 (got {points})")
+        raise SwampError(f"`points` must be at least 2 (got {points})")
     if out is not None:
         check_out_dir(out)
     if particles is not None and levels is not None:
-        raise SwampError("give --particles I J (within one level) or --levels A B, not both")
+        raise SwampError("give `particles` I J (within one level) or `levels` A B, not both")
     loaded = run if isinstance(run, RunReader) else RunReader(run, device=device)
     if levels is not None:
         for lv in levels:

@@ -10,14 +10,14 @@ from swamp.config import Settings
 from swamp.errors import SwampError
 
 
-def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+def check_out_dir(path: str | Path, what: str = "`out`") -> Path:
     """`path` as a directory to write into: refused in one line if it, or the first of its
     parents that exists, is a file (mkdir would raise FileExistsError/NotADirectoryError)."""
     root = Path(path)
     for p in (root, *root.parents):
         if p.exists():
             if not p.is_dir():
-                raise SwampError(f"{p} is a file; {flag} needs a directory")
+                raise SwampError(f"{p} is a file; {what} needs a directory")
             break
     return root
 

@@ -37,7 +37,7 @@ PSEUDO_METHODS = {
 def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise SwampError(f"--{what} is empty; give a comma-separated list")
+        raise SwampError(f"`{what}` is empty; give a comma-separated list")
     return items
 
 
@@ -47,7 +47,7 @@ def check_methods(methods: Sequence[str]) -> None:
             raise SwampError(f"unknown method '{m}'; known: "
                              f"{', '.join([*METHODS, *PSEUDO_METHODS])}")
     if len(set(methods)) != len(methods):
-        raise SwampError("a method is listed twice in --methods; list each once")
+        raise SwampError("a method is listed twice in `methods`; list each once")
 
 
 def method_settings(base: Settings, method: str, seed: int) -> Settings:
@@ -55,7 +55,7 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
 
     `--swa/--no-swa` is refused rather than reset: each method defines it."""
     if base.method.swa is not None:
-        raise SwampError(f"compare: --{'' if base.method.swa else 'no-'}swa does not apply; "
+        raise SwampError(f"compare: `{'' if base.method.swa else 'no_'}swa` does not apply; "
                          f"each method defines SWA (imp-swa, swamp and swamp+ use it), so "
                          f"leave it out")
     s = copy.deepcopy(base)
@@ -106,17 +106,17 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
 
     check_methods(methods)
     if not seeds:
-        raise SwampError("--seeds is empty; give e.g. --seeds 0,1,2")
+        raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
     if len(set(seeds)) != len(seeds):
-        raise SwampError("a seed is listed twice in --seeds; list each once")
+        raise SwampError("a seed is listed twice in `seeds`; list each once")
     if "imp-ensemble" in methods and len(seeds) < 2:
         raise SwampError("imp-ensemble pairs imp runs of different seeds; give at least two "
-                         "--seeds")
+                         "`seeds`")
     if "lottery-pools" in methods and base.data.val_fraction == 0:
-        raise SwampError("lottery-pools selects on the validation split and --val-fraction 0 "
-                         "leaves none; use --val-fraction > 0 or leave lottery-pools out")
+        raise SwampError("lottery-pools selects on the validation split and `val_fraction` 0 "
+                         "leaves none; use `val_fraction` > 0 or leave lottery-pools out")
     out = check_out_dir(out)
-    runs_root = (check_out_dir(runs_dir, "--runs-dir") if runs_dir is not None
+    runs_root = (check_out_dir(runs_dir, "`runs_dir`") if runs_dir is not None
                  else check_out_dir(out / "runs"))
     trained = [m for m in methods if m in METHODS]
     if any(m in PSEUDO_METHODS for m in methods) and "imp" not in trained:
