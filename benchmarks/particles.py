@@ -219,7 +219,7 @@ def child(args: argparse.Namespace) -> None:
                 if dist_engine is None and auto._distributed is not None:
                     dist_engine = auto._distributed        # 2 processes x 1 thread as well
                 if dist_engine is None:
-                    from swamp.distributed import start_local
+                    from swamp.local_ranks import start_local
                     from swamp.engines.distributed import DistributedEngine
 
                     t0 = time.perf_counter()
