@@ -310,7 +310,7 @@ class LevelLoop:
                 written.append(self.store.particle_path(level, i))
                 save_state(written[-1], state)
         if self.plan.combines_masks and level < self.plan.levels:
-            written.append(self.store.level_dir(level) / "next_mask.safetensors")
+            written.append(self.store.next_mask_path(level))
             following.save(written[-1])
         self.store.record_checksums(*written)
         write_json(self.store.level_metrics_path(level), details)
@@ -322,7 +322,7 @@ class LevelLoop:
         """The mask of level + 1 (methods.py: prune the solution, random, oneshot; colt and
         mask-vote saved the combination of their particles' masks with the level)."""
         if self.plan.combines_masks:
-            return Mask.load(self.store.level_dir(level) / "next_mask.safetensors", self.device)
+            return Mask.load(self.store.next_mask_path(level), self.device)
         return self.plan.next_mask(
             level, solution, mask, lambda: load_state(self.store.solution_path(0), self.device))
 
@@ -339,7 +339,7 @@ class LevelLoop:
             self.store.root, s.method.method, s.model.model, s.data.dataset, s.method.particles,
             s.prune.levels, s.prune.prune_fraction, str(self.device),
             getattr(self.engine, "description", self.engine.name)))
-        if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
+        if self.store.posthoc_path.is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another --run-dir")
         self.store.root.mkdir(parents=True, exist_ok=True)
