@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from swamp.cli import main
+from swamp.app.cli import main
 
 TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
         "--batch-size", "50", "--levels", "1", "--particles", "2", "--device", "cpu", "--rewind-epochs", "0"]

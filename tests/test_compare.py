@@ -4,8 +4,8 @@ import csv
 
 import pytest
 
-from swamp.cli import main
-from swamp.compare import compare, ensemble_pairs, method_settings
+from swamp.app.cli import main
+from swamp.studies.compare import compare, ensemble_pairs, method_settings
 from swamp.config import Settings
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop

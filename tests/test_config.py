@@ -52,11 +52,11 @@ def test_settings_files_sectioned_or_flat(tmp_path, suffix, text):
 
 
 @pytest.mark.parametrize("values,fragment", [
-    ({"particles": 0}, "--particles"),
-    ({"prune_fraction": 1.5}, "--prune-fraction"),
-    ({"prune_fraction": 0.0}, "--prune-fraction"),
+    ({"particles": 0}, "`particles`"),
+    ({"prune_fraction": 1.5}, "`prune_fraction`"),
+    ({"prune_fraction": 0.0}, "`prune_fraction`"),
     ({"swa_start": 1.2}, "after the end of training"),
-    ({"levels": -1}, "--levels"),
+    ({"levels": -1}, "`levels`"),
     ({"method": "magic"}, "unknown method"),
     ({"method": "imp", "particles": 3}, "one particle"),
     ({"rewind_epochs": 30}, "rewind"),
@@ -65,6 +65,30 @@ def test_settings_files_sectioned_or_flat(tmp_path, suffix, text):
 def test_impossible_settings_are_refused(values, fragment):
     with pytest.raises(SwampError, match=fragment):
         Settings.from_dict(values).resolved()
+
+
+def test_errors_name_settings_and_the_command_line_names_flags(tmp_path, capsys):
+    """The library names a setting as Python spells it; `swamp` shows the user's flag."""
+    from swamp.app.cli import main
+
+    with pytest.raises(SwampError, match=r"^`prune_fraction` must be in \(0, 1\) \(got 1\.5\)$"):
+        Settings.from_dict({"prune_fraction": 1.5}).resolved()
+    assert main(["run", "--prune-fraction", "1.5", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "swamp: error: --prune-fraction must be in (0, 1) (got 1.5)\n"
+    # other quoted words stay as they are
+    assert main(["export", str(tmp_path)]) == 2
+    assert "`swamp run`" in capsys.readouterr().err
+
+
+def test_render_error_maps_settings_and_the_given_options_only():
+    from swamp.app.flags import render_error
+
+    message = "`max_val_drop` and `swa_lr` differ from `swamp run`, `no_swa` and `no_thing`"
+    assert render_error(message, {"max_val_drop"}) == \
+        "--max-val-drop and --swa-lr differ from `swamp run`, --no-swa and `no_thing`"
+    assert render_error(message) == \
+        "`max_val_drop` and --swa-lr differ from `swamp run`, --no-swa and `no_thing`"
 
 
 def test_unknown_and_mistyped_keys(tmp_path):

@@ -399,7 +399,7 @@ def test_labels_out_of_range_are_refused(tmp_path):
 
 def test_size_beyond_the_available_data_is_an_error(tmp_path):
     with pytest.raises(SwampError, match="digits has 1438 training examples; size "
-                                         r"\(--data-size\) 5000 is more than that"):
+                                         r"\(`data_size`\) 5000 is more than that"):
         load_dataset("digits", size=5000)
     assert len(load_dataset("digits", size=1438, val_fraction=0.0).train) == 1438
     _write_idx(tmp_path, gz=False)  # 10 training images
@@ -427,7 +427,7 @@ def test_data_larger_than_free_cuda_memory_is_refused(monkeypatch):
                  for s in (b.train, b.val, b.test) for t in (s.x, s.y))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (nbytes - 1, 10 ** 10))
-    with pytest.raises(SwampError, match=r"synthetic data takes 0\.00 GB but cuda has only .*--data-size") as e:
+    with pytest.raises(SwampError, match=r"synthetic data takes 0\.00 GB but cuda has only .*`data_size`") as e:
         b.to("cuda")  # refused before any copy is attempted
     assert "\n" not in str(e.value)
     bundle.check_fits_on_device("x", nbytes - 1, "cuda:0")  # fits: no error

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.config import Settings
 from swamp.engines.processes import start_processes
 from swamp.engines import LevelTask, ParticleJob, SequentialEngine

@@ -167,9 +167,9 @@ def test_engine_settings_are_checked_and_not_hashed(tiny):
         assert tiny(**kw).run_hash() == base.run_hash()
     with pytest.raises(SwampError, match="unknown engine"):
         tiny(engine="magic").resolved()
-    with pytest.raises(SwampError, match="--processes 2 trains in several processes"):
+    with pytest.raises(SwampError, match="`processes` 2 trains in several processes"):
         tiny(engine="sequential", processes=2).resolved()
-    with pytest.raises(SwampError, match="--threads"):
+    with pytest.raises(SwampError, match="`threads`"):
         tiny(threads=-1).resolved()
     with pytest.raises(SwampError, match="unknown engine"):
         make_engine("magic")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import swamp
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.export import _encode, choose_level, export_level, load_exported
 from swamp.loop import run
 from swamp.core.masks import Mask

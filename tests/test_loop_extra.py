@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
 from swamp.core.masks import Mask

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_settings
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
 from swamp.loop import run
@@ -196,7 +196,7 @@ def test_lottery_pools_refuse_a_run_without_a_validation_split(runs, tmp_path, c
 def test_posthoc_out_on_a_file_is_one_clear_line(runs, tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("mine")
-    message = f"{target} is a file; --out needs a directory"
+    message = f"{target} is a file; `out` needs a directory"   # the CLI: --out
     for call in (lambda: lottery_pools(runs["imp"][0], target),
                  lambda: ensemble_runs(runs["imp"], target),
                  lambda: connectivity(runs["swamp"], points=2, out=target / "sub")):

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from swamp.cli import build_parser, main, settings_from_args
+from swamp.app.cli import build_parser, main
+from swamp.app.flags import settings_from_args
 from swamp.config import Settings, TrainSettings
 from swamp.errors import SwampError
 from swamp.presets import PRESETS

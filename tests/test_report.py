@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from swamp.cli import main
+from swamp.app.cli import main
 from swamp.config import Settings
 from swamp.errors import SwampError
-from swamp.report import build_report
+from swamp.studies.report import build_report
 
 HEADER = "level,density,sparsity,target_density,test_acc,test_nll\n"
 
@@ -157,6 +157,6 @@ def test_report_out_on_a_file_is_refused(tmp_path):
     target = tmp_path / "file.md"
     target.write_text("mine")
     for out in (target, target / "sub"):
-        with pytest.raises(SwampError, match=f"{target} is a file; --out needs a directory"):
+        with pytest.raises(SwampError, match=f"{target} is a file; `out` needs a directory"):
             build_report([run], out)
     assert target.read_text() == "mine"

@@ -8,8 +8,9 @@ import pytest
 import torch
 from rich.console import Console
 
-from swamp.cli import main
-from swamp.display import RunDisplay
+from swamp.app.cli import main
+from swamp.app.display import RunDisplay
+from swamp.events import Events
 from swamp.loop import LevelLoop, run
 from swamp.store import RunStore, read_json, write_json
 
@@ -68,7 +69,9 @@ def test_progress_counts_the_steps_of_the_level_from_the_rewind_point(tiny):
             super().particle_progress(index, iteration)
 
     console = Console(record=True, force_terminal=False, width=120)
-    loop = LevelLoop(tiny(levels=1, rewind_epochs=1.0, epochs=3), display=Recorder(console))
+    events = Events()
+    events.subscribe(Recorder(console))
+    loop = LevelLoop(tiny(levels=1, rewind_epochs=1.0, epochs=3), events=events)
     loop.run()
     assert loop.schedule.rewind > 0
     (total,) = {total for _, _, total in seen}
@@ -112,7 +115,7 @@ def _api_inputs(shift=0, hidden=16):
 def test_the_python_api_never_reuses_a_run_of_another_model_or_data(tmp_path):
     from swamp.config import Settings
     from swamp.errors import SwampError
-    from swamp.posthoc.runs import load_run
+    from swamp.reader import load_run
 
     settings = Settings.from_dict({"levels": 1, "epochs": 2, "particles": 2, "batch_size": 50,
                                    "device": "cpu", "rewind_epochs": 0, "out": str(tmp_path)})
@@ -138,7 +141,7 @@ def test_the_python_api_never_reuses_a_run_of_another_model_or_data(tmp_path):
 
 def test_a_file_damaged_after_it_was_written_is_found_on_resume(tiny):
     from swamp.errors import SwampError
-    from swamp.posthoc.runs import load_run
+    from swamp.reader import load_run
 
     settings = tiny(levels=2)
     store = RunStore(run(settings).run_dir)

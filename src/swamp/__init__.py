@@ -4,13 +4,14 @@ iterative magnitude pruning methods, on PyTorch.
     import swamp
     result = swamp.run(swamp.Settings())            # SWAMP on MNIST-1D
     result = swamp.run(settings, model=my_module, data=swamp.from_tensors(train, test))
+    events = swamp.Events(); events.subscribe(print); swamp.run(settings, events=events)
 """
 
 from swamp.config import Settings
 from swamp.errors import SwampError
 
 __version__ = "0.1.0"
-__all__ = ["Settings", "SwampError", "run", "from_tensors", "load_exported", "__version__"]
+__all__ = ["Settings", "SwampError", "Events", "run", "from_tensors", "load_exported", "__version__"]
 
 
 def __getattr__(name: str):
@@ -19,6 +20,10 @@ def __getattr__(name: str):
         from swamp.loop import run
 
         return run
+    if name == "Events":
+        from swamp.events import Events
+
+        return Events
     if name == "from_tensors":
         from swamp.data import from_tensors
 

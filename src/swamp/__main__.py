@@ -1,5 +1,5 @@
 import sys
 
-from swamp.cli import main
+from swamp.app.cli import main
 
 sys.exit(main())

@@ -16,6 +16,7 @@ from swamp.config import Settings
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle, load_dataset
 from swamp.engines.base import TrainContext
+from swamp.errors import SwampError
 from swamp.models import build_model
 from swamp.train import CrossEntropy, Objective, Schedule
 
@@ -58,3 +59,19 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
     prepare(ctx)
     return ctx
+def resolve_device(name: str) -> torch.device:
+    """The torch device the `device` setting names (auto: cuda, then mps, then cpu)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SwampError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SwampError(f"device '{name}' was asked for but CUDA is not available here; "
+                         f"use `device` cpu")
+    return device

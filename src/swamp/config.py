@@ -334,39 +334,39 @@ def validate(s: Settings) -> None:
     t, p, m = s.train, s.prune, s.method
     for _, name, value in s.items():   # NaN passes every comparison below: refuse it first
         if isinstance(value, float) and not math.isfinite(value):
-            raise SwampError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
+            raise SwampError(f"`{name}` must be a finite number (got {value})")
     spec = method_spec(m.method)
     checks = [
-        (s.run.seed < 0, f"--seed must be 0 or more (got {s.run.seed})"),
+        (s.run.seed < 0, f"`seed` must be 0 or more (got {s.run.seed})"),
         (m.particles is not None and m.particles < 1,
-         f"--particles must be at least 1 (got {m.particles})"),
+         f"`particles` must be at least 1 (got {m.particles})"),
         (spec.fixed_particles and m.particles != 1,
-         f"method {spec.name} trains one particle (got --particles {m.particles}); "
-         f"use --method imp-wa or swamp for several"),
+         f"method {spec.name} trains one particle (got `particles` {m.particles}); "
+         f"use `method` imp-wa or swamp for several"),
         (not 0.0 < p.prune_fraction < 1.0,
-         f"--prune-fraction must be in (0, 1) (got {p.prune_fraction})"),
-        (p.levels < 0, f"--levels must be 0 or more (got {p.levels})"),
-        (t.epochs < 1, f"--epochs must be at least 1 (got {t.epochs})"),
-        (t.batch_size < 1, f"--batch-size must be at least 1 (got {t.batch_size})"),
-        (t.lr <= 0, f"--lr must be positive (got {t.lr})"),
-        (t.swa_lr is not None and t.swa_lr < 0, f"--swa-lr must be >= 0 (got {t.swa_lr})"),
-        (t.weight_decay < 0, f"--weight-decay must be >= 0 (got {t.weight_decay})"),
-        (not 0.0 <= t.momentum < 1.0, f"--momentum must be in [0, 1) (got {t.momentum})"),
+         f"`prune_fraction` must be in (0, 1) (got {p.prune_fraction})"),
+        (p.levels < 0, f"`levels` must be 0 or more (got {p.levels})"),
+        (t.epochs < 1, f"`epochs` must be at least 1 (got {t.epochs})"),
+        (t.batch_size < 1, f"`batch_size` must be at least 1 (got {t.batch_size})"),
+        (t.lr <= 0, f"`lr` must be positive (got {t.lr})"),
+        (t.swa_lr is not None and t.swa_lr < 0, f"`swa_lr` must be >= 0 (got {t.swa_lr})"),
+        (t.weight_decay < 0, f"`weight_decay` must be >= 0 (got {t.weight_decay})"),
+        (not 0.0 <= t.momentum < 1.0, f"`momentum` must be in [0, 1) (got {t.momentum})"),
         (t.swa_start >= 1.0,
-         f"--swa-start {t.swa_start} starts SWA at or after the end of training; "
+         f"`swa_start` {t.swa_start} starts SWA at or after the end of training; "
          f"use a fraction in [0, 1)"),
-        (t.swa_start < 0, f"--swa-start must be in [0, 1) (got {t.swa_start})"),
-        (t.swa_freq < 0, f"--swa-freq must be >= 0 (got {t.swa_freq})"),
+        (t.swa_start < 0, f"`swa_start` must be in [0, 1) (got {t.swa_start})"),
+        (t.swa_freq < 0, f"`swa_freq` must be >= 0 (got {t.swa_freq})"),
         (t.precision not in ("fp32", "bf16", "fp16"),
-         f"unknown precision '{t.precision}'; use fp32, bf16 or fp16"),
+         f"unknown `precision` '{t.precision}'; use fp32, bf16 or fp16"),
         (t.clip_grad_norm is not None and t.clip_grad_norm <= 0,
-         f"--clip-grad-norm must be positive (got {t.clip_grad_norm})"),
+         f"`clip_grad_norm` must be positive (got {t.clip_grad_norm})"),
         (s.run.checkpoint_every < 0,
-         f"--checkpoint-every must be 0 or more (got {s.run.checkpoint_every})"),
+         f"`checkpoint_every` must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
         (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
-         f"--rewind-epochs {t.rewind_epochs} is not before the end of training "
-         f"(--epochs {t.epochs})"),
+         f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
+         f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
         (t.schedule not in ("cosine", "step", "constant"),
          f"unknown schedule '{t.schedule}'; use cosine, step or constant"),
@@ -375,15 +375,15 @@ def validate(s: Settings) -> None:
         (p.scope not in ("global", "layerwise"),
          f"unknown scope '{p.scope}'; use global or layerwise"),
         (not 0.0 <= s.data.val_fraction < 1.0,
-         f"--val-fraction must be in [0, 1) (got {s.data.val_fraction})"),
+         f"`val_fraction` must be in [0, 1) (got {s.data.val_fraction})"),
         (s.data.data_size is not None and s.data.data_size < 10,
-         f"--data-size must be at least 10 (got {s.data.data_size})"),
+         f"`data_size` must be at least 10 (got {s.data.data_size})"),
         (s.run.engine not in ENGINES,
          f"unknown engine '{s.run.engine}'; use one of: {', '.join(ENGINES)}"),
-        (s.run.processes < 0, f"--processes must be 0 (auto) or more (got {s.run.processes})"),
-        (s.run.threads < 0, f"--threads must be 0 (auto) or more (got {s.run.threads})"),
+        (s.run.processes < 0, f"`processes` must be 0 (auto) or more (got {s.run.processes})"),
+        (s.run.threads < 0, f"`threads` must be 0 (auto) or more (got {s.run.threads})"),
         (s.run.processes > 1 and s.run.engine in ("sequential", "vectorised"),
-         f"--processes {s.run.processes} trains in several processes; use --engine "
+         f"`processes` {s.run.processes} trains in several processes; use `engine` "
          f"distributed or auto, not {s.run.engine}"),
         *_method_checks(s, spec),
     ]

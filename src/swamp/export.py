@@ -31,7 +31,8 @@ from safetensors import SafetensorError, safe_open
 
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
-from swamp.store import RunStore, load_state, read_json, save_state
+from swamp.reader import RunReader
+from swamp.store import RunStore, read_json, save_state
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
@@ -76,7 +77,7 @@ def choose_level(store: RunStore, level: int | None = None,
     if not finished:
         raise SwampError(f"{store.root} has no finished level; run it first")
     if level is not None and max_val_drop is not None:
-        raise SwampError("give --level or --max-val-drop, not both")
+        raise SwampError("give `level` or `max_val_drop`, not both")
     if level is not None:
         if level not in finished:
             raise SwampError(f"level {level} of {store.root} is not finished (finished: "
@@ -85,13 +86,13 @@ def choose_level(store: RunStore, level: int | None = None,
     if max_val_drop is None:
         return finished[-1]
     if not 0 <= max_val_drop < 1:
-        raise SwampError(f"--max-val-drop is a fraction of accuracy in [0, 1), e.g. 0.01 for "
+        raise SwampError(f"`max_val_drop` is a fraction of accuracy in [0, 1), e.g. 0.01 for "
                          f"one point (got {max_val_drop})")
     rows = store.level_metrics()
     dense = rows[0].get("val_acc")
     if dense is None:
         raise SwampError(f"{store.root} has no validation accuracy (made with val_fraction 0?); "
-                         f"choose a level with --level")
+                         f"choose a level with `level`")
     ok = [r["level"] for r in rows
           if r.get("val_acc") is not None and r["val_acc"] >= dense - max_val_drop - 1e-12]
     return max(ok, key=lambda lv: (1.0 - rows[lv]["density"], lv))
@@ -137,8 +138,7 @@ def _decode(name: str, info: dict[str, Any], f: Any) -> tuple[torch.Tensor, torc
 def _provenance(store: RunStore, level: int) -> dict[str, Any]:
     settings = read_json(store.settings_path) if store.settings_path.is_file() else {}
     row = read_json(store.level_metrics_path(level))
-    posthoc = store.root / "posthoc.json"
-    method = (read_json(posthoc).get("method") if posthoc.is_file()
+    method = (read_json(store.posthoc_path).get("method") if store.posthoc_path.is_file()
               else settings.get("method", {}).get("method"))
     keys = ("density", "sparsity", "test_acc", "test_nll", "val_acc", "val_nll")
     return {"run": str(store.root), "level": level, "method": method,
@@ -157,17 +157,14 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
         raise SwampError(f"{root} is not a swamp run directory (no settings.json); pass a "
                          f"directory made by `swamp run` or `swamp lottery-pools`")
     if dtype not in DTYPES:
-        raise SwampError(f"unknown --dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+        raise SwampError(f"unknown `dtype` '{dtype}'; choose one of {', '.join(DTYPES)}")
+    reader = RunReader(root)   # checks the files' checksums
     level = choose_level(store, level, max_val_drop)
-    path = Path(out) if out is not None else root / "exports" / f"level_{level}.safetensors"
+    path = Path(out) if out is not None else store.export_path(level)
     if path.exists() and not _is_export(path):
-        raise SwampError(f"{path} exists and is not a swamp export; choose another --out")
-    fix = f"delete {store.level_dir(level)} and every later level folder"
-    for source in (store.solution_path(level), store.mask_path(level)):
-        if source.is_file():
-            store.verify_file(source, fix)
-    solution = load_state(store.solution_path(level))
-    mask = Mask.load(store.mask_path(level))
+        raise SwampError(f"{path} exists and is not a swamp export; choose another `out`")
+    solution = reader.solution(level)
+    mask = reader.mask(level)
     missing = [n for n in mask if n not in solution]
     if missing:
         raise SwampError(f"{store.mask_path(level)} does not match the level's solution "

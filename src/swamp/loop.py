@@ -18,16 +18,16 @@ import torch
 from torch import nn
 
 from swamp import world
-from swamp.assemble import build_context
+from swamp.assemble import build_context, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
 from swamp.core.masks import Mask, select_prunable
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle
-from swamp.display import RunDisplay
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
-from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
+from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
+                           RunFinished, RunStarted)
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import MethodPlan
@@ -56,23 +56,6 @@ class RunResult:
         return Mask.load(RunStore(self.run_dir).mask_path(level))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SwampError(f"unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SwampError(f"device '{name}' was asked for but CUDA is not available here; "
-                         f"use --device cpu")
-    return device
-
-
 def _comparable(settings_dict: dict[str, Any]) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in settings_dict.items() for k, v in sec.items()
             if k not in UNHASHED}
@@ -91,7 +74,7 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             saved = read_json(store.settings_path)
         except SwampError:   # not recomputable: the settings are what the run is checked by
             raise SwampError(f"{store.settings_path} is corrupted, so this run cannot be "
-                             f"resumed; restore the file or use another --out") from None
+                             f"resumed; restore the file or use another `out`") from None
         mine = _comparable(settings.to_dict())
         try:
             theirs = _comparable(saved)
@@ -101,7 +84,7 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
         if diff:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff[:3])
             raise SwampError(f"{root} holds a run with different settings ({shown}); "
-                             f"use another --out or the run's own settings")
+                             f"use another `out` or the run's own settings")
         saved_inputs = read_json(store.inputs_path) if store.inputs_path.is_file() else {}
         changed = differences(saved_inputs, inputs)
         if changed:
@@ -112,7 +95,7 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
                                and not is_temporary(p) for p in root.iterdir()):
         # (inputs.json alone, or the temporary file of an interrupted write: a run that
         # stopped before its settings were written)
-        raise SwampError(f"{root} exists and is not a swamp run directory; choose another --out")
+        raise SwampError(f"{root} exists and is not a swamp run directory; choose another `out`")
     return store
 
 
@@ -121,10 +104,10 @@ class LevelLoop:
 
     def __init__(self, settings: Settings, *, model: nn.Module | None = None,
                  data: DataBundle | None = None, run_dir: str | Path | None = None,
-                 display: RunDisplay | None = None, engine: Engine | None = None,
+                 events: Events | None = None, engine: Engine | None = None,
                  objective: Objective | None = None):
         self.settings = settings.resolved()
-        self.display = display or RunDisplay(quiet=True)
+        self.events = events or Events()   # no subscriber: the run is silent
         # under torchrun, `cuda` is this rank's GPU
         self.device = engine_device(self.settings.run.engine,
                                     resolve_device(self.settings.run.device))
@@ -151,7 +134,7 @@ class LevelLoop:
             recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
                         else None)
             particles = [len(self._jobs(lv)) for lv in range(first_level, self.plan.levels + 1)]
-            self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
+            self.engine = make_engine(s.run.engine, self.ctx, s, info=self.events.info,
                                       recorded=recorded, particles=particles)
         return self.engine
 
@@ -177,7 +160,7 @@ class LevelLoop:
             wanted = tuple(mine[k].shape) if k in mine else "no such tensor"
             raise SwampError(f"{self.store.init_path} does not fit the model built now ({k}: "
                              f"{found} in the file, {wanted} in the model), e.g. it was made by "
-                             f"an earlier swamp version; use another --out")
+                             f"an earlier swamp version; use another `out`")
 
     def _rewind_state(self, init: StateDict) -> StateDict:
         """Weights at T0: the dense network trained T0 iterations (T0 = 0: init)."""
@@ -188,7 +171,7 @@ class LevelLoop:
         if self.schedule.rewind == 0:
             state = init
         else:
-            self.display.info(f"training the dense network to the rewind point "
+            self.events.info(f"training the dense network to the rewind point "
                               f"({self.schedule.rewind} iterations)")
             s = self.settings
             dense = dataclasses.replace(self.schedule, swa=False)   # its lr: no SWA phase
@@ -240,7 +223,9 @@ class LevelLoop:
         """The level's particles, in job order. Each group of particles trained together is
         checkpointed into the level's folder as it trains and when it finishes, so a stop
         loses at most `checkpoint_every` iterations and no finished particle."""
-        return self._engine().train_particles(task, self.ctx, self.display.particle_progress)
+        return self._engine().train_particles(
+            task, self.ctx,
+            lambda index, it: self.events.emit(ParticleProgress(task.level, index, it)))
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
@@ -255,7 +240,7 @@ class LevelLoop:
                          checkpoint_every=s.run.checkpoint_every,
                          optimizer_state=self._rewind_optimizer())
         t0 = time.perf_counter()
-        self.display.level_started(level, len(task.jobs), task.start_step, self.schedule.total)
+        self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
         results = self._train(task)
         record = self._engine().record
         if not self.store.engine_path.is_file() or read_json(self.store.engine_path) != record:
@@ -322,7 +307,7 @@ class LevelLoop:
                 written.append(self.store.particle_path(level, i))
                 save_state(written[-1], state)
         if self.plan.combines_masks and level < self.plan.levels:
-            written.append(self.store.level_dir(level) / "next_mask.safetensors")
+            written.append(self.store.next_mask_path(level))
             following.save(written[-1])
         self.store.record_checksums(*written)
         write_json(self.store.level_metrics_path(level), details)
@@ -334,15 +319,19 @@ class LevelLoop:
         """The mask of level + 1 (methods.py: prune the solution, random, oneshot; colt and
         mask-vote saved the combination of their particles' masks with the level)."""
         if self.plan.combines_masks:
-            return Mask.load(self.store.level_dir(level) / "next_mask.safetensors", self.device)
+            return Mask.load(self.store.next_mask_path(level), self.device)
         return self.plan.next_mask(
             level, solution, mask, lambda: load_state(self.store.solution_path(0), self.device))
 
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:
-        if (self.store.root / "posthoc.json").is_file():   # Lottery Pools / ensemble output
+        s = self.settings
+        self.events.emit(RunStarted(
+            self.store.root, s.method.method, s.model.model, s.data.dataset, s.method.particles,
+            s.prune.levels, s.prune.prune_fraction, str(self.device), s.run.engine))
+        if self.store.posthoc_path.is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
-                             f"another --run-dir")
+                             f"another run directory")
         self.store.lock()                  # one process per run directory
         try:
             with stops.stop_on_signals():  # SIGINT/SIGTERM: checkpoint, then stop cleanly
@@ -370,10 +359,10 @@ class LevelLoop:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop
             for level in finished:           # a stop between metrics.json and the clean-up
                 self.store.remove_checkpoints(level)
-            self.display.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
+            self.events.info(f"resuming {self.store.root}: levels 0..{finished[-1]} are "
                               f"finished")
             for row in rows:
-                self.display.level_finished(row)
+                self.events.emit(LevelFinished(row))
             last = finished[-1]
             mask = Mask.load(self.store.mask_path(last), self.device)
             solution = load_state(self.store.solution_path(last), self.device)
@@ -387,20 +376,20 @@ class LevelLoop:
                 start = self.plan.start_state(rewind, solution)   # sms: the previous solution
                 row, solution = self.run_level(level, start, mask)
                 rows.append(row)
-                self.display.level_finished(row)
+                self.events.emit(LevelFinished(row))
                 stops.raise_if_requested()
                 if level < self.plan.levels:
                     mask = self.next_mask(level, solution, mask)
         finally:
-            self.display.close()
             if self.engine is not None:      # stops distributed ranks and processes it started
                 self.engine.close(rows)
+        self.events.emit(RunFinished(self.store.root, rows))
         return RunResult(self.store.root, s, rows)
 
 
 def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         data: DataBundle | None = None, run_dir: str | Path | None = None,
-        display: RunDisplay | None = None, objective: Objective | None = None) -> RunResult:
+        events: Events | None = None, objective: Objective | None = None) -> RunResult:
     """Run (or resume) a pruning study. `model` and `data` replace the built-in ones;
     `objective` replaces classification cross-entropy.
 
@@ -416,7 +405,7 @@ def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         settings.data.dataset = data.name
     if world.launched() and world.env_rank() > 0:
         return serve(settings, model=model, data=data, objective=objective)
-    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, display=display,
+    return LevelLoop(settings, model=model, data=data, run_dir=run_dir, events=events,
                      objective=objective).run()
 
 

@@ -9,13 +9,19 @@
         engine.json              how `--engine auto` trains the particles (kept on resume)
         inputs.json              fingerprints of a model / data given through the Python API
         checksums.json           SHA-256 of every weight and mask file, checked on resume
+        posthoc.json             only in post-hoc output (Lottery Pools, ensembles): its method
+        exports/level_<n>.safetensors   `swamp export` output (default place)
+        connectivity/            `swamp connectivity` output (default place)
         level_<n>/
             mask.safetensors     bool mask per prunable tensor used to train this level
             particle_<i>.safetensors   each particle's solution (optional)
             solution.safetensors the level's solution, zero wherever the mask is off
+            next_mask.safetensors   the next level's mask, for methods that combine masks
             metrics.json         written last: its presence marks the level finished
             checkpoint_<i>.safetensors  particles in training or trained before a stop (a
                                  resume continues them; removed when the level finishes)
+
+    <out>/<method>-<hash>-pools/ Lottery Pools over the run (default place; same layout)
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
 half-written artefact under its real name.
@@ -235,6 +241,23 @@ class RunStore:
     def metrics_csv(self) -> Path:
         return self.root / "metrics.csv"
 
+    @property
+    def posthoc_path(self) -> Path:
+        """What a post-hoc directory is (`{"method": ...}`); absent in a run."""
+        return self.root / "posthoc.json"
+
+    @property
+    def connectivity_dir(self) -> Path:
+        return self.root / "connectivity"
+
+    @property
+    def pools_root(self) -> Path:
+        """Where Lottery Pools over this run go by default: a sibling directory."""
+        return self.root.with_name(self.root.name + "-pools")
+
+    def export_path(self, level: int) -> Path:
+        return self.root / "exports" / f"level_{level}.safetensors"
+
     def level_dir(self, level: int) -> Path:
         return self.root / f"level_{level}"
 
@@ -246,6 +269,10 @@ class RunStore:
 
     def particle_path(self, level: int, index: int) -> Path:
         return self.level_dir(level) / f"particle_{index}.safetensors"
+
+    def next_mask_path(self, level: int) -> Path:
+        """The mask of level + 1, saved with `level` by methods that combine masks."""
+        return self.level_dir(level) / "next_mask.safetensors"
 
     def partial_dir(self, level: int) -> Path:
         return self.level_dir(level) / "partial"

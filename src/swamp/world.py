@@ -180,7 +180,7 @@ def join_from_env(device: torch.device) -> Group:
     import torch.distributed as dist
 
     if not dist.is_available():
-        raise SwampError("this PyTorch build has no torch.distributed; use --engine sequential")
+        raise SwampError("this PyTorch build has no torch.distributed; use `engine` sequential")
     owns = False
     if not dist.is_initialized():
         try:
@@ -245,7 +245,7 @@ def start_local(processes: int, payload: Any, device: torch.device, threads: int
             nprocs=processes - 1, join=False, daemon=True, start_method="spawn")
     except Exception as exc:
         raise SwampError(f"could not start {processes - 1} training process(es) "
-                         f"({_first_line(exc)}); use --processes 1") from None
+                         f"({_first_line(exc)}); use `processes` 1") from None
     finally:
         for k, v in saved.items():
             if v is None:

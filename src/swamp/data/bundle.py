@@ -82,7 +82,7 @@ def check_fits_on_device(name: str, nbytes: int, device: torch.device | str) -> 
     if nbytes > free:
         raise SwampError(f"the {name} data takes {_gb(nbytes)} but {device} has only "
                          f"{_gb(free)} free, and a run keeps all its data on the training "
-                         f"device; keep fewer training examples with --data-size, or use a "
+                         f"device; keep fewer training examples with `data_size`, or use a "
                          f"smaller dataset")
 
 

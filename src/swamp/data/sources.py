@@ -44,7 +44,7 @@ def _subset(name: str, x: torch.Tensor, y: torch.Tensor,
         return x, y
     n = int(y.shape[0])
     if size > n:
-        raise SwampError(f"{name} has {n} training examples; size (--data-size) {size} is more "
+        raise SwampError(f"{name} has {n} training examples; size (`data_size`) {size} is more "
                          f"than that: leave it unset to use them all")
     return x[:size], y[:size]
 
@@ -185,7 +185,7 @@ def load_digits_(data_dir: str | None, size: int | None, augment: bool) -> Raw:
 def _root(name: str, data_dir: str | None) -> Path:
     d = data_dir or os.environ.get("SWAMP_DATA_DIR")
     if not d:
-        raise SwampError(f"{name} is read from local files: pass data_dir (--data-dir) "
+        raise SwampError(f"{name} is read from local files: pass `data_dir` "
                          "or set SWAMP_DATA_DIR to the directory that holds them")
     return Path(d).expanduser()
 

@@ -165,7 +165,7 @@ class AutoEngine:
         if kind == "sequential":
             return SequentialEngine(threads, self.info), why
         raise SwampError(f"the run's engine record {record} is not one this version can "
-                         f"follow; pass --engine sequential (or another engine) explicitly")
+                         f"follow; pass `engine` sequential (or another engine) explicitly")
 
     def choose(self, n: int, ctx: TrainContext, state: dict[str, torch.Tensor],
                level: int = 0) -> Any:
@@ -195,7 +195,7 @@ class AutoEngine:
         if self.processes > 1 or self.requested == "distributed":
             gpus = torch.cuda.device_count() if device.type == "cuda" else 1
             if self.processes > gpus:
-                raise SwampError(f"--processes {self.processes} on {device.type} needs one "
+                raise SwampError(f"`processes` {self.processes} on {device.type} needs one "
                                  f"GPU per process; this machine has {gpus}")
             k = min(self.processes if self.processes > 1 else gpus, n)
             if k > 1:

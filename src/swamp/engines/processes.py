@@ -240,7 +240,7 @@ class DistributedEngine:
             if sorted(layout_of(task.start_state)) != sorted(layout_of(ctx.model.state_dict())):
                 raise SwampError(f"rank {g.rank}'s model differs from rank 0's (another "
                                  f"state-dict layout); start every rank with the same "
-                                 f"--model and data")
+                                 f"`model` and data")
             if mine:
                 local = LevelTask(task.level, task.start_state, task.mask, task.start_step,
                                   [task.jobs[pos] for pos in mine], task.checkpoint_dir,

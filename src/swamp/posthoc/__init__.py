@@ -14,9 +14,9 @@ _WHERE = {
     "ensemble_runs": "swamp.posthoc.ensemble",
     "lottery_pools": "swamp.posthoc.pools",
     "pool_level": "swamp.posthoc.pools",
-    "LoadedRun": "swamp.posthoc.runs",
-    "load_run": "swamp.posthoc.runs",
-    "read_settings": "swamp.posthoc.runs",
+    "RunReader": "swamp.reader",
+    "load_run": "swamp.reader",
+    "read_settings": "swamp.reader",
 }
 __all__ = sorted(_WHERE)
 

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
-from swamp.posthoc.runs import (POSTHOC_FILE, check_out_dir, check_same_task, load_run,
-                                read_settings)
+from swamp.posthoc.runs import check_out_dir, check_same_task
+from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, atomic_write_bytes, read_json, write_json
 
 COLUMNS = ["level", "density", "sparsity", "target_density", "test_acc", "test_nll",
@@ -47,7 +47,7 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
     if len({p.resolve() for p in paths}) != len(paths):
         raise SwampError("the same run was passed twice; pass different runs")
     check_same_task([(p, read_settings(p)[0]) for p in paths], "ensemble")
-    runs = [load_run(p, device=device) for p in paths]
+    runs = [RunReader(p, device=device) for p in paths]
     first = runs[0]
     for r in runs[1:]:
         if (r.data.test.y.shape != first.data.test.y.shape
@@ -84,11 +84,12 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
 
 def write_ensemble(root: Path, rows: list[dict[str, Any]], settings_path: Path,
                    members: Sequence[Path], label: str) -> None:
+    store = RunStore(root)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(root / "settings.json", settings_path.read_bytes())
-    write_json(root / POSTHOC_FILE, {"method": label, "members": [str(p) for p in members]})
+    atomic_write_bytes(store.settings_path, settings_path.read_bytes())
+    write_json(store.posthoc_path, {"method": label, "members": [str(p) for p in members]})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(root / "metrics.csv", buf.getvalue().encode())
+    atomic_write_bytes(store.metrics_csv, buf.getvalue().encode())

@@ -19,7 +19,8 @@ from typing import Any
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
-from swamp.posthoc.runs import LoadedRun, check_out_dir, load_run
+from swamp.posthoc.runs import check_out_dir
+from swamp.reader import RunReader
 from swamp.store import atomic_write_bytes, write_json
 
 COLUMNS = ["t", "val_acc", "val_nll", "test_acc", "test_nll"]
@@ -32,7 +33,7 @@ def _barrier(values: list[float], ts: list[float], higher_is_worse: bool) -> flo
     return max(0.0, max(gaps))
 
 
-def connectivity(run: str | Path | LoadedRun, *, level: int | None = None,
+def connectivity(run: str | Path | RunReader, *, level: int | None = None,
                  particles: tuple[int, int] | None = None,
                  levels: tuple[int, int] | None = None, points: int = 11,
                  out: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -40,12 +41,12 @@ def connectivity(run: str | Path | LoadedRun, *, level: int | None = None,
     finished level) or the solutions of two levels (`levels`). With `out`, writes
     `connectivity.csv`, `connectivity.json` and `connectivity.png` there."""
     if points < 2:
-        raise SwampError(f"--points must be at least 2 (got {points})")
+        raise SwampError(f"`points` must be at least 2 (got {points})")
     if out is not None:
         check_out_dir(out)
     if particles is not None and levels is not None:
-        raise SwampError("give --particles I J (within one level) or --levels A B, not both")
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+        raise SwampError("give `particles` I J (within one level) or `levels` A B, not both")
+    loaded = run if isinstance(run, RunReader) else RunReader(run, device=device)
     if levels is not None:
         for lv in levels:
             if lv not in loaded.levels:

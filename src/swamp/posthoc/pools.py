@@ -28,9 +28,9 @@ from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.core.masks import Mask
-from swamp.posthoc.runs import (POSTHOC_FILE, LoadedRun, check_out_dir, load_run,
-                                read_settings)
 from swamp.core.pruning import keep_top, score
+from swamp.posthoc.runs import check_out_dir
+from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, read_json, save_state, write_json
 
 StateDict = dict[str, torch.Tensor]
@@ -84,41 +84,41 @@ def _check_validation_split(root: Path, size: float) -> None:
     """Lottery Pools select on the validation split: a run without one is refused (scores on
     an empty split are NaN, so every candidate would silently be rejected)."""
     if not size:
-        raise SwampError(f"{root} has no validation split (--val-fraction 0): Lottery Pools "
-                         f"select on it; use a run made with --val-fraction > 0")
+        raise SwampError(f"{root} has no validation split (`val_fraction` 0): Lottery Pools "
+                         f"select on it; use a run made with `val_fraction` > 0")
 
 
-def lottery_pools(run: str | Path | LoadedRun, out: str | Path | None = None, *,
+def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
                   window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
                   device: str = "cpu") -> Path:
     """Pool every finished level of `run` into `out` (default `<run>-pools`); resumable."""
     if window < 1:
-        raise SwampError(f"--window must be at least 1 (got {window})")
+        raise SwampError(f"`window` must be at least 1 (got {window})")
     if not grid or any(not 0.0 < float(c) < 1.0 for c in grid):
-        raise SwampError(f"--grid coefficients must lie in (0, 1) (got {list(grid)})")
+        raise SwampError(f"`grid` coefficients must lie in (0, 1) (got {list(grid)})")
     if out is not None:
         check_out_dir(out)
-    if not isinstance(run, LoadedRun):
+    if not isinstance(run, RunReader):
         _check_validation_split(Path(run), read_settings(run)[0].data.val_fraction)
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    loaded = run if isinstance(run, RunReader) else RunReader(run, device=device)
     _check_validation_split(loaded.root, len(loaded.data.val))
-    root = Path(out) if out is not None else loaded.root.with_name(loaded.root.name + "-pools")
+    root = Path(out) if out is not None else loaded.store.pools_root
     check_out_dir(root)
     if root.resolve() == loaded.root.resolve():
-        raise SwampError("--out must differ from the run directory")
+        raise SwampError("`out` must differ from the run directory")
     record = {"method": "lottery-pools", "source": str(loaded.root), "window": window,
               "grid": [float(c) for c in grid], "source_method": loaded.label}
     store = RunStore(root)
-    marker = root / POSTHOC_FILE
+    marker = store.posthoc_path
     if marker.is_file():
         old = read_json(marker)
         keys = ("window", "grid")
         if {k: old.get(k) for k in keys} != {k: record[k] for k in keys}:
             raise SwampError(f"{root} holds Lottery Pools made with other settings "
-                             f"({old.get('window')}, {old.get('grid')}); choose another --out")
+                             f"({old.get('window')}, {old.get('grid')}); choose another `out`")
     elif root.exists() and any(root.iterdir()):
         raise SwampError(f"{root} exists and is not a Lottery Pools directory; choose another "
-                         f"--out")
+                         f"`out`")
     root.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(loaded.store.settings_path, store.settings_path)
     write_json(marker, record)

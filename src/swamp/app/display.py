@@ -1,7 +1,8 @@
 """What a run shows while it goes: progress per level and particle, one table row per level.
 
-On a terminal, rich draws live progress bars; elsewhere (CI logs, pipes) one plain line is
-printed per finished particle so logs stay short.
+A `RunDisplay` subscribes to a run's events (`swamp.events`). On a terminal, rich draws live
+progress bars; elsewhere (CI logs, pipes) one plain line is printed per finished particle so
+logs stay short.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from swamp.events import (Event, Info, LevelFinished, LevelStarted, ParticleProgress,
+                          RunFinished, RunStarted)
+from swamp.store import RunStore
+
 ROW_FORMAT = "{:>5}  {:>8}  {:>9}  {:>9}  {:>13}  {:>9}  {:>8}"
 HEADER = ROW_FORMAT.format("level", "density", "sparsity", "solution", "particle mean",
                            "ensemble", "time")
@@ -24,17 +29,48 @@ def pct(x: float | None) -> str:
 
 
 class RunDisplay:
-    """Console output of one run; `quiet=True` prints nothing."""
+    """Console output of runs, as a subscriber of their events: `events.subscribe(display)`.
 
-    def __init__(self, console: Console | None = None, quiet: bool = False):
+    `quiet=True` prints nothing; `announce=True` also prints a run's settings line and its
+    closing line (`swamp run`; `swamp compare` announces runs itself)."""
+
+    def __init__(self, console: Console | None = None, quiet: bool = False,
+                 announce: bool = False):
         self.console = console or Console(highlight=False)
         self.quiet = quiet
+        self.announce = announce
         self._progress: Progress | None = None
         self._tasks: dict[int, Any] = {}
         self._started: dict[int, float] = {}
         self._level = 0
         self._first = self._last = 0
         self._header_shown = False
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Info):
+            self.info(event.message)
+        elif isinstance(event, LevelStarted):
+            self.level_started(event.level, event.particles, event.first_iteration,
+                               event.last_iteration)
+        elif isinstance(event, ParticleProgress):
+            self.particle_progress(event.index, event.iteration)
+        elif isinstance(event, LevelFinished):
+            self.level_finished(event.row)
+        elif isinstance(event, RunStarted):
+            self._header_shown = False   # each run's table has its header
+            if self.announce:
+                self._announce(event)
+        elif isinstance(event, RunFinished) and self.announce and event.rows:
+            last = event.rows[-1]
+            self.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
+                      f"test accuracy {100 * last['test_acc']:.2f}%; metrics in "
+                      f"{RunStore(event.run_dir).metrics_csv}")
+
+    def _announce(self, event: RunStarted) -> None:
+        self.info(f"[bold]swamp[/bold] {event.method}: {event.model} on {event.dataset}, "
+                  f"{event.particles} particle(s), {event.levels} levels of "
+                  f"{event.prune_fraction:g}, device {event.device}, engine {event.engine}")
+        self.info(f"run directory: {event.run_dir}")
 
     def info(self, message: str) -> None:
         if not self.quiet:

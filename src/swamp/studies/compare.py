@@ -22,10 +22,11 @@ from __future__ import annotations
 import copy
 from dataclasses import fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from swamp.config import METHODS, MethodSettings, Settings, method_spec
 from swamp.errors import SwampError
+from swamp.events import Events
 
 PSEUDO_METHODS = {
     "lottery-pools": "Lottery Pools over each seed's imp run (post-hoc, no training)",
@@ -36,7 +37,7 @@ PSEUDO_METHODS = {
 def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise SwampError(f"--{what} is empty; give a comma-separated list")
+        raise SwampError(f"`{what}` is empty; give a comma-separated list")
     return items
 
 
@@ -46,7 +47,7 @@ def check_methods(methods: Sequence[str]) -> None:
             raise SwampError(f"unknown method '{m}'; known: "
                              f"{', '.join([*METHODS, *PSEUDO_METHODS])}")
     if len(set(methods)) != len(methods):
-        raise SwampError("a method is listed twice in --methods; list each once")
+        raise SwampError("a method is listed twice in `methods`; list each once")
 
 
 def method_settings(base: Settings, method: str, seed: int) -> Settings:
@@ -54,7 +55,7 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
 
     `--swa/--no-swa` is refused rather than reset: each method defines it."""
     if base.method.swa is not None:
-        raise SwampError(f"compare: --{'' if base.method.swa else 'no-'}swa does not apply; "
+        raise SwampError(f"compare: `{'' if base.method.swa else 'no_'}swa` does not apply; "
                          f"each method defines SWA (imp-swa, swamp and swamp+ use it), so "
                          f"leave it out")
     s = copy.deepcopy(base)
@@ -88,28 +89,34 @@ def ensemble_pairs(seeds: Sequence[int]) -> list[tuple[int, int]]:
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
-            display_for: Callable[[str], object] | None = None,
-            info: Callable[[str], None] = lambda msg: None) -> Path:
-    """Run what is missing, then write summary.csv, the plot and report.md into `out`."""
-    from swamp.loop import LevelLoop, resolve_device
+            events: Events | None = None) -> Path:
+    """Run what is missing, then write summary.csv, the plot and report.md into `out`.
+
+    Every run reports on `events`, and so does compare itself (Info events)."""
+    from swamp.assemble import resolve_device
+    from swamp.loop import LevelLoop
     from swamp.posthoc.ensemble import ensemble_runs
     from swamp.posthoc.pools import lottery_pools
     from swamp.posthoc.runs import check_out_dir
-    from swamp.report import build_report
+    from swamp.store import RunStore
+    from swamp.studies.report import build_report
+
+    events = events or Events()
+    info = events.info
 
     check_methods(methods)
     if not seeds:
-        raise SwampError("--seeds is empty; give e.g. --seeds 0,1,2")
+        raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
     if len(set(seeds)) != len(seeds):
-        raise SwampError("a seed is listed twice in --seeds; list each once")
+        raise SwampError("a seed is listed twice in `seeds`; list each once")
     if "imp-ensemble" in methods and len(seeds) < 2:
         raise SwampError("imp-ensemble pairs imp runs of different seeds; give at least two "
-                         "--seeds")
+                         "`seeds`")
     if "lottery-pools" in methods and base.data.val_fraction == 0:
-        raise SwampError("lottery-pools selects on the validation split and --val-fraction 0 "
-                         "leaves none; use --val-fraction > 0 or leave lottery-pools out")
+        raise SwampError("lottery-pools selects on the validation split and `val_fraction` 0 "
+                         "leaves none; use `val_fraction` > 0 or leave lottery-pools out")
     out = check_out_dir(out)
-    runs_root = (check_out_dir(runs_dir, "--runs-dir") if runs_dir is not None
+    runs_root = (check_out_dir(runs_dir, "`runs_dir`") if runs_dir is not None
                  else check_out_dir(out / "runs"))
     trained = [m for m in methods if m in METHODS]
     if any(m in PSEUDO_METHODS for m in methods) and "imp" not in trained:
@@ -120,8 +127,7 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     total = len(settings)
     for k, ((m, seed), s) in enumerate(settings.items(), 1):
         info(f"[{k}/{total}] {m}, seed {seed}: {run_dirs[(m, seed)]}")
-        display = display_for(m) if display_for is not None else None
-        LevelLoop(s, run_dir=run_dirs[(m, seed)], display=display).run()  # type: ignore[arg-type]
+        LevelLoop(s, run_dir=run_dirs[(m, seed)], events=events).run()
 
     report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
     device = str(resolve_device(base.run.device))
@@ -129,13 +135,13 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
         for seed in seeds:
             src = run_dirs[("imp", seed)]
             info(f"lottery pools over {src}")
-            report_dirs.append(lottery_pools(src, src.with_name(src.name + "-pools"),
+            report_dirs.append(lottery_pools(src, RunStore(src).pools_root,
                                              device=device))
     if "imp-ensemble" in methods:
         for seed, other in ensemble_pairs(seeds):
             a, b = run_dirs[("imp", seed)], run_dirs[("imp", other)]
             target = runs_root / f"imp-ensemble-{a.name}-{b.name}"
-            if not (target / "metrics.csv").is_file():
+            if not RunStore(target).metrics_csv.is_file():
                 info(f"ensemble of {a.name} and {b.name}")
                 ensemble_runs([a, b], target, label="imp-ensemble", device=device)
             report_dirs.append(target)

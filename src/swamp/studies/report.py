@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from swamp.config import UNHASHED, Settings
 from swamp.errors import SwampError
-from swamp.store import atomic_write_bytes
+from swamp.store import RunStore, atomic_write_bytes
 
 SUMMARY_COLUMNS = ["method", "level", "density", "sparsity", "seeds", "test_acc_mean",
                    "test_acc_std", "test_nll_mean", "test_nll_std"]
@@ -84,11 +84,12 @@ def _float(v: str | None, csv_path: Path, column: str, line: int) -> float:
 
 
 def read_result(path: str | Path) -> Result:
-    from swamp.posthoc.runs import method_label, read_settings
+    from swamp.posthoc.runs import method_label
+    from swamp.reader import read_settings
 
     root = Path(path)
     settings, posthoc = read_settings(root)
-    csv_path = root / "metrics.csv"
+    csv_path = RunStore(root).metrics_csv
     if not csv_path.is_file():
         raise SwampError(f"{root} has no finished level (no metrics.csv); run it first")
     with open(csv_path, newline="") as fh:

@@ -1,0 +1,94 @@
+"""The `swamp` command: the parser, `swamp list`, and how errors reach the terminal.
+
+Each command family registers its own sub-commands (run, export, studies, posthoc); only
+this package knows about the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from swamp.app import export, posthoc, run, studies
+from swamp.app.flags import render_error
+from swamp.config import METHODS
+from swamp.errors import SwampError
+from swamp.presets import PRESETS
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (and exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SwampError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="swamp", description="SWAMP and the IMP family of pruning methods.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run.add_parser(sub)
+    sub.add_parser("list", help="list datasets, models, methods and presets"
+                   ).set_defaults(handler=cmd_list)
+    export.add_parser(sub)
+    studies.add_parsers(sub)
+    posthoc.add_parsers(sub)
+    return parser
+
+
+def command_options(parser: argparse.ArgumentParser, command: str | None) -> set[str]:
+    """The names (dests) of a sub-command's options, e.g. `max_val_drop` of export."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return {a.dest for a in action.choices[command]._actions if a.option_strings}
+    return set()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from swamp.data import list_datasets
+    from swamp.models import list_models
+    from swamp.studies.compare import PSEUDO_METHODS
+
+    print("datasets: " + ", ".join(list_datasets()))
+    print("models:   " + ", ".join(list_models()))
+    print("methods:")
+    for spec in METHODS.values():
+        print(f"  {spec.name:<9} {spec.summary}")
+    print("post-hoc methods (`swamp compare --methods`; no training of their own):")
+    for name, summary in PSEUDO_METHODS.items():
+        print(f"  {name:<13} {summary}")
+    print("presets (--preset NAME):")
+    for preset in PRESETS.values():
+        shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")
+        print(f"  {preset.name:<9} {shown}  [{preset.source}]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from swamp.cpu import tune_allocator
+
+    tune_allocator()   # glibc thresholds: ~same effect as MALLOC_*_THRESHOLD_ (see cpu.py)
+    parser = build_parser()
+    command = None
+    try:
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)   # reports quote the command
+        command = args.command
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return args.handler(args)
+    except SwampError as exc:   # the library names settings; the user typed flags
+        message = render_error(str(exc), command_options(parser, command))
+        print(f"swamp: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # a path that cannot be read or written: one line, not a traceback
+        print(f"swamp: error: {exc}; check the path and its permissions", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM (train/stop.py): work is kept
+        print("swamp: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Reading a finished run directory back, read-only: no level loop, no engine, no process
+group.
+
+`RunReader` serves the post-hoc methods, `report` and `export`. Its settings come from the
+run's `settings.json` (validated), and its model and data are built on first use from those
+settings through `swamp.assemble`, exactly as the run built them (same seeded initialisation
+and validation split).
+
+Directories made by post-hoc commands (Lottery Pools, ensembles) hold a copy of their source
+run's `settings.json` and a `posthoc.json` naming what they are (`{"method": ...}`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from swamp.assemble import prepare_data, prepare_model, resolve_device
+from swamp.config import Settings
+from swamp.data import DATASETS, DataBundle
+from swamp.errors import SwampError
+from swamp.core.masks import Mask
+from swamp.store import RunStore, load_state, read_json
+
+StateDict = dict[str, torch.Tensor]
+
+
+def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
+    """(settings, posthoc record or {}) of a run or post-hoc directory."""
+    root = Path(path)
+    store = RunStore(root)
+    if not root.is_dir():
+        raise SwampError(f"{root} is not a directory; pass a run directory made by `swamp run`")
+    if not store.exists():
+        raise SwampError(f"{root} is not a swamp run directory (no settings.json); pass a "
+                         f"directory made by `swamp run`")
+    try:
+        settings = Settings.from_dict(read_json(store.settings_path), str(store.settings_path))
+    except AttributeError:
+        raise SwampError(f"{store.settings_path} is not a swamp settings file") from None
+    return settings, (read_json(store.posthoc_path) if store.posthoc_path.is_file() else {})
+
+
+class RunReader:
+    """A run directory with at least one finished level, opened for reading on `device`.
+
+    Opening checks the recorded checksums of the run's files. `model` and `data` stand in
+    for the ones a run made through the Python API was given (needed only to evaluate).
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu",
+                 model: nn.Module | None = None, data: DataBundle | None = None):
+        self.root = Path(path)
+        self.settings, self.posthoc = read_settings(self.root)
+        self.store = RunStore(self.root)
+        self.levels = self.store.finished_levels()
+        if not self.levels:
+            raise SwampError(f"{self.root} has no finished level; run it first (re-running its "
+                             f"`swamp run` command resumes it)")
+        self.settings.run.device = device
+        self.settings = self.settings.resolved()
+        self.device = resolve_device(device)
+        self.store.verify_checksums()
+        self._model, self._data = model, data
+
+    @property
+    def label(self) -> str:
+        """The method of the run's training (a post-hoc directory: of its source run)."""
+        return self.settings.method.method
+
+    def _check_buildable(self) -> None:
+        """The settings name the model and data only where they are registered ones."""
+        if (self.settings.model.model == "custom" and self._model is None) or \
+                (self._data is None and self.settings.data.dataset not in DATASETS):
+            raise SwampError(f"{self.root} was made with a model or data passed through the "
+                             f"Python API; pass the same model= and data= to load it")
+
+    @cached_property
+    def data(self) -> DataBundle:
+        """The run's data and validation split, on the reader's device."""
+        self._check_buildable()
+        return prepare_data(self.settings, self._data, self.device)
+
+    @cached_property
+    def model(self) -> nn.Module:
+        """The run's architecture on the reader's device; load a state into it to evaluate."""
+        self._check_buildable()
+        return prepare_model(self.settings, self.data, self._model, self.device)
+
+    def solution(self, level: int) -> StateDict:
+        return load_state(self.store.solution_path(level), self.device)
+
+    def mask(self, level: int) -> Mask:
+        return Mask.load(self.store.mask_path(level), self.device)
+
+    def particle(self, level: int, index: int) -> StateDict:
+        path = self.store.particle_path(level, index)
+        if not path.is_file():
+            raise SwampError(f"{path} does not exist: the run has no saved particle {index} at "
+                             f"level {level} (was it run without `save_particles`, or with "
+                             f"fewer particles?)")
+        return load_state(path, self.device)
+
+    def metrics(self, level: int) -> dict[str, Any]:
+        return read_json(self.store.level_metrics_path(level))
+
+
+def load_run(path: str | Path, *, device: str = "cpu", model: nn.Module | None = None,
+             data: DataBundle | None = None) -> RunReader:
+    """Open a finished run for reading (see `RunReader`)."""
+    return RunReader(path, device=device, model=model, data=data)
