@@ -76,3 +76,40 @@ def test_a_run_directory_is_held_by_one_process_and_taken_over_when_it_dies(tmp_
                            text=True, timeout=300)
     assert third.returncode == 0, third.stderr
     assert RunStore(tmp_path / "r").finished_levels() == [0]
+
+
+def test_bad_data_and_a_model_that_does_not_fit_are_refused_before_any_file(tmp_path):
+    import torch
+    from torch import nn
+
+    import swamp
+    from swamp.config import Settings
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(120, 6, generator=g), torch.randint(0, 3, (120,), generator=g)
+    settings = Settings.from_dict({"levels": 0, "epochs": 1, "batch_size": 20, "device": "cpu",
+                                   "rewind_epochs": 0, "out": str(tmp_path / "runs")})
+    good = nn.Sequential(nn.Linear(6, 3))
+    cases = [
+        (good, (x[:100], y[:100]), (torch.where(torch.arange(20)[:, None] == 7,
+                                                 float("nan"), x[100:]), y[100:]),
+         "test split .* NaN or infinite inputs .*first at index 7"),
+        (nn.Sequential(nn.Linear(6, 5)), (x[:100], y[:100]), (x[100:], y[100:]),
+         r"outputs of shape \(2, 5\).*3 classes"),
+        (nn.Sequential(nn.Linear(4, 3)), (x[:100], y[:100]), (x[100:], y[100:]),
+         r"cannot take the data's inputs \(shape \(6,\)\)"),
+    ]
+    for model, train, test, message in cases:
+        data = swamp.from_tensors(train=train, test=test)
+        with pytest.raises(SwampError, match=message):
+            swamp.run(settings, model=model, data=data)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_settings_file_that_is_not_utf8_is_one_line(tmp_path):
+    from swamp.config import Settings
+
+    path = tmp_path / "s.toml"
+    path.write_bytes(b"lr = 0.1\n\xff\xfe epochs = 3\n")
+    with pytest.raises(SwampError, match="not UTF-8 text"):
+        Settings.from_file(path)

@@ -54,7 +54,9 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     from swamp.engines import prepare
 
     data = prepare_data(settings, data, device)
+    check_data(data)
     model = prepare_model(settings, data, model, device)
+    check_model_fits(model, data)
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
     ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
     prepare(ctx)
@@ -75,3 +77,41 @@ def resolve_device(name: str) -> torch.device:
         raise SwampError(f"device '{name}' was asked for but CUDA is not available here; "
                          f"use `device` cpu")
     return device
+
+
+def check_data(data: DataBundle) -> None:
+    """Refuse data a run cannot learn from or score, before anything is written: NaN or
+    infinite inputs (they give nan metrics to the end of the run)."""
+    for name, split in (("training", data.train), ("validation", data.val),
+                        ("test", data.test)):
+        if len(split) and split.x.is_floating_point():
+            bad = ~torch.isfinite(split.x.flatten(1)).all(1)
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0])
+                raise SwampError(f"the {name} split of {data.name} holds NaN or infinite "
+                                 f"inputs ({int(bad.sum())} examples, the first at index "
+                                 f"{first}); clean or drop them")
+
+
+def check_model_fits(model: nn.Module, data: DataBundle) -> None:
+    """Run the model on two training inputs: its output must be one score per class. A
+    model that cannot take the data, or has another number of outputs than the data has
+    classes, is one line before anything is written (not an error levels later)."""
+    x = data.train.x[:2]
+    was_training = model.training
+    model.eval()                       # no BatchNorm statistics move
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # any error of the user's forward: report it in one line
+        text = str(exc).strip().splitlines()
+        raise SwampError(f"the model cannot take the data's inputs (shape "
+                         f"{tuple(x.shape[1:])}): {type(exc).__name__}: "
+                         f"{text[0] if text else ''}"[:300]) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SwampError(f"the model gives outputs of shape {shape} for a batch of 2, but "
+                         f"the data has {data.num_classes} classes: it must give "
+                         f"(batch, {data.num_classes}) scores")

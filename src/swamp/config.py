@@ -302,7 +302,11 @@ def read_settings_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SwampError(f"settings file {path} does not exist; check the path")
-    text = path.read_text()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SwampError(f"settings file {path} is not UTF-8 text (byte {exc.start}); save it "
+                         f"as UTF-8") from None
     try:
         if path.suffix == ".toml":
             try:
