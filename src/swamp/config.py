@@ -207,14 +207,14 @@ class Settings:
                 for sub, v in value.items():
                     sub = sub.replace("-", "_")
                     if owners.get(sub) != key:
-                        raise SwampError(f"{source}: unknown setting '{key}.{sub}'; "
+                        raise SwampError(f"{source}: unknown setting {key + '.' + sub!r}; "
                                          f"see `swamp run --help` for the settings")
                     setattr(section, sub, _coerce(sub, v, section, source))
             elif key in owners:
                 section = getattr(self, owners[key])
                 setattr(section, key, _coerce(key, value, section, source))
             else:
-                raise SwampError(f"{source}: unknown setting '{key}'; "
+                raise SwampError(f"{source}: unknown setting {key!r}; "
                                  f"see `swamp run --help` for the settings")
 
     # ---- views --------------------------------------------------------------------------
@@ -385,6 +385,7 @@ def validate(s: Settings) -> None:
         (s.run.engine not in ENGINES,
          f"unknown engine '{s.run.engine}'; use one of: {', '.join(ENGINES)}"),
         (s.run.processes < 0, f"`processes` must be 0 (auto) or more (got {s.run.processes})"),
+        *_limits(s),
         (s.run.threads < 0, f"`threads` must be 0 (auto) or more (got {s.run.threads})"),
         (s.run.processes > 1 and s.run.engine in ("sequential", "vectorised"),
          f"`processes` {s.run.processes} trains in several processes; use `engine` "
@@ -394,6 +395,31 @@ def validate(s: Settings) -> None:
     for bad, message in checks:
         if bad:
             raise SwampError(message)
+
+
+# Beyond these a run cannot work on any machine; refused at once instead of failing (or
+# allocating for hours) later.
+MAX_WEIGHTS = 10**12            # no model has more prunable weights
+LIMITS = {"data_size": (10**8, "generated datasets are held in memory"),
+          "batch_size": (10**7, "a batch is held in memory at once"),
+          "particles": (1024, "each particle is a copy of the model trained in full"),
+          "epochs": (10**6, "every level trains this many epochs"),
+          "threads": (4096, "more threads than any machine has cores"),
+          "processes": (4096, "one process per core or GPU at most")}
+
+
+def _limits(s: Settings) -> list[tuple[bool, str]]:
+    values = {n: v for _, n, v in s.items()}
+    out = [(isinstance(values[n], int) and values[n] > top,
+            f"`{n}` {values[n]} is more than {top:,} ({why})")
+           for n, (top, why) in LIMITS.items()]
+    p = s.prune
+    if 0 < p.prune_fraction < 1 and p.levels >= 0:
+        left = math.log10(MAX_WEIGHTS) + p.levels * math.log10(1 - p.prune_fraction)
+        out.append((left < 0, f"`levels` {p.levels} of `prune_fraction` {p.prune_fraction} "
+                              f"keep less than one weight of any model (a density of "
+                              f"{1 - p.prune_fraction:g}^{p.levels}); use fewer levels"))
+    return out
 
 
 def _method_checks(s: Settings, spec: MethodSpec) -> list[tuple[bool, str]]:
