@@ -126,3 +126,24 @@ def test_export_refuses_a_solution_changed_after_it_was_written(finished_run, tm
     with pytest.raises(swamp.SwampError, match="changed after it was written"):
         export_level(copy, tmp_path / "x.safetensors", level=2)
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_an_export_records_no_private_paths(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from conftest import tiny_settings
+    from swamp.export import export_level
+    from swamp.loop import run
+
+    settings = tiny_settings(tmp_path / "home" / "alice", levels=1)
+    settings.data.data_dir = str(tmp_path / "home" / "alice" / "data")
+    result = run(settings)
+    summary = export_level(result.run_dir, tmp_path / "shared.safetensors")
+    with safe_open(str(summary.path), framework="pt") as f:
+        header = json.dumps(f.metadata())
+    assert "alice" not in header and str(tmp_path) not in header
+    source = json.loads(json.loads(header)["source"])
+    assert source["run"] == result.run_dir.name
+    assert source["settings"]["train"]["lr"] == settings.train.lr

@@ -37,6 +37,7 @@ from swamp.store import RunStore, read_json, save_state
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
 SEP = "::"   # never part of a state-dict name (those use dots)
+PRIVATE_SETTINGS = {"out", "data_dir"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -141,10 +142,14 @@ def _provenance(store: RunStore, level: int) -> dict[str, Any]:
     method = (read_json(store.posthoc_path).get("method") if store.posthoc_path.is_file()
               else settings.get("method", {}).get("method"))
     keys = ("density", "sparsity", "test_acc", "test_nll", "val_acc", "val_nll")
-    return {"run": str(store.root), "level": level, "method": method,
+    # An export is shared: it names the run by its directory name only, and leaves out
+    # the settings that are paths on the machine that made it (they may hold user names).
+    shared = {section: {k: v for k, v in values.items() if k not in PRIVATE_SETTINGS}
+              for section, values in settings.items() if isinstance(values, dict)}
+    return {"run": store.root.name, "level": level, "method": method,
             "model": settings.get("model", {}).get("model"),
             "dataset": settings.get("data", {}).get("dataset"),
-            **{k: row.get(k) for k in keys}, "settings": settings}
+            **{k: row.get(k) for k in keys}, "settings": shared}
 
 
 def export_level(run_dir: str | Path, out: str | Path | None = None, *,
