@@ -57,3 +57,28 @@ def test_a_stopped_process_resumes_from_its_checkpoint_bit_for_bit(tmp_path, how
         assert a.solution_path(level).read_bytes() == b.solution_path(level).read_bytes()
         assert a.mask_path(level).read_bytes() == b.mask_path(level).read_bytes()
     assert RunStore(cut).checkpoint_paths(0) == []
+
+
+def test_sigterm_stops_a_multi_process_run_and_its_workers_at_once(tmp_path):
+    flags = [f for f in FLAGS if f not in ("--engine", "sequential")]
+    proc = swamp(*flags, "--processes", "2", "--run-dir", str(tmp_path / "r"), "--quiet")
+    target = tmp_path / "r" / "level_0"
+    deadline = time.monotonic() + 120
+    while not list(target.glob("checkpoint_*.safetensors")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+    assert children                                   # the training process of rank 1
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted" in err
+    time.sleep(0.5)
+    alive = [c for c in children if os.path.exists(f"/proc/{c}")
+             and "zombie" not in open(f"/proc/{c}/status").read().lower()]
+    assert not alive
+    resumed = swamp(*flags, "--processes", "2", "--run-dir", str(tmp_path / "r"))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming from the checkpoint" in out or "trained before the stop" in out

@@ -76,7 +76,7 @@ class DistributedEngine:
         self.group = group
         self.threads = threads
         self.info = info or (lambda message: None)
-        self.local = SequentialEngine(threads=threads)
+        self.local = SequentialEngine(threads=threads, info=self.info)
         self._mid_level = False
         self._stopped = False
 
