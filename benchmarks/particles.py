@@ -122,7 +122,7 @@ def make_task(model, n: int, steps: int, level: int = 0):
     import torch
 
     from swamp.engines import LevelTask, ParticleJob
-    from swamp.masks import Mask, select_prunable
+    from swamp.core.masks import Mask, select_prunable
 
     g = torch.Generator().manual_seed(1)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -148,7 +148,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from swamp import cpu
-    from swamp.averaging import recompute_batchnorm
+    from swamp.core.averaging import recompute_batchnorm
     from swamp.config import Settings
     from swamp.engines import SequentialEngine, VectorisedEngine
     from swamp.engines.auto import AutoEngine

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from swamp import pruning
-from swamp.masks import Mask
+from swamp.core import pruning
+from swamp.core.masks import Mask
 
 
 def resnet18_shapes() -> dict[str, tuple[int, ...]]:

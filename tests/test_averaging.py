@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from swamp.averaging import RunningAverage, average_states, interpolate, recompute_batchnorm
+from swamp.core.averaging import RunningAverage, average_states, interpolate, recompute_batchnorm
 from swamp.data import Split
 
 

@@ -18,7 +18,7 @@ from swamp.engines import LevelTask, ParticleJob, SequentialEngine
 from swamp.engines.distributed import DistributedEngine
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")

@@ -13,7 +13,7 @@ from swamp.engines import (LevelTask, ParticleJob, SequentialEngine, TrainContex
 from swamp.engines.vectorised import train_stacked
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 
 
 def level_task(loop, level=0, particles=None, density=0.5, seed=0):

@@ -9,7 +9,7 @@ import swamp
 from swamp.cli import main
 from swamp.export import _encode, choose_level, export_level, load_exported
 from swamp.loop import run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.store import RunStore, load_state, read_json, write_json
 
 

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.averaging import recompute_batchnorm
+from swamp.core.averaging import recompute_batchnorm
 from swamp.models import build_model
-from swamp.pruning import prune
+from swamp.core.pruning import prune
 from swamp.training import derive_seed
 from conftest import RecordingEngine
 

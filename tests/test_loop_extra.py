@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from swamp.cli import main
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.models import build_model
 from swamp.training import derive_seed, train_steps
 from conftest import RecordingEngine

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from swamp.errors import SwampError
-from swamp.masks import Mask, select_prunable
+from swamp.core.masks import Mask, select_prunable
 
 
 class Net(nn.Module):

@@ -9,9 +9,11 @@ from swamp.config import Settings
 from swamp.data import DataBundle, Split, load_dataset
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
-from swamp.masks import Mask
-from swamp.methods import combine_masks, greedy_soup, target_counts
-from swamp.pruning import keep_top
+from swamp.core.masks import Mask
+from swamp.core.combine import combine_masks
+from swamp.core.pruning import target_counts
+from swamp.methods import greedy_soup
+from swamp.core.pruning import keep_top
 from swamp.store import load_state
 from conftest import RecordingEngine
 

@@ -12,7 +12,7 @@ from swamp.cli import main
 from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
 from swamp.loop import run
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.posthoc import connectivity, ensemble_runs, load_run, lottery_pools, pool_level
 from swamp.store import load_state
 

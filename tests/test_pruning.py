@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from swamp import pruning
+from swamp.core import pruning
 from swamp.errors import SwampError
-from swamp.masks import Mask
-from swamp.pruning import keep_top, lamp, n_to_remove, prune, prune_to_count, score
+from swamp.core.masks import Mask
+from swamp.core.pruning import keep_top, lamp, n_to_remove, prune, prune_to_count, score
 
 @pytest.fixture(autouse=True, params=["radix", "sort"])
 def path(request, monkeypatch) -> str:

@@ -7,7 +7,7 @@ from torch import nn
 from swamp.config import TrainSettings
 from swamp.data import Split
 from swamp.errors import SwampError
-from swamp.masks import Mask, select_prunable
+from swamp.core.masks import Mask, select_prunable
 from swamp.store import save_state
 from swamp.training import BatchOrder, Schedule, derive_seed, train_steps
 

@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from swamp.errors import SwampError
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.store import RunStore, load_state, read_json, save_state
 
 StateDict = dict[str, torch.Tensor]

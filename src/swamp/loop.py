@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swamp.averaging import recompute_batchnorm
+from swamp.core.averaging import recompute_batchnorm
 from swamp.config import UNHASHED, Settings
 from swamp.data import DataBundle, load_dataset
 from swamp.display import RunDisplay
@@ -24,7 +24,7 @@ from swamp.engines import LevelTask, ParticleJob, TrainContext, engine_device, m
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
-from swamp.masks import Mask, select_prunable
+from swamp.core.masks import Mask, select_prunable
 from swamp.methods import MethodPlan
 from swamp.models import build_model
 from swamp.store import RunStore, load_state, read_json, save_state, write_json

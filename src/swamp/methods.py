@@ -25,87 +25,15 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from swamp.averaging import average_states
+from swamp.core.averaging import average_states
 from swamp.config import MethodSpec, Settings, method_spec
 from swamp.engines import ParticleJob
-from swamp.masks import Mask
-from swamp.pruning import keep_top, n_to_remove, prune, score
-from swamp.training import derive_seed
+from swamp.core.masks import Mask
+from swamp.core.combine import combine_masks
+from swamp.core.pruning import keep_exactly, prune, score, target_counts
+from swamp.core.seeds import derive_seed
 
 StateDict = dict[str, torch.Tensor]
-
-
-# ---- exact mask combinations ---------------------------------------------------------------
-def mean_magnitude(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask
-                   ) -> dict[str, torch.Tensor]:
-    """Mean over states of |w| on every prunable tensor (the tie-break of mask combination)."""
-    out = {}
-    for n in mask.names:
-        acc = torch.zeros(mask[n].shape, dtype=torch.float32, device=mask[n].device)
-        for s in states:
-            acc += s[n].detach().abs().float().to(acc.device)
-        out[n] = acc / len(states)
-    return out
-
-
-def keep_top_voted(votes: Mapping[str, torch.Tensor], scores: Mapping[str, torch.Tensor],
-                   mask: Mask, n_keep: int) -> Mask:
-    """Exactly `n_keep` weights of `mask`, ranked by vote count, then by `scores` (mean |w|),
-    then by the index tie-break of `keep_top` (the lower flat index is dropped first).
-
-    This one ranking serves both directions of `combine_masks`: when more weights pass the
-    vote than the schedule keeps, the passers with the fewest votes go first (a unanimous
-    weight outranks a 2-vote weight whatever their magnitudes); when too few pass, every
-    passer stays and the rest are added back by the most votes first, so a weight no
-    particle kept never comes back before one that a particle kept.
-    """
-    if not 0 <= n_keep <= mask.nnz:
-        return keep_top(scores, mask, n_keep)          # its one-line error
-    kept = Mask({n: torch.zeros_like(mask[n]) for n in mask.names})
-    slots = n_keep
-    top = max((int(votes[n][mask[n]].max()) for n in mask.names if mask[n].any()), default=0)
-    for v in range(top, -1, -1):
-        if slots == 0:
-            break
-        tier = Mask({n: mask[n] & (votes[n] == v) for n in mask.names})
-        have = tier.nnz
-        if have == 0:
-            continue
-        kept = kept.union(tier if have <= slots else keep_top(scores, tier, slots))
-        slots -= min(have, slots)
-    return kept
-
-
-def combine_masks(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask, fraction: float,
-                  share: float, *, scorer: str = "magnitude", scope: str = "global",
-                  generator: torch.Generator | None = None) -> tuple[Mask, dict]:
-    """Each state prunes itself to the level target; keep a weight if at least
-    ceil(share * N) states keep it (share 1: intersection, COLT; share <= 1/N: union).
-
-    The density schedule stays exact: the result keeps exactly as many weights as pruning one
-    state would (per layer with the layerwise scope). Weights are ranked by vote count, then
-    by mean |w| over the states, then by the index tie-break (`keep_top_voted`): if the vote
-    keeps too many, the passers with the fewest votes (among those, the smallest mean |w|)
-    are removed; if it keeps too few (the usual case for an intersection), the removed
-    weights with the most votes (among those, the largest mean |w|) are added back.
-    Returns the mask and a record of what the adjustment did.
-    """
-    masks = [prune(s, mask, fraction, scorer=scorer, scope=scope, generator=generator)
-             for s in states]
-    need = max(1, math.ceil(share * len(states) - 1e-9))
-    votes = {n: torch.stack([m[n] for m in masks]).sum(0) for n in mask.names}
-    passed = Mask({n: (votes[n] >= need) & mask[n] for n in mask.names})
-    scores = mean_magnitude(states, mask)
-    target = masks[0].nnz   # every particle's own mask has the exact target count
-    if scope == "global":
-        result = keep_top_voted(votes, scores, mask, target)
-    else:
-        result = Mask({n: keep_top_voted(votes, scores, Mask({n: mask[n]}),
-                                         int(masks[0][n].sum()))[n] for n in mask.names})
-    record = {"votes_needed": need, "voters": len(states), "passed": passed.nnz,
-              "target": target, "added_back": max(0, target - passed.nnz),
-              "removed_extra": max(0, passed.nnz - target)}
-    return result, record
 
 
 # ---- greedy soup ---------------------------------------------------------------------------
@@ -133,24 +61,6 @@ def greedy_soup(particles: Sequence[StateDict], val_acc: Sequence[float],
 
 
 # ---- the plan of one run -------------------------------------------------------------------
-def target_counts(mask: Mask, fraction: float, levels: int, scope: str) -> list[dict[str, int]]:
-    """Per-level kept counts per tensor of iterative pruning from `mask` (exact recurrence of
-    `pruning.prune`: remove floor(fraction * remaining + 0.5) per level, globally or per layer).
-    For the global scope only the total is defined; it is stored under the key ''."""
-    out = []
-    if scope == "global":
-        n = mask.nnz
-        for _ in range(levels + 1):
-            out.append({"": n})
-            n -= n_to_remove(fraction, n)
-        return out
-    counts = {n: int(mask[n].sum()) for n in mask.names}
-    for _ in range(levels + 1):
-        out.append(dict(counts))
-        counts = {n: c - n_to_remove(fraction, c) for n, c in counts.items()}
-    return out
-
-
 class MethodPlan:
     """The method-specific decisions of one run (see the module docstring)."""
 
@@ -268,10 +178,7 @@ class MethodPlan:
                                        p.scope)[1]
             else:
                 counts = target_counts(ones, p.prune_fraction, level + 1, p.scope)[level + 1]
-            if p.scope == "global":
-                return keep_top(scores, ones, counts[""])
-            return Mask({n: keep_top(scores, Mask({n: ones[n]}), counts[n])[n]
-                         for n in ones.names})
+            return keep_exactly(scores, ones, counts, p.scope)
         scorer = "random" if self.spec.masks == "random" else p.scorer
         return prune(solution, mask, p.prune_fraction, scorer=scorer, scope=p.scope,
                      generator=self._generator(level))

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swamp.averaging import RunningAverage
+from swamp.core.averaging import RunningAverage
 from swamp.config import TrainSettings
 from swamp.data import Split
 from swamp.errors import SwampError
 from swamp.core.seeds import derive_seed  # noqa: F401  (re-exported for callers)
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 
 StateDict = dict[str, torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]

@@ -10,7 +10,7 @@ from torch import nn
 
 from swamp.config import TrainSettings
 from swamp.data import DataBundle
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.training import ParticleResult, Schedule
 
 StateDict = dict[str, torch.Tensor]

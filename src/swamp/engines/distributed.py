@@ -28,7 +28,7 @@ from swamp.distributed import Group
 from swamp.engines.base import LevelTask, ParticleJob, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
 from swamp.errors import SwampError
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.training import ParticleResult
 
 StateDict = dict[str, torch.Tensor]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from swamp import cpu
-from swamp.averaging import RunningAverage
+from swamp.core.averaging import RunningAverage
 from swamp.engines.base import LevelTask, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
 from swamp.errors import SwampError

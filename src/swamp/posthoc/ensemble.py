@@ -27,7 +27,7 @@ def _kept(store: RunStore, level: int) -> int:
     layers = read_json(store.level_metrics_path(level)).get("layers")
     if layers:
         return sum(int(v["nnz"]) for v in layers.values())
-    from swamp.masks import Mask
+    from swamp.core.masks import Mask
 
     return Mask.load(store.mask_path(level)).nnz
 

@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from swamp.averaging import interpolate, recompute_batchnorm
+from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.posthoc.runs import LoadedRun, check_out_dir, load_run

@@ -20,7 +20,7 @@ from torch import nn
 from swamp.config import Settings
 from swamp.data import DataBundle
 from swamp.errors import SwampError
-from swamp.masks import Mask
+from swamp.core.masks import Mask
 from swamp.store import RunStore, load_state, read_json
 
 StateDict = dict[str, torch.Tensor]
