@@ -12,7 +12,7 @@ from swamp.loop import LevelLoop, run
 from swamp.core.masks import Mask
 from swamp.core.combine import combine_masks
 from swamp.core.pruning import target_counts
-from swamp.methods import greedy_soup
+from swamp.methods.soups import greedy_soup
 from swamp.core.pruning import keep_top
 from swamp.store import load_state
 from conftest import RecordingEngine
@@ -207,16 +207,17 @@ def test_oneshot_prunes_the_dense_solution_straight_to_each_density(tiny):
 
 
 def test_oneshot_target_sparsity_honours_the_layerwise_scope(tiny):
-    from swamp.methods import MethodPlan
+    from swamp.methods import get_method
 
     torch.manual_seed(0)
     # a layer of large weights: global pruning would keep far more of it than of "b"
     dense = {"a": torch.randn(20, 10) * 10, "b": torch.randn(40), "bias": torch.randn(3)}
     mask = Mask({"a": torch.ones(20, 10, dtype=torch.bool), "b": torch.ones(40, dtype=torch.bool)})
     for scope in ("layerwise", "global"):
-        plan = MethodPlan(tiny(method="oneshot", particles=1, target_sparsity=0.9, scope=scope),
-                          n_train=100)
-        out = plan.next_mask(0, dense, mask, lambda: dense)
+        s = tiny(method="oneshot", particles=1, target_sparsity=0.9, scope=scope)
+        out, record = get_method("oneshot").plan(s, n_train=100).next_mask(
+            0, dense, None, mask, lambda: dense)
+        assert record is None
         if scope == "layerwise":        # each layer keeps n - floor(0.9 n + 0.5)
             assert (int(out["a"].sum()), int(out["b"].sum())) == (20, 4)
             assert out == Mask({n: keep_top({n: dense[n].abs()}, Mask({n: mask[n]}), k)[n]

@@ -203,7 +203,7 @@ def test_auto_decides_by_the_whole_level_when_only_some_particles_are_left(tiny)
     from swamp.engines.auto import AutoEngine
 
     loop = LevelLoop(tiny(particles=4))
-    jobs = loop.plan.jobs(0)
+    jobs = loop._jobs(0)
     rest = LevelTask(0, loop.model.state_dict(), None, 0, jobs[3:], level_particles=4)
     engine = AutoEngine(loop.settings, recorded={"4": {"engine": "sequential", "threads": 1},
                                                  "1": {"engine": "sequential", "threads": 2}})

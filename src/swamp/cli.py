@@ -7,7 +7,8 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any, Sequence
 
-from swamp.config import METHODS, SECTIONS, Settings, read_settings_file
+from swamp.config import SECTIONS, Settings, read_settings_file
+from swamp.methods import METHODS
 from swamp.errors import SwampError
 from swamp.presets import PRESETS, preset_values
 
@@ -140,11 +141,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
-    from swamp.compare import PSEUDO_METHODS
+    from swamp.compare import POSTHOC
 
     print("post-hoc methods (`swamp compare --methods`; no training of their own):")
-    for name, summary in PSEUDO_METHODS.items():
-        print(f"  {name:<13} {summary}")
+    for posthoc in POSTHOC.values():
+        print(f"  {posthoc.name:<13} {posthoc.summary}")
     print("presets (--preset NAME):")
     for preset in PRESETS.values():
         shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")

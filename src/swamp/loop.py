@@ -25,7 +25,7 @@ from swamp.errors import SwampError
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.core.masks import Mask, select_prunable
-from swamp.methods import MethodPlan
+from swamp.methods import get_method
 from swamp.models import build_model
 from swamp.store import RunStore, load_state, read_json, save_state, write_json
 from swamp.training import ParticleResult, Schedule, clone_state, derive_seed, train_steps
@@ -143,7 +143,7 @@ class LevelLoop:
                     else None)
         self.engine = make_engine(s.run.engine, self.ctx, s, info=self.display.info,
                                   recorded=recorded)
-        self.plan = MethodPlan(s, len(self.data.train), self.device)
+        self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
 
     # ---- artefacts before level 0 -------------------------------------------------------
     def _init_state(self) -> StateDict:
@@ -193,7 +193,10 @@ class LevelLoop:
 
     # ---- one level ----------------------------------------------------------------------
     def _jobs(self, level: int) -> list[ParticleJob]:
-        return self.plan.jobs(level)   # seeds (run seed, level, particle); colt: data subsets
+        seed = self.settings.run.seed   # seeds (run seed, level, particle); colt: data subsets
+        return [ParticleJob(level, i, derive_seed(seed, "order", level, i),
+                            derive_seed(seed, "augment", level, i), subset)
+                for i, subset in enumerate(self.plan.subsets(level))]
 
     def _refit(self, state: StateDict) -> StateDict:
         """`state` with BatchNorm statistics recomputed on the training data."""
@@ -280,10 +283,6 @@ class LevelLoop:
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
         solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
                                                 self._val_acc)
-        if self.plan.combines_masks and level < self.plan.levels:
-            following, record = self.plan.combined_mask(
-                level, [particles[i] for i in members], mask)
-            combined["next_mask"] = record
         self.model.load_state_dict(solution)
         test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
         seconds = time.perf_counter() - t0
@@ -323,8 +322,13 @@ class LevelLoop:
             for i, state in enumerate(particles):
                 written.append(self.store.particle_path(level, i))
                 save_state(written[-1], state)
-        if self.plan.combines_masks and level < self.plan.levels:
-            written.append(self.store.level_dir(level) / "next_mask.safetensors")
+        if level < self.plan.levels:
+            # Made now, while the particles are in memory (mask combinations vote with them).
+            following, record = self.plan.next_mask(
+                level, solution, [particles[i] for i in members], mask, self._dense_solution)
+            if record is not None:
+                details["combined"]["next_mask"] = record
+            written.append(self.store.next_mask_path(level))
             following.save(written[-1])
         self.store.record_checksums(*written)
         write_json(self.store.level_metrics_path(level), details)
@@ -333,12 +337,16 @@ class LevelLoop:
         return row, solution
 
     def next_mask(self, level: int, solution: StateDict, mask: Mask) -> Mask:
-        """The mask of level + 1 (methods.py: prune the solution, random, oneshot; colt and
-        mask-vote saved the combination of their particles' masks with the level)."""
-        if self.plan.combines_masks:
-            return Mask.load(self.store.level_dir(level) / "next_mask.safetensors", self.device)
-        return self.plan.next_mask(
-            level, solution, mask, lambda: load_state(self.store.solution_path(0), self.device))
+        """The mask of level + 1, saved with the level; run directories that predate that
+        file (methods that prune one state) have the plan prune the saved solution again."""
+        path = self.store.next_mask_path(level)
+        if path.is_file():
+            self.store.verify_file(path, f"delete {self.store.level_dir(level)} to rerun it")
+            return Mask.load(path, self.device)
+        return self.plan.next_mask(level, solution, None, mask, self._dense_solution)[0]
+
+    def _dense_solution(self) -> StateDict:
+        return load_state(self.store.solution_path(0), self.device)
 
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:

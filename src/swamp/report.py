@@ -26,13 +26,15 @@ from typing import Any, Sequence
 
 from swamp.config import UNHASHED, Settings
 from swamp.errors import SwampError
+from swamp.methods import METHODS
+from swamp.posthoc.methods import POSTHOC
 from swamp.store import atomic_write_bytes
 
 SUMMARY_COLUMNS = ["method", "level", "density", "sparsity", "seeds", "test_acc_mean",
                    "test_acc_std", "test_nll_mean", "test_nll_std"]
 # Methods in the order tables and legends show them (others follow alphabetically).
-ORDER = ["imp", "imp-swa", "imp-wa", "swamp", "swamp+", "sms", "colt", "mask-vote",
-         "lottery-pools", "imp-ensemble", "ensemble", "random", "oneshot"]
+# `ensemble` labels `swamp ensemble` output.
+ORDER = [*METHODS, *POSTHOC, "ensemble"]
 
 
 @dataclass
@@ -115,8 +117,7 @@ def read_result(path: str | Path) -> Result:
 
 # Settings in which runs of different methods may differ: what makes the method, and
 # settings that do not change what a run computes (UNHASHED: device, engine, out, ...).
-METHOD_SETTINGS = {"method", "particles", "swa", "soup", "vote_share", "swamp_plus_level",
-                   "target_sparsity"}
+METHOD_SETTINGS = {"method", "swa", *(r for m in METHODS.values() for r in m.reads)}
 
 
 def _comparable(s: Settings) -> dict[str, Any]:

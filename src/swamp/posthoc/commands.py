@@ -113,10 +113,10 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from swamp.cli import add_settings_flags
-    from swamp.compare import PSEUDO_METHODS
-    from swamp.config import METHODS
+    from swamp.compare import POSTHOC
+    from swamp.methods import METHODS
 
-    known = ", ".join([*METHODS, *PSEUDO_METHODS])
+    known = ", ".join([*METHODS, *POSTHOC])
     p = sub.add_parser("compare", help="run methods x seeds (reusing finished runs) and report",
                        description="Run every method for every seed on the same run settings "
                                    "(finished runs are reused by their settings hash), then "
