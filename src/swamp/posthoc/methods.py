@@ -21,6 +21,8 @@ class PosthocMethod:
     seeds_hint: str    # why it needs min_seeds (the error when fewer are given)
     # (seeds, run directory of (source, seed), runs root, device, info) -> report directories
     build: Callable[[Sequence[int], Callable[[int], Path], Path, str, Info], list[Path]]
+    # (its posthoc.json record, source method) -> one line for the report
+    describe: Callable[[dict, str], str]
 
 
 def _pools(seeds, source_dir, runs_root, device, info):
@@ -48,12 +50,23 @@ def _ensembles(seeds, source_dir, runs_root, device, info):
     return out
 
 
+def describe_pools(record: dict, source: str) -> str:
+    window = record.get("window")
+    return f"Lottery Pools over {source}" + (f", window {window}" if window else "")
+
+
+def describe_ensemble(record: dict, source: str) -> str:
+    n = len(record.get("members") or [])
+    return f"output ensemble of {n or 'several'} {source} runs"
+
+
 POSTHOC: dict[str, PosthocMethod] = {m.name: m for m in [
     PosthocMethod("lottery-pools", "Lottery Pools over each seed's imp run (post-hoc, no "
-                  "training)", "imp", 1, True, "", _pools),
+                  "training)", "imp", 1, True, "", _pools, describe_pools),
     PosthocMethod("imp-ensemble", "output ensemble of two imp runs with different seeds (2x "
                   "inference cost)", "imp", 2, False,
-                  "pairs imp runs of different seeds; give at least two --seeds", _ensembles),
+                  "pairs imp runs of different seeds; give at least two --seeds", _ensembles,
+                  describe_ensemble),
 ]}
 
 
