@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from swamp.config import MethodSettings, Settings
 from swamp.errors import SwampError
 from swamp.methods import METHODS, get_method
-from swamp.posthoc.methods import POSTHOC, ensemble_pairs  # noqa: F401  (compare's API)
+from swamp.posthoc.methods import POSTHOC
 
 def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]

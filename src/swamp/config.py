@@ -179,11 +179,11 @@ class Settings:
         """A copy with the method's defaults filled in, validated."""
         out = dataclasses.replace(
             self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
-        spec = get_method(out.method.method)
+        method = get_method(out.method.method)
         if out.method.particles is None:
-            out.method.particles = spec.particles
+            out.method.particles = method.particles
         if out.method.swa is None:
-            out.method.swa = spec.swa
+            out.method.swa = method.swa
         if out.method.swa and out.train.swa_lr is None:
             # Written out, so settings.json says which SWA learning rate a run used even if
             # this default changes (it did: lr / 20 -> lr / 2).
@@ -275,13 +275,13 @@ def validate(s: Settings) -> None:
     for _, name, value in s.items():   # NaN passes every comparison below: refuse it first
         if isinstance(value, float) and not math.isfinite(value):
             raise SwampError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
-    spec = get_method(m.method)
+    method = get_method(m.method)
     checks = [
         (s.run.seed < 0, f"--seed must be 0 or more (got {s.run.seed})"),
         (m.particles is not None and m.particles < 1,
          f"--particles must be at least 1 (got {m.particles})"),
-        (spec.fixed_particles and m.particles != 1,
-         f"method {spec.name} trains one particle (got --particles {m.particles}); "
+        (method.fixed_particles and m.particles != 1,
+         f"method {method.name} trains one particle (got --particles {m.particles}); "
          f"use --method imp-wa or swamp for several"),
         (not 0.0 < p.prune_fraction < 1.0,
          f"--prune-fraction must be in (0, 1) (got {p.prune_fraction})"),
@@ -323,7 +323,7 @@ def validate(s: Settings) -> None:
     for bad, message in checks:
         if bad:
             raise SwampError(message)
-    spec.check(s)
+    method.check(s)
 
 
 ENGINES = ("auto", "sequential", "vectorised", "distributed")
