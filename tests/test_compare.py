@@ -5,7 +5,8 @@ import csv
 import pytest
 
 from swamp.app.cli import main
-from swamp.studies.compare import compare, ensemble_pairs, method_settings
+from swamp.posthoc.methods import ensemble_pairs
+from swamp.studies.compare import compare, method_settings
 from swamp.config import Settings
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop

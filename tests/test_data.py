@@ -437,13 +437,15 @@ def test_data_larger_than_free_cuda_memory_is_refused(monkeypatch):
 
 def test_particles_of_a_level_get_their_own_reproducible_augmentation():
     from swamp.config import Settings
-    from swamp.methods import MethodPlan
+    from swamp.core.seeds import derive_seed
+    from swamp.methods import get_method
 
     def augmented(plan_seed: int, level: int) -> list[torch.Tensor]:
         s = Settings.from_dict({"method": "swamp", "particles": 3, "seed": plan_seed}).resolved()
         x = torch.arange(8 * 3 * 8 * 8, dtype=torch.float32).view(8, 3, 8, 8)
-        return [CropFlip(pad=4)(x, torch.Generator().manual_seed(job.augment_seed))
-                for job in MethodPlan(s, 100).jobs(level)]
+        n = len(get_method("swamp").plan(s, 100).subsets(level))
+        return [CropFlip(pad=4)(x, torch.Generator().manual_seed(
+                    derive_seed(plan_seed, "augment", level, i))) for i in range(n)]
 
     a = augmented(0, 1)
     assert len(a) == 3

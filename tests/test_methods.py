@@ -10,7 +10,9 @@ from swamp.data import DataBundle, Split, load_dataset
 from swamp.errors import SwampError
 from swamp.loop import LevelLoop, run
 from swamp.core.masks import Mask
-from swamp.methods import combine_masks, greedy_soup, target_counts
+from swamp.core.combine import combine_masks
+from swamp.core.pruning import target_counts
+from swamp.methods.soups import greedy_soup
 from swamp.core.pruning import keep_top
 from swamp.store import load_state
 from conftest import RecordingEngine
@@ -205,16 +207,17 @@ def test_oneshot_prunes_the_dense_solution_straight_to_each_density(tiny):
 
 
 def test_oneshot_target_sparsity_honours_the_layerwise_scope(tiny):
-    from swamp.methods import MethodPlan
+    from swamp.methods import get_method
 
     torch.manual_seed(0)
     # a layer of large weights: global pruning would keep far more of it than of "b"
     dense = {"a": torch.randn(20, 10) * 10, "b": torch.randn(40), "bias": torch.randn(3)}
     mask = Mask({"a": torch.ones(20, 10, dtype=torch.bool), "b": torch.ones(40, dtype=torch.bool)})
     for scope in ("layerwise", "global"):
-        plan = MethodPlan(tiny(method="oneshot", particles=1, target_sparsity=0.9, scope=scope),
-                          n_train=100)
-        out = plan.next_mask(0, dense, mask, lambda: dense)
+        s = tiny(method="oneshot", particles=1, target_sparsity=0.9, scope=scope)
+        out, record = get_method("oneshot").plan(s, n_train=100).next_mask(
+            0, dense, None, mask, lambda: dense)
+        assert record is None
         if scope == "layerwise":        # each layer keeps n - floor(0.9 n + 0.5)
             assert (int(out["a"].sum()), int(out["b"].sum())) == (20, 4)
             assert out == Mask({n: keep_top({n: dense[n].abs()}, Mask({n: mask[n]}), k)[n]
@@ -230,19 +233,19 @@ def test_target_counts_follow_the_pruning_recurrence():
 
 
 @pytest.mark.parametrize("values,fragment", [
-    ({"method": "imp", "soup": "greedy"}, "--soup greedy"),
-    ({"method": "colt", "soup": "greedy"}, "--soup greedy"),
+    ({"method": "imp", "soup": "greedy"}, "`soup` greedy"),
+    ({"method": "colt", "soup": "greedy"}, "`soup` greedy"),
     ({"method": "swamp", "soup": "best"}, "unknown soup"),
-    ({"method": "swamp", "vote_share": 0.7}, "--vote-share applies"),
-    ({"method": "mask-vote", "vote_share": 0.0}, "--vote-share must"),
-    ({"method": "colt", "particles": 1}, "--particles 2 or more"),
-    ({"method": "swamp", "swamp_plus_level": 2}, "--swamp-plus-level applies"),
+    ({"method": "swamp", "vote_share": 0.7}, "`vote_share` applies"),
+    ({"method": "mask-vote", "vote_share": 0.0}, "`vote_share` must"),
+    ({"method": "colt", "particles": 1}, "`particles` 2 or more"),
+    ({"method": "swamp", "swamp_plus_level": 2}, "`swamp_plus_level` applies"),
     ({"method": "swamp+", "swamp_plus_level": 20, "levels": 3}, "between 0 and"),
-    ({"method": "imp", "target_sparsity": 0.9}, "--target-sparsity applies"),
-    ({"method": "oneshot", "target_sparsity": 1.0}, "--target-sparsity must"),
+    ({"method": "imp", "target_sparsity": 0.9}, "`target_sparsity` applies"),
+    ({"method": "oneshot", "target_sparsity": 1.0}, "`target_sparsity` must"),
     ({"method": "random", "scorer": "lamp"}, "random masks"),
     ({"method": "random", "particles": 2}, "one particle"),
-    ({"method": "sms", "soup": "greedy", "val_fraction": 0.0}, "--val-fraction 0 leaves none"),
+    ({"method": "sms", "soup": "greedy", "val_fraction": 0.0}, "`val_fraction` 0 leaves none"),
 ])
 def test_method_settings_that_do_not_apply_are_refused(values, fragment):
     with pytest.raises(SwampError, match=fragment):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from swamp.errors import SwampError
+from swamp.methods import get_method
 
 
 def _setting(default: Any, help: str, **kw: Any) -> Any:
@@ -134,49 +135,6 @@ UNHASHED = {"data_dir", "device", "out", "engine", "processes", "threads", "save
             "checkpoint_every"}
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """Defaults that make a named method a setting of the one level loop (DESIGN.md 2)."""
-
-    name: str
-    particles: int
-    swa: bool
-    summary: str
-    fixed_particles: bool = False
-    combine: str = "average"      # particles -> next mask: average | mask-overlap | mask-vote
-    restart: str = "rewind"       # a level starts from: rewind (point T0) | previous (solution)
-    data_split: str = "shared"    # particles' data: shared | disjoint (segments + ticket)
-    masks: str = "prune"          # next mask: prune (the solution) | random | oneshot
-    single_until: bool = False    # swamp+: one particle before --swamp-plus-level
-    min_particles: int = 1
-
-
-METHODS: dict[str, MethodSpec] = {
-    m.name: m
-    for m in [
-        MethodSpec("imp", 1, False, "IMP with rewinding (T0=0: lottery ticket)", True),
-        MethodSpec("imp-swa", 1, True, "IMP with SWA inside the single particle", True),
-        MethodSpec("imp-wa", 4, False, "ablation: average N particles without SWA"),
-        MethodSpec("swamp", 4, True, "SWAMP: average N particles, each with SWA"),
-        MethodSpec("swamp+", 4, True, "SWAMP with one particle before --swamp-plus-level, "
-                   "N from it on", single_until=True),
-        MethodSpec("sms", 4, False, "Sparse Model Soups: no rewinding, each level retrains the "
-                   "last soup over the schedule T0..T (--soup uniform|greedy)",
-                   restart="previous"),
-        MethodSpec("colt", 2, False, "COLT: particles on disjoint data segments, next mask = "
-                   "overlap of their masks; a ticket particle on all data is the solution",
-                   combine="mask-overlap", data_split="disjoint", min_particles=2),
-        MethodSpec("mask-vote", 4, False, "each particle prunes itself; a weight survives if "
-                   ">= --vote-share of particles keep it", combine="mask-vote",
-                   min_particles=2),
-        MethodSpec("random", 1, False, "random masks at the same per-level densities",
-                   True, masks="random"),
-        MethodSpec("oneshot", 1, False, "prune the dense solution straight to each level's "
-                   "density (or --target-sparsity), then train", True, masks="oneshot"),
-    ]
-}
-
-
 @dataclass
 class Settings:
     data: DataSettings = field(default_factory=DataSettings)
@@ -232,11 +190,11 @@ class Settings:
         """A copy with the method's defaults filled in, validated."""
         out = dataclasses.replace(
             self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
-        spec = method_spec(out.method.method)
+        method = get_method(out.method.method)
         if out.method.particles is None:
-            out.method.particles = spec.particles
+            out.method.particles = method.particles
         if out.method.swa is None:
-            out.method.swa = spec.swa
+            out.method.swa = method.swa
         if out.method.swa and out.train.swa_lr is None:
             # Written out, so settings.json says which SWA learning rate a run used even if
             # this default changes (it did: lr / 20 -> lr / 2).
@@ -262,13 +220,6 @@ class Settings:
 def field_owners() -> dict[str, str]:
     """Setting name -> its section."""
     return {f.name: section for section, cls in SECTIONS.items() for f in fields(cls)}
-
-
-def method_spec(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise SwampError(f"unknown method '{name}'; known: {', '.join(METHODS)} "
-                         f"(see `swamp list`)")
-    return METHODS[name]
 
 
 def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
@@ -339,13 +290,13 @@ def validate(s: Settings) -> None:
     for _, name, value in s.items():   # NaN passes every comparison below: refuse it first
         if isinstance(value, float) and not math.isfinite(value):
             raise SwampError(f"`{name}` must be a finite number (got {value})")
-    spec = method_spec(m.method)
+    method = get_method(m.method)
     checks = [
         (s.run.seed < 0, f"`seed` must be 0 or more (got {s.run.seed})"),
         (m.particles is not None and m.particles < 1,
          f"`particles` must be at least 1 (got {m.particles})"),
-        (spec.fixed_particles and m.particles != 1,
-         f"method {spec.name} trains one particle (got `particles` {m.particles}); "
+        (method.fixed_particles and m.particles != 1,
+         f"method {method.name} trains one particle (got `particles` {m.particles}); "
          f"use `method` imp-wa or swamp for several"),
         (not 0.0 < p.prune_fraction < 1.0,
          f"`prune_fraction` must be in (0, 1) (got {p.prune_fraction})"),
@@ -390,11 +341,11 @@ def validate(s: Settings) -> None:
         (s.run.processes > 1 and s.run.engine in ("sequential", "vectorised"),
          f"`processes` {s.run.processes} trains in several processes; use `engine` "
          f"distributed or auto, not {s.run.engine}"),
-        *_method_checks(s, spec),
     ]
     for bad, message in checks:
         if bad:
             raise SwampError(message)
+    method.check(s)
 
 
 # Beyond these a run cannot work on any machine; refused at once instead of failing (or
@@ -420,39 +371,6 @@ def _limits(s: Settings) -> list[tuple[bool, str]]:
                               f"keep less than one weight of any model (a density of "
                               f"{1 - p.prune_fraction:g}^{p.levels}); use fewer levels"))
     return out
-
-
-def _method_checks(s: Settings, spec: MethodSpec) -> list[tuple[bool, str]]:
-    """Settings that only some methods use: refused elsewhere (they would change the run
-    hash without changing the run)."""
-    m, name = s.method, spec.name
-    n = m.particles
-    return [
-        (n is not None and n < spec.min_particles,
-         f"method {name} combines the masks of several particles; use --particles 2 or more "
-         f"(got {n})"),
-        (m.soup not in ("uniform", "greedy"), f"unknown soup '{m.soup}'; use uniform or greedy"),
-        (m.soup == "greedy" and (spec.data_split == "disjoint" or spec.fixed_particles),
-         f"--soup greedy selects among averaged particles; method {name} does not average "
-         f"particles (use sms, swamp, imp-wa or mask-vote)"),
-        (m.soup == "greedy" and s.data.val_fraction == 0,
-         "--soup greedy selects on the validation split and --val-fraction 0 leaves none; "
-         "use --val-fraction > 0 (e.g. 0.1) or --soup uniform"),
-        (m.vote_share != 0.5 and spec.combine != "mask-vote",
-         f"--vote-share applies to --method mask-vote only (got --method {name})"),
-        (not 0.0 < m.vote_share <= 1.0, f"--vote-share must be in (0, 1] (got {m.vote_share})"),
-        (m.swamp_plus_level is not None and not spec.single_until,
-         f"--swamp-plus-level applies to --method swamp+ only (got --method {name})"),
-        (m.swamp_plus_level is not None and not 0 <= m.swamp_plus_level <= s.prune.levels,
-         f"--swamp-plus-level must be between 0 and --levels {s.prune.levels} "
-         f"(got {m.swamp_plus_level})"),
-        (m.target_sparsity is not None and spec.masks != "oneshot",
-         f"--target-sparsity applies to --method oneshot only (got --method {name})"),
-        (m.target_sparsity is not None and not 0.0 < m.target_sparsity < 1.0,
-         f"--target-sparsity must be in (0, 1) (got {m.target_sparsity})"),
-        (spec.masks == "random" and s.prune.scorer not in ("magnitude", "random"),
-         f"method random draws random masks; --scorer {s.prune.scorer} does not apply"),
-    ]
 
 
 ENGINES = ("auto", "sequential", "vectorised", "distributed")

@@ -30,7 +30,7 @@ from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
-from swamp.methods import MethodPlan
+from swamp.methods import get_method
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
                          save_state, write_json)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
@@ -124,7 +124,7 @@ class LevelLoop:
         self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
-        self.plan = MethodPlan(s, len(self.data.train), self.device)
+        self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -207,7 +207,10 @@ class LevelLoop:
 
     # ---- one level ----------------------------------------------------------------------
     def _jobs(self, level: int) -> list[ParticleJob]:
-        return self.plan.jobs(level)   # seeds (run seed, level, particle); colt: data subsets
+        seed = self.settings.run.seed   # seeds (run seed, level, particle); colt: data subsets
+        return [ParticleJob(level, i, derive_seed(seed, "order", level, i),
+                            derive_seed(seed, "augment", level, i), subset)
+                for i, subset in enumerate(self.plan.subsets(level))]
 
     def _refit(self, state: StateDict) -> StateDict:
         """`state` with BatchNorm statistics recomputed on the training data."""
@@ -263,10 +266,6 @@ class LevelLoop:
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
         solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
                                                 self._val_acc)
-        if self.plan.combines_masks and level < self.plan.levels:
-            following, record = self.plan.combined_mask(
-                level, [particles[i] for i in members], mask)
-            combined["next_mask"] = record
         self.model.load_state_dict(solution)
         test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
         seconds = time.perf_counter() - t0
@@ -306,7 +305,12 @@ class LevelLoop:
             for i, state in enumerate(particles):
                 written.append(self.store.particle_path(level, i))
                 save_state(written[-1], state)
-        if self.plan.combines_masks and level < self.plan.levels:
+        if level < self.plan.levels:
+            # Made now, while the particles are in memory (mask combinations vote with them).
+            following, record = self.plan.next_mask(
+                level, solution, [particles[i] for i in members], mask, self._dense_solution)
+            if record is not None:
+                details["combined"]["next_mask"] = record
             written.append(self.store.next_mask_path(level))
             following.save(written[-1])
         self.store.record_checksums(*written)
@@ -316,12 +320,16 @@ class LevelLoop:
         return row, solution
 
     def next_mask(self, level: int, solution: StateDict, mask: Mask) -> Mask:
-        """The mask of level + 1 (methods.py: prune the solution, random, oneshot; colt and
-        mask-vote saved the combination of their particles' masks with the level)."""
-        if self.plan.combines_masks:
-            return Mask.load(self.store.next_mask_path(level), self.device)
-        return self.plan.next_mask(
-            level, solution, mask, lambda: load_state(self.store.solution_path(0), self.device))
+        """The mask of level + 1, saved with the level; run directories that predate that
+        file (methods that prune one state) have the plan prune the saved solution again."""
+        path = self.store.next_mask_path(level)
+        if path.is_file():
+            self.store.verify_file(path, f"delete {self.store.level_dir(level)} to rerun it")
+            return Mask.load(path, self.device)
+        return self.plan.next_mask(level, solution, None, mask, self._dense_solution)[0]
+
+    def _dense_solution(self) -> StateDict:
+        return load_state(self.store.solution_path(0), self.device)
 
     # ---- the whole study ----------------------------------------------------------------
     def run(self) -> RunResult:

@@ -264,6 +264,11 @@ class RunStore:
     def mask_path(self, level: int) -> Path:
         return self.level_dir(level) / "mask.safetensors"
 
+    def next_mask_path(self, level: int) -> Path:
+        """The mask of level + 1, made at the end of `level` (a mask combination needs the
+        particles' states, which are only in memory then)."""
+        return self.level_dir(level) / "next_mask.safetensors"
+
     def solution_path(self, level: int) -> Path:
         return self.level_dir(level) / "solution.safetensors"
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from swamp.app import export, posthoc, run, studies
 from swamp.app.flags import render_error
-from swamp.config import METHODS
+from swamp.methods import METHODS
 from swamp.errors import SwampError
 from swamp.presets import PRESETS
 
@@ -47,7 +47,7 @@ def command_options(parser: argparse.ArgumentParser, command: str | None) -> set
 def cmd_list(args: argparse.Namespace) -> int:
     from swamp.data import list_datasets
     from swamp.models import list_models
-    from swamp.studies.compare import PSEUDO_METHODS
+    from swamp.posthoc.methods import POSTHOC
 
     print("datasets: " + ", ".join(list_datasets()))
     print("models:   " + ", ".join(list_models()))
@@ -55,8 +55,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
     print("post-hoc methods (`swamp compare --methods`; no training of their own):")
-    for name, summary in PSEUDO_METHODS.items():
-        print(f"  {name:<13} {summary}")
+    for posthoc in POSTHOC.values():
+        print(f"  {posthoc.name:<13} {posthoc.summary}")
     print("presets (--preset NAME):")
     for preset in PRESETS.values():
         shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")

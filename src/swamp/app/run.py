@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from swamp.app.flags import add_settings_flags, settings_from_args
-from swamp.config import METHODS
+from swamp.methods import METHODS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -18,10 +18,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from swamp.config import METHODS
-    from swamp.studies.compare import PSEUDO_METHODS
+    from swamp.methods import METHODS
+    from swamp.posthoc.methods import POSTHOC
 
-    known = ", ".join([*METHODS, *PSEUDO_METHODS])
+    known = ", ".join([*METHODS, *POSTHOC])
     p = sub.add_parser("compare", help="run methods x seeds (reusing finished runs) and report",
                        description="Run every method for every seed on the same run settings "
                                    "(finished runs are reused by their settings hash), then "

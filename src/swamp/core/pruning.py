@@ -52,6 +52,8 @@ __all__ = [
     "prune",
     "prune_to_count",
     "keep_top",
+    "keep_exactly",
+    "target_counts",
 ]
 
 Scorer = Callable[[Tensor, Tensor, "torch.Generator | None"], Tensor]
@@ -340,12 +342,33 @@ def prune(
         scores = _LazyScores(weights, mask, fn)
     else:
         scores = score(weights, mask, fn, generator)
+    return keep_exactly(scores, mask, target_counts(mask, fraction, 1, scope)[1], scope)
+
+
+def keep_exactly(scores: Mapping[str, Tensor], mask: Mask, counts: Mapping[str, int],
+                 scope: str, keep: Callable[[Mapping[str, Tensor], Mask, int], Mask] = keep_top
+                 ) -> Mask:
+    """Keep exactly `counts` weights of `mask` by `scores`: globally (`counts['']`) or per
+    layer (`counts[name]`), in the format of `target_counts`. `keep` ranks one group
+    (default `keep_top`; mask combination ranks by votes first)."""
     if scope == "global":
-        remaining = mask.nnz
-        return _prune_to_count(scores, mask, n_to_remove(fraction, remaining), remaining)
-    out = {}
-    for n in mask.names:
-        layer = Mask({n: mask[n]})
-        remaining = layer.nnz
-        out[n] = _prune_to_count(scores, layer, n_to_remove(fraction, remaining), remaining)[n]
-    return Mask(out)
+        return keep(scores, mask, counts[""])
+    return Mask({n: keep(scores, Mask({n: mask[n]}), counts[n])[n] for n in mask.names})
+
+
+def target_counts(mask: Mask, fraction: float, levels: int, scope: str) -> list[dict[str, int]]:
+    """Per-level kept counts per tensor of iterative pruning from `mask` (the exact recurrence
+    of `prune`: remove `n_to_remove(fraction, remaining)` per level, globally or per layer).
+    For the global scope only the total is defined; it is stored under the key ''."""
+    out = []
+    if scope == "global":
+        n = mask.nnz
+        for _ in range(levels + 1):
+            out.append({"": n})
+            n -= n_to_remove(fraction, n)
+        return out
+    counts = {n: int(mask[n].sum()) for n in mask.names}
+    for _ in range(levels + 1):
+        out.append(dict(counts))
+        counts = {n: c - n_to_remove(fraction, c) for n, c in counts.items()}
+    return out

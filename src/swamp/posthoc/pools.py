@@ -28,7 +28,7 @@ from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.core.masks import Mask
-from swamp.core.pruning import keep_top, score
+from swamp.core.pruning import keep_exactly, score
 from swamp.posthoc.runs import check_out_dir
 from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, read_json, save_state, write_json
@@ -47,12 +47,8 @@ def neighbours(level: int, levels: Sequence[int], window: int) -> list[int]:
 def reprune(state: StateDict, like: Mask, scope: str) -> tuple[StateDict, Mask]:
     """Keep the largest |w| with exactly `like`'s count (per layer for the layerwise scope)."""
     ones = Mask({n: torch.ones_like(like[n]) for n in like.names})
-    scores = score(state, ones, "magnitude")
-    if scope == "layerwise":
-        mask = Mask({n: keep_top(scores, Mask({n: ones[n]}), int(like[n].sum()))[n]
-                     for n in like.names})
-    else:
-        mask = keep_top(scores, ones, like.nnz)
+    counts = {"": like.nnz, **{n: int(like[n].sum()) for n in like.names}}
+    mask = keep_exactly(score(state, ones, "magnitude"), ones, counts, scope)
     return mask.apply_to_state_dict(state), mask
 
 

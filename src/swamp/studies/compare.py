@@ -24,15 +24,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from swamp.config import METHODS, MethodSettings, Settings, method_spec
+from swamp.config import MethodSettings, Settings
 from swamp.errors import SwampError
 from swamp.events import Events
-
-PSEUDO_METHODS = {
-    "lottery-pools": "Lottery Pools over each seed's imp run (post-hoc, no training)",
-    "imp-ensemble": "output ensemble of two imp runs with different seeds (2x inference cost)",
-}
-
+from swamp.methods import METHODS, get_method
+from swamp.posthoc.methods import POSTHOC
 
 def parse_list(text: str, what: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -43,9 +39,9 @@ def parse_list(text: str, what: str) -> list[str]:
 
 def check_methods(methods: Sequence[str]) -> None:
     for m in methods:
-        if m not in METHODS and m not in PSEUDO_METHODS:
+        if m not in METHODS and m not in POSTHOC:
             raise SwampError(f"unknown method '{m}'; known: "
-                             f"{', '.join([*METHODS, *PSEUDO_METHODS])}")
+                             f"{', '.join([*METHODS, *POSTHOC])}")
     if len(set(methods)) != len(methods):
         raise SwampError("a method is listed twice in `methods`; list each once")
 
@@ -59,31 +55,14 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
                          f"each method defines SWA (imp-swa, swamp and swamp+ use it), so "
                          f"leave it out")
     s = copy.deepcopy(base)
-    spec = method_spec(method)
+    reads = get_method(method).reads
     s.method.method = method
     s.run.seed = seed
-    defaults = {f.name: f.default for f in fields(MethodSettings)}
-    uses = {
-        "particles": not spec.fixed_particles,
-        "swa": False,                     # each method decides
-        "soup": spec.data_split == "shared" and not spec.fixed_particles,
-        "vote_share": spec.combine == "mask-vote",
-        "swamp_plus_level": spec.single_until,
-        "target_sparsity": spec.masks == "oneshot",
-    }
-    for name, used in uses.items():
-        if not used:
-            setattr(s.method, name, defaults[name])
+    for f in fields(MethodSettings):
+        if f.name != "method" and f.name not in reads:   # swa: each method decides
+            setattr(s.method, f.name, f.default)
     s.resolved()   # one clear line if the combination is impossible
     return s
-
-
-def ensemble_pairs(seeds: Sequence[int]) -> list[tuple[int, int]]:
-    """(s_1, s_2), (s_2, s_3), ..., (s_n, s_1); two seeds give the one pair."""
-    seeds = list(seeds)
-    if len(seeds) == 2:
-        return [(seeds[0], seeds[1])]
-    return [(s, seeds[(i + 1) % len(seeds)]) for i, s in enumerate(seeds)]
 
 
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
@@ -95,8 +74,6 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     Every run reports on `events`, and so does compare itself (Info events)."""
     from swamp.assemble import resolve_device
     from swamp.loop import LevelLoop
-    from swamp.posthoc.ensemble import ensemble_runs
-    from swamp.posthoc.pools import lottery_pools
     from swamp.posthoc.runs import check_out_dir
     from swamp.store import RunStore
     from swamp.studies.report import build_report
@@ -109,18 +86,20 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
         raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
     if len(set(seeds)) != len(seeds):
         raise SwampError("a seed is listed twice in `seeds`; list each once")
-    if "imp-ensemble" in methods and len(seeds) < 2:
-        raise SwampError("imp-ensemble pairs imp runs of different seeds; give at least two "
-                         "`seeds`")
-    if "lottery-pools" in methods and base.data.val_fraction == 0:
-        raise SwampError("lottery-pools selects on the validation split and `val_fraction` 0 "
-                         "leaves none; use `val_fraction` > 0 or leave lottery-pools out")
+    posthoc = [POSTHOC[m] for m in methods if m in POSTHOC]
+    for p in posthoc:
+        if len(seeds) < p.min_seeds:
+            raise SwampError(f"{p.name} {p.seeds_hint}")
+        if p.needs_validation and base.data.val_fraction == 0:
+            raise SwampError(f"{p.name} selects on the validation split and `val_fraction` 0 "
+                             f"leaves none; use `val_fraction` > 0 or leave {p.name} out")
     out = check_out_dir(out)
     runs_root = (check_out_dir(runs_dir, "`runs_dir`") if runs_dir is not None
                  else check_out_dir(out / "runs"))
     trained = [m for m in methods if m in METHODS]
-    if any(m in PSEUDO_METHODS for m in methods) and "imp" not in trained:
-        trained.append("imp")      # the pseudo-methods are made from imp runs
+    for p in posthoc:
+        if p.source not in trained:
+            trained.append(p.source)      # the pseudo-methods are made from its runs
     settings = {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
     run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
 
@@ -131,19 +110,8 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
 
     report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
     device = str(resolve_device(base.run.device))
-    if "lottery-pools" in methods:
-        for seed in seeds:
-            src = run_dirs[("imp", seed)]
-            info(f"lottery pools over {src}")
-            report_dirs.append(lottery_pools(src, RunStore(src).pools_root,
-                                             device=device))
-    if "imp-ensemble" in methods:
-        for seed, other in ensemble_pairs(seeds):
-            a, b = run_dirs[("imp", seed)], run_dirs[("imp", other)]
-            target = runs_root / f"imp-ensemble-{a.name}-{b.name}"
-            if not RunStore(target).metrics_csv.is_file():
-                info(f"ensemble of {a.name} and {b.name}")
-                ensemble_runs([a, b], target, label="imp-ensemble", device=device)
-            report_dirs.append(target)
+    for p in posthoc:
+        report_dirs += p.build(seeds, lambda seed, p=p: run_dirs[(p.source, seed)], runs_root,
+                               device, info)
     info(f"writing the report to {out}")
     return build_report(report_dirs, out, command=command, title=title, notes=notes)

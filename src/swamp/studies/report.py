@@ -26,13 +26,15 @@ from typing import Any, Sequence
 
 from swamp.config import UNHASHED, Settings
 from swamp.errors import SwampError
+from swamp.methods import METHODS
+from swamp.posthoc.methods import POSTHOC, describe_ensemble
 from swamp.store import RunStore, atomic_write_bytes
 
 SUMMARY_COLUMNS = ["method", "level", "density", "sparsity", "seeds", "test_acc_mean",
                    "test_acc_std", "test_nll_mean", "test_nll_std"]
 # Methods in the order tables and legends show them (others follow alphabetically).
-ORDER = ["imp", "imp-swa", "imp-wa", "swamp", "swamp+", "sms", "colt", "mask-vote",
-         "lottery-pools", "imp-ensemble", "ensemble", "random", "oneshot"]
+# `ensemble` labels `swamp ensemble` output.
+ORDER = [*METHODS, *POSTHOC, "ensemble"]
 
 
 @dataclass
@@ -116,8 +118,7 @@ def read_result(path: str | Path) -> Result:
 
 # Settings in which runs of different methods may differ: what makes the method, and
 # settings that do not change what a run computes (UNHASHED: device, engine, out, ...).
-METHOD_SETTINGS = {"method", "particles", "swa", "soup", "vote_share", "swamp_plus_level",
-                   "target_sparsity"}
+METHOD_SETTINGS = {"method", "swa", *(r for m in METHODS.values() for r in m.reads)}
 
 
 def _comparable(s: Settings) -> dict[str, Any]:
@@ -295,7 +296,8 @@ def plot(rows: Sequence[SummaryRow], path: Path, title: str = "") -> None:
             x = [s.density for s in pts]
             mean = [100 * _mean(s.acc) for s in pts]
             std = [100 * _std(s.acc) for s in pts]
-            style = "--" if m in ("imp-ensemble", "ensemble") else "-"
+            # output ensembles (imp-ensemble, `swamp ensemble`) cost several models: dashed
+            style = "--" if m.endswith("ensemble") else "-"
             ax.plot(x, mean, style, marker="o", ms=3, label=m, lw=1.4, color=colours[m])
             ax.fill_between(x, [u - v for u, v in zip(mean, std)],
                             [u + v for u, v in zip(mean, std)], color=colours[m], alpha=0.15,
@@ -346,12 +348,11 @@ def describe(r: Result) -> str:
     if not r.posthoc:
         return f"{m.particles} particle(s), SWA {m.swa}"
     source = r.posthoc.get("source_method") or m.method
-    if "members" in r.posthoc or "ensemble" in r.method:
-        n = len(r.posthoc.get("members") or [])
-        return f"output ensemble of {n or 'several'} {source} runs"
-    if r.posthoc.get("method") == "lottery-pools":
-        window = r.posthoc.get("window")
-        return f"Lottery Pools over {source}" + (f", window {window}" if window else "")
+    kind = POSTHOC.get(r.posthoc.get("method"))
+    if kind is not None:
+        return kind.describe(r.posthoc, source)
+    if "members" in r.posthoc or "ensemble" in r.method:     # `swamp ensemble` output
+        return describe_ensemble(r.posthoc, source)
     return f"post-hoc over {source}"
 
 
