@@ -48,8 +48,11 @@ def one_run(flags: list[str], levels: int) -> tuple[float, str]:
     wall = time.perf_counter() - start
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     record = json.loads((run_dir / "engine.json").read_text())
-    chosen = ", ".join(f"{n}: {r['engine']}" + (f" x{r['processes']}" if "processes" in r
-                                                else "") for n, r in record.items())
+    # auto records a choice per number of particles; a fixed engine records itself
+    choices = record.items() if "engine" not in record else [("all", record)]
+    chosen = ", ".join(f"{n} particles: {r['engine']}" + (f" x{r['processes']}"
+                                                         if "processes" in r else "")
+                       for n, r in choices)
     return wall, chosen
 
 

@@ -113,3 +113,21 @@ def test_a_settings_file_that_is_not_utf8_is_one_line(tmp_path):
     path.write_bytes(b"lr = 0.1\n\xff\xfe epochs = 3\n")
     with pytest.raises(SwampError, match="not UTF-8 text"):
         Settings.from_file(path)
+
+
+def test_a_second_compare_on_one_out_is_refused_at_once(tiny, tmp_path):
+    import os
+
+    from swamp.store import hold
+    from swamp.studies.compare import compare
+
+    out = tmp_path / "study"
+    held = hold(out / "compare.lock", str(out), "that compare")      # a compare running
+    try:
+        with pytest.raises(SwampError, match=f"in use by pid {os.getpid()} on "):
+            compare(["imp"], [0], tiny(levels=0), out)
+        assert not (out / "runs").exists()                          # nothing was trained
+    finally:
+        held.close()
+    compare(["imp"], [0], tiny(levels=0), out)                      # free again
+    assert (out / "report.md").is_file()

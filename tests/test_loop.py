@@ -76,9 +76,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tiny, tmp_path):
 
 
 def loop_with(settings, engine, **kw):
-    loop = LevelLoop(settings, **kw)
-    loop.engine = engine
-    return loop
+    return LevelLoop(settings, engine=engine, **kw)
 
 
 def test_interrupted_run_resumes_to_the_same_metrics(tiny, tmp_path):

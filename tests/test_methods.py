@@ -19,8 +19,7 @@ from conftest import RecordingEngine
 
 
 def run_recorded(settings, **kw):
-    loop = LevelLoop(settings, **kw)
-    loop.engine = RecordingEngine()
+    loop = LevelLoop(settings, engine=RecordingEngine(), **kw)
     return loop, loop.run()
 
 

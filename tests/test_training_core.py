@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from swamp.core.masks import Mask
 from swamp.engines import LevelTask, SequentialEngine, VectorisedEngine
 from swamp.engines.base import train_group
 from swamp.loop import LevelLoop, run

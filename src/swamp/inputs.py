@@ -11,7 +11,6 @@ only need the architecture.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from swamp.core.digest import digest as _digest

@@ -159,6 +159,34 @@ def load_state(path: Path, device: str | torch.device = "cpu") -> StateDict:
                          f"folder) and re-run the same command to recompute it") from None
 
 
+def hold(lock_path: Path, what: str, holder_kind: str) -> Any:
+    """An OS file lock on `lock_path` held by this process until the returned handle is
+    closed (or the process ends: the OS releases the lock of a process that died, and the
+    next one takes it over). Held by another process: one line naming it (pid and host).
+    On systems without `fcntl` nothing is locked (None)."""
+    import socket
+
+    try:
+        import fcntl
+    except ImportError:        # not POSIX: runs are not protected from each other
+        return None
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock_path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SwampError(f"{what} is in use by {holder}; wait for {holder_kind} to end (or "
+                         f"stop it), or use another directory") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    fh.flush()
+    return fh
+
+
 class RunStore:
     """Paths and artefacts of one run directory."""
 
@@ -172,32 +200,9 @@ class RunStore:
         return self.root / "run.lock"
 
     def lock(self) -> None:
-        """Hold the run directory for this process until `unlock` (or the process ends:
-        the OS releases the lock of a process that died, and the next run takes it over).
-        A directory held by another process is refused in one line naming the holder."""
-        import socket
-
-        try:
-            import fcntl
-        except ImportError:        # not POSIX: runs are not protected from each other
-            return
-        if self._lock is not None:
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lock_path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise SwampError(f"{self.root} is in use by {holder}; wait for that run to end "
-                             f"(or stop it), or use another run directory") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        fh.flush()
-        self._lock = fh
+        """Hold the run directory for this process until `unlock` (see `hold`)."""
+        if self._lock is None:
+            self._lock = hold(self.lock_path, str(self.root), "that run")
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -274,10 +279,6 @@ class RunStore:
 
     def particle_path(self, level: int, index: int) -> Path:
         return self.level_dir(level) / f"particle_{index}.safetensors"
-
-    def next_mask_path(self, level: int) -> Path:
-        """The mask of level + 1, saved with `level` by methods that combine masks."""
-        return self.level_dir(level) / "next_mask.safetensors"
 
     def partial_dir(self, level: int) -> Path:
         return self.level_dir(level) / "partial"

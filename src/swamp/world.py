@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
-import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

@@ -55,8 +55,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
     print("post-hoc methods (`swamp compare --methods`; no training of their own):")
-    for posthoc in POSTHOC.values():
-        print(f"  {posthoc.name:<13} {posthoc.summary}")
+    for method in POSTHOC.values():
+        print(f"  {method.name:<13} {method.summary}")
     print("presets (--preset NAME):")
     for preset in PRESETS.values():
         shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")

@@ -33,9 +33,9 @@ from swamp import cpu
 from swamp.config import Settings
 from swamp.engines.base import LevelTask, ProgressFn, TrainContext
 from swamp.engines.sequential import SequentialEngine
-from swamp.engines.vectorised import VectorisedEngine, probe, time_steps
+from swamp.engines.vectorised import VectorisedEngine, sync, probe
 from swamp.errors import SwampError
-from swamp.train import ParticleResult, SingleReplica, StackedReplicas, make_optimizer
+from swamp.train import ParticleResult, SingleReplica, StackedReplicas, TrainPlan, fit
 
 Info = Callable[[str], None]
 
@@ -47,61 +47,48 @@ PROCESS_START_SECONDS = 3.0
 VECTORISED_MARGIN = 1.05
 
 
+def _fit_seconds(replicas: Any, ctx: TrainContext, n: int, steps: int) -> float:
+    """Seconds the one training loop (`fit`) takes for `steps` iterations of `replicas`."""
+    plan = TrainPlan(ctx.data.train, ctx.schedule, ctx.settings, 0, steps,
+                     order_seeds=list(range(n)), augment_seeds=list(range(n)),
+                     subsets=[None] * n, labels=["probe"] * n, augment=ctx.data.augment,
+                     objective=ctx.objective)
+    device = ctx.model_device
+    sync(device)
+    start = time.perf_counter()
+    fit(replicas, plan, precision=ctx.settings.precision,
+        clip_grad_norm=ctx.settings.clip_grad_norm)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def _step_time(make: Callable[[], Any], ctx: TrainContext, n: int) -> float:
+    """Seconds per iteration of the training loop: 4 iterations less 1 (which also pays the
+    loop's set-up), after a warm-up; one iteration alone where a step is slow."""
+    first = _fit_seconds(make(), ctx, n, 1)          # warm-up; also a first estimate
+    if first > 0.5:
+        return first
+    return max(1e-9, (_fit_seconds(make(), ctx, n, 4) - _fit_seconds(make(), ctx, n, 1)) / 3)
+
+
 def step_seconds(ctx: TrainContext, threads: int) -> float:
-    """Seconds per training step of one particle (forward, backward, SGD step)."""
-    model = copy.deepcopy(ctx.model).train()
-    replica = SingleReplica(model)
-    optimizer = make_optimizer(replica.parameters(), ctx.settings)
-    b = min(ctx.settings.batch_size, len(ctx.data.train))
-    x, y = ctx.data.train.x[:b].unsqueeze(0), ctx.data.train.y[:b].unsqueeze(0)
-
-    def step() -> None:
-        loss = ctx.objective(replica.forward(x), x, y)[0]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    """Seconds per training step of one particle, measured through the training loop."""
+    model = copy.deepcopy(ctx.model)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with cpu.torch_threads(threads):
-        start = time.perf_counter()
-        step()                                  # warm-up; also a first estimate
-        first = time.perf_counter() - start
-        if first > 0.5:                         # slow model: one step says enough
-            return first
-        return time_steps(step, 3, ctx.model_device)
+        return _step_time(lambda: SingleReplica(model, start, ctx.objective.captures), ctx, 1)
 
 
 def vectorised_speedup(n: int, state: dict[str, torch.Tensor], ctx: TrainContext) -> float:
-    """Throughput of a stacked step over N single steps, on this model and batch size."""
-    b = min(ctx.settings.batch_size, len(ctx.data.train))
-    x, y = ctx.data.train.x[:b], ctx.data.train.y[:b]
+    """Throughput of N stacked particles over N single ones, through the training loop, on
+    this model and batch size."""
     saved = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     try:
-        single = SingleReplica(copy.deepcopy(ctx.model).train())
-        opt1 = make_optimizer(single.parameters(), ctx.settings)
-        x1, y1 = x.unsqueeze(0), y.unsqueeze(0)
-
-        def one() -> None:
-            for _ in range(n):
-                loss = ctx.objective(single.forward(x1), x1, y1)[0]
-                opt1.zero_grad(set_to_none=True)
-                loss.backward()
-                opt1.step()
-
-        ctx.model.train()
-        stack = StackedReplicas(ctx.model, state, n)
-        optn = make_optimizer(stack.parameters(), ctx.settings)
-        xs = x.unsqueeze(0).expand(n, *x.shape).contiguous()
-        ys = y.unsqueeze(0).expand(n, *y.shape).contiguous()
-
-        def stacked() -> None:
-            loss = ctx.objective(stack.forward(xs), xs, ys).sum()
-            optn.zero_grad(set_to_none=True)
-            loss.backward()
-            optn.step()
-
-        t1 = time_steps(one, 3, ctx.model_device)
-        tn = time_steps(stacked, 3, ctx.model_device)
-        return t1 / tn
+        single = copy.deepcopy(ctx.model)
+        t1 = _step_time(lambda: SingleReplica(single, state, ctx.objective.captures), ctx, 1)
+        tn = _step_time(lambda: StackedReplicas(ctx.model, state, n, ctx.objective.captures),
+                        ctx, n)
+        return n * t1 / tn
     finally:
         ctx.model.load_state_dict(saved)
 

@@ -149,12 +149,11 @@ def train_group(replicas: Any, task: LevelTask, ctx: TrainContext,
         what = ", ".join(label(j) for j in jobs)
         info(f"{what}: " + ("trained before the stop; kept" if step >= plan.stop else
                             f"resuming from the checkpoint at iteration {step}"))
-    report = None
-    if progress is not None:
-        def report(done: int) -> None:
-            for j in jobs:
-                progress(j.index, done)
+    def report(done: int) -> None:
+        for j in jobs:
+            progress(j.index, done)
     results, _ = fit(replicas, plan, precision=s.precision, clip_grad_norm=s.clip_grad_norm,
-                     checkpoint=file, resume=resume, progress=report,
+                     checkpoint=file, resume=resume,
+                     progress=report if progress is not None else None,
                      optimizer_state=task.optimizer_state)
     return results

@@ -13,8 +13,7 @@ on this device) one line says so and the sequential engine trains them.
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -136,19 +135,9 @@ class VectorisedEngine:
         pass
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings of asynchronous devices)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
-
-
-def time_steps(fn: Callable[[], None], steps: int, device: torch.device) -> float:
-    """Seconds per call of `fn` over `steps` calls after one warm-up call."""
-    fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / steps

@@ -75,7 +75,7 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     from swamp.assemble import resolve_device
     from swamp.loop import LevelLoop
     from swamp.posthoc.runs import check_out_dir
-    from swamp.store import RunStore
+    from swamp.store import hold
     from swamp.studies.report import build_report
 
     events = events or Events()
@@ -103,15 +103,21 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     settings = {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
     run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
 
-    total = len(settings)
-    for k, ((m, seed), s) in enumerate(settings.items(), 1):
-        info(f"[{k}/{total}] {m}, seed {seed}: {run_dirs[(m, seed)]}")
-        LevelLoop(s, run_dir=run_dirs[(m, seed)], events=events).run()
+    # One compare per report directory (each run is locked on its own as well).
+    lock = hold(out / "compare.lock", str(out), "that compare")
+    try:
+        total = len(settings)
+        for k, ((m, seed), s) in enumerate(settings.items(), 1):
+            info(f"[{k}/{total}] {m}, seed {seed}: {run_dirs[(m, seed)]}")
+            LevelLoop(s, run_dir=run_dirs[(m, seed)], events=events).run()
 
-    report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
-    device = str(resolve_device(base.run.device))
-    for p in posthoc:
-        report_dirs += p.build(seeds, lambda seed, p=p: run_dirs[(p.source, seed)], runs_root,
-                               device, info)
-    info(f"writing the report to {out}")
-    return build_report(report_dirs, out, command=command, title=title, notes=notes)
+        report_dirs = [run_dirs[(m, seed)] for m in methods if m in METHODS for seed in seeds]
+        device = str(resolve_device(base.run.device))
+        for p in posthoc:
+            report_dirs += p.build(seeds, lambda seed, p=p: run_dirs[(p.source, seed)],
+                                   runs_root, device, info)
+        info(f"writing the report to {out}")
+        return build_report(report_dirs, out, command=command, title=title, notes=notes)
+    finally:
+        if lock is not None:
+            lock.close()

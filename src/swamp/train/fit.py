@@ -23,6 +23,7 @@ from swamp.train.callbacks import (SWA, Callback, Checkpoint, LossCheck, Progres
                                    overrides)
 from swamp.train.objective import CrossEntropy, Objective
 from swamp.train.precision import Precision
+from swamp.train.replicas import SingleReplica
 from swamp.train.schedule import BatchOrder, Schedule
 from swamp.train.state import LoopState
 
@@ -171,19 +172,17 @@ def train_steps(model: torch.nn.Module, mask: Any, train: Split, schedule: Sched
                 on_step: Callable[[int], None] | None = None,
                 label: str = "training") -> ParticleResult:
     """Train one module in place from iteration `start` to `stop` of the schedule: `fit` on a
-    `SingleReplica`, for callers with one model (the rewind segment, tests, notebooks)."""
-    from swamp.train.replicas import SingleReplica
-
+    `SingleReplica`, for callers with one model and no checkpoints (tests, notebooks)."""
     plan = TrainPlan(train, schedule, settings, start, stop, [order_seed], [augment_seed],
                      [subset], [label], augment=augment, swa=schedule.swa, mask=mask,
                      rng_seed=order_seed)
-    progress = None
-    if on_step is not None:
-        def progress(done: int) -> None:
-            if done > start:         # the first report is the start itself
-                on_step(done)
+
+    def report(done: int) -> None:
+        if done > start:                 # the first report is the start itself
+            on_step(done)
     (result,), _ = fit(SingleReplica(model), plan, precision=settings.precision,
-                       clip_grad_norm=settings.clip_grad_norm, progress=progress)
+                       clip_grad_norm=settings.clip_grad_norm,
+                       progress=report if on_step is not None else None)
     return result
 
 

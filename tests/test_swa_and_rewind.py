@@ -1,30 +1,22 @@
-"""More properties of the level loop, read back from the run directory (tiny settings)."""
+"""SWA inside a particle and the rewind point: snapshot counts, the dense segment to T0,
+the averaging-only and SWA-only members of the family."""
 
 import dataclasses
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from swamp.app.cli import main
-from swamp.errors import SwampError
-from swamp.loop import LevelLoop, run
 from swamp.core.masks import Mask
-from swamp.models import build_model
 from swamp.core.seeds import derive_seed
+from swamp.loop import LevelLoop, run
+from swamp.models import build_model
 from swamp.train import train_steps
 from conftest import RecordingEngine
 
 
 def level_metrics(root, level):
     return json.loads((root / f"level_{level}" / "metrics.json").read_text())
-
-
-def snapshot(root):
-    """Every path under `root`: (bytes, mtime) of files, mtime of folders."""
-    return {p.relative_to(root): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.name != "run.lock"}   # the lock is not data
 
 
 def expected_snapshots(total, swa_start, freq, spe, start=0):
@@ -38,51 +30,6 @@ def expected_snapshots(total, swa_start, freq, spe, start=0):
         on_grid = (done - swa_start) % freq == 0 if freq > 0 else done % spe == 0
         count += on_grid or done == total
     return count
-
-
-# ---- prunable tensors -------------------------------------------------------------------------
-@pytest.mark.parametrize("model,names", [
-    ("mlp", {"1.weight", "3.weight", "5.weight"}),
-    ("conv1d", {"features.0.weight", "features.3.weight", "features.6.weight",
-                "classifier.weight"}),
-])
-def test_masks_cover_exactly_the_linear_and_conv_weights(tiny, model, names):
-    result = run(tiny(model=model, method="imp", particles=1, levels=1, epochs=1))
-    net = build_model(model, (1, 32), 10)
-    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
-    assert names == {f"{n}.weight" for n, m in net.named_modules() if isinstance(m, kinds)}
-    bn = {n for n, m in net.named_modules()
-          if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))}
-    solution = result.solution(1)
-    for level in (0, 1):
-        assert set(result.mask(level).names) == names
-    # everything else (biases, BatchNorm weights and statistics) is in the solution, unmasked
-    rest = set(solution) - names
-    assert rest and all(k.endswith(".bias") or k.rsplit(".", 1)[0] in bn for k in rest)
-    if model == "conv1d":
-        bn_weights = {"features.1.weight", "features.4.weight", "features.7.weight"}
-        assert bn_weights <= set(solution) and not bn_weights & names
-        assert all(torch.count_nonzero(solution[k]) == solution[k].numel() for k in bn_weights)
-
-
-# ---- per-layer densities ----------------------------------------------------------------------
-def test_per_layer_densities_in_metrics_match_the_mask_files(tiny):
-    result = run(tiny(method="imp", particles=1, levels=2))
-    root = result.run_dir
-    seen = set()
-    for level in range(3):
-        metrics = level_metrics(root, level)
-        mask = load_file(str(root / f"level_{level}" / "mask.safetensors"))
-        assert set(metrics["layers"]) == set(mask)
-        for name, m in mask.items():
-            layer = metrics["layers"][name]
-            nnz, numel = int(m.sum()), m.numel()
-            assert layer["nnz"] == nnz and layer["numel"] == numel
-            assert layer["density"] == pytest.approx(nnz / numel, abs=1e-12)
-            seen.add(round(nnz / numel, 6))
-        total = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
-        assert metrics["density"] == pytest.approx(total, abs=1e-12)
-    assert len(seen) > 3    # global pruning left the layers at different densities
 
 
 # ---- SWA frequency ----------------------------------------------------------------------------
@@ -106,8 +53,7 @@ def test_rewind_iters_trains_the_dense_network_then_every_particle_from_t0(tiny)
     t0 = 2
     settings = tiny(rewind_iters=t0, swa_start=0.0, swa_freq=1, levels=1, engine="sequential")
     engine = RecordingEngine()
-    loop = LevelLoop(settings)
-    loop.engine = engine
+    loop = LevelLoop(settings, engine=engine)
     loop.run()
     s, store, sched = loop.settings, loop.store, loop.schedule
     init = load_file(str(store.init_path))
@@ -187,44 +133,3 @@ def test_imp_swa_keeps_one_particle_with_an_swa_average(tiny):
         p0 = load_file(str(d / "particle_0.safetensors"))
         solution = load_file(str(d / "solution.safetensors"))
         assert all(torch.equal(solution[k], p0[k]) for k in p0)
-
-
-# ---- damaged or mismatched run directories ----------------------------------------------------
-def test_truncated_rewind_checkpoint_is_a_clear_error_and_touches_nothing(tiny, tmp_path):
-    root = tmp_path / "r"
-    loop = LevelLoop(tiny(rewind_iters=2, levels=1), run_dir=root)
-    loop.engine = RecordingEngine(fail_at=0)
-    with pytest.raises(KeyboardInterrupt):
-        loop.run()
-    rewind = root / "rewind.safetensors"
-    assert rewind.is_file() and not (root / "level_0" / "metrics.json").exists()
-    data = rewind.read_bytes()
-    rewind.write_bytes(data[:len(data) // 2])
-    before = snapshot(root)
-    damaged = r"rewind\.safetensors (is corrupted|changed after it was written)"
-    with pytest.raises(SwampError, match=damaged) as err:
-        LevelLoop(tiny(rewind_iters=2, levels=1), run_dir=root).run()
-    assert "rewind.safetensors" in str(err.value)
-    assert snapshot(root) == before      # nothing deleted, overwritten or added
-
-
-def test_cli_resume_with_other_settings_exits_2_and_changes_nothing(tmp_path, capsys):
-    flags = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
-             "--batch-size", "50", "--levels", "1", "--particles", "2", "--device", "cpu",
-             "--rewind-epochs", "0", "--engine", "sequential"]
-    root = tmp_path / "r"
-    threads = torch.get_num_threads()
-    try:
-        assert main(["run", *flags, "--run-dir", str(root), "--quiet"]) == 0
-        capsys.readouterr()
-        before = snapshot(root)
-        assert len(before) > 5
-        code = main(["run", *flags, "--run-dir", str(root), "--lr", "0.3"])
-    finally:
-        torch.set_num_threads(threads)
-    out, err = capsys.readouterr()
-    assert code == 2
-    assert err.count("\n") == 1 and err.startswith("swamp: error:")
-    assert "different settings" in err and "Traceback" not in err
-    assert out == ""
-    assert snapshot(root) == before
