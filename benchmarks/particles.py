@@ -182,7 +182,8 @@ def child(args: argparse.Namespace) -> None:
         if "auto" in engines_needed:
             for n in [int(v) for v in args.particles.split(",")]:
                 t0 = time.perf_counter()
-                auto.choose(make_task(model, n, steps), real_ctx)     # decide (and start)
+                task = make_task(model, n, steps)
+                auto.choose(n, real_ctx, task.start_state)     # decide (and start)
                 out.setdefault("auto_decide_s", []).append(time.perf_counter() - t0)
 
         def measure(name: str, engine, n: int, threads: int, the_ctx) -> dict:
