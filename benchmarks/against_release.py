@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_file import publish  # benchmarks/ is on the path of its own scripts
+from results_file import machine_line, publish, spread  # benchmarks/ is on the path of its own scripts
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "against_release.md"
@@ -51,8 +50,6 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=14)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-
-    import torch
 
     base = Path(tempfile.mkdtemp(prefix="swamp-base-")) / "tree"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
@@ -91,16 +88,14 @@ def main() -> None:
     ]
     for name in trees:
         w = walls[name]
-        lines.append(f"| {name} | {statistics.median(w):.1f} s ({min(w):.1f}-{max(w):.1f}) | "
+        lines.append(f"| {name} | {spread(w)} | "
                      f"{', '.join(f'{a:.4f}' for a in sorted(set(accs[name])))} |")
     lines += [
         "",
         f"This checkout / base, paired per round: {', '.join(f'{p:.3f}' for p in paired)}; "
         f"median **{ratio:.3f}** (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}).",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"Python {platform.python_version()}; load average (1 min) before {load[0][0]:.2f}, "
-        f"after {load[1][0]:.2f}.",
+        machine_line(*load),
     ]
     publish(lines, args.out)
 

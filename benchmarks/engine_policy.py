@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_file import publish  # benchmarks/ is on the path of its own scripts
+from results_file import machine_line, publish, spread  # benchmarks/ is on the path of its own scripts
 
 RESULTS = Path(__file__).parent / "results" / "engine_policy.md"
 CONFIGS = {"auto": [], "sequential": ["--engine", "sequential"],
@@ -64,8 +63,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    import torch
-
     from swamp.data import load_dataset
 
     load_dataset("mnist1d")          # generates the cached data once, untimed
@@ -77,7 +74,6 @@ def main() -> None:
         f"Command: `{cmd}`",
         "",
     ]
-    verdicts = []
     for levels in [int(v) for v in args.levels.split(",")]:
         walls: dict[str, list[float]] = {name: [] for name in CONFIGS}
         chosen = set()
@@ -94,7 +90,6 @@ def main() -> None:
         paired = [walls["auto"][r] / min(walls["sequential"][r], walls["processes"][r])
                   for r in range(args.rounds)]
         ratio = statistics.median(paired)
-        verdicts.append((levels, ratio))
         lines += [
             f"## `swamp run --levels {levels}`",
             "",
@@ -103,7 +98,7 @@ def main() -> None:
         ]
         for name in CONFIGS:
             w = walls[name]
-            lines.append(f"| {name} | {statistics.median(w):.1f} s ({min(w):.1f}-{max(w):.1f}) "
+            lines.append(f"| {name} | {spread(w)} "
                          f"| {statistics.median(w) / statistics.median(walls['auto']):.2f}x |")
         lines += [
             "",
@@ -113,11 +108,7 @@ def main() -> None:
             "",
         ]
     load.append(os.getloadavg())
-    lines += [
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"Python {platform.python_version()}; load average (1 min) before {load[0][0]:.2f}, "
-        f"after {load[1][0]:.2f}. {args.rounds} rounds, configurations alternated.",
-    ]
+    lines.append(f"{machine_line(*load)} {args.rounds} rounds, configurations alternated.")
     publish(lines, args.out)
 
 

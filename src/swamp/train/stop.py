@@ -10,10 +10,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator
+from typing import Iterator
 
 _requested: list[int] = []
-_on_request: list[Callable[[int], None]] = []
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,20 +33,11 @@ def raise_if_requested() -> None:
         raise Interrupted(_requested[0])
 
 
-def on_request(callback: Callable[[int], None]) -> Callable[[], None]:
-    """Call `callback(signum)` when a stop is requested (e.g. to pass it on to child
-    processes); returns a function that removes it."""
-    _on_request.append(callback)
-    return lambda: _on_request.remove(callback) if callback in _on_request else None
-
-
 def _handler(signum: int, frame: object) -> None:
     if _requested and signum == signal.SIGINT:
         raise KeyboardInterrupt          # a second Ctrl-C: stop now
     if not _requested:
         _requested.append(signum)
-        for callback in list(_on_request):
-            callback(signum)
 
 
 @contextlib.contextmanager
