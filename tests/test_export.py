@@ -10,7 +10,7 @@ from swamp.app.cli import main
 from swamp.export import _encode, choose_level, export_level, load_exported
 from swamp.loop import run
 from swamp.core.masks import Mask
-from swamp.store import RunStore, load_state, read_json, write_json
+from swamp.store import RunStore, load_state, read_json
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_level_choice_reads_validation_accuracy_only(finished_run, tmp_path):
         path = store.level_metrics_path(level)
         row = read_json(path)
         row["val_acc"], row["test_acc"] = acc, 1.0 - acc   # test says the opposite
-        write_json(path, row)
+        store.write_record(path, row)
     assert choose_level(store, max_val_drop=0.01) == 1
     assert choose_level(store, max_val_drop=0.025) == 2
     assert choose_level(store, max_val_drop=0.0) == 0

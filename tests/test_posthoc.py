@@ -14,7 +14,7 @@ from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
 from swamp.loop import run
 from swamp.core.masks import Mask
 from swamp.posthoc import connectivity, ensemble_runs, load_run, lottery_pools, pool_level
-from swamp.store import load_state
+from swamp.store import RunStore, load_state
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_a_run_directory_with_no_finished_level_is_one_clear_line(runs, tmp_path
     src = runs["imp"][0]
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "settings.json").write_text((src / "settings.json").read_text())
+    RunStore(empty).copy_record(src / "settings.json", empty / "settings.json")
     for argv in (["lottery-pools", str(empty)], ["connectivity", str(empty)],
                  ["ensemble", str(src), str(empty)], ["report", str(empty), "--out",
                                                       str(tmp_path / "r")]):
@@ -184,7 +184,7 @@ def test_lottery_pools_refuse_a_run_without_a_validation_split(runs, tmp_path, c
     novalid.mkdir()
     settings = json.loads((src / "settings.json").read_text())
     settings["data"]["val_fraction"] = 0.0
-    (novalid / "settings.json").write_text(json.dumps(settings))
+    RunStore(novalid).write_record(novalid / "settings.json", settings)
     with pytest.raises(SwampError, match="no validation split"):
         lottery_pools(novalid, tmp_path / "pools")
     assert main(["lottery-pools", str(novalid)]) == 2

@@ -2,7 +2,6 @@
 
 import csv
 import re
-import json
 import statistics
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from swamp.app.cli import main
 from swamp.config import Settings
 from swamp.errors import SwampError
+from swamp.store import RunStore
 from swamp.studies.report import build_report
 
 HEADER = "level,density,sparsity,target_density,test_acc,test_nll\n"
@@ -20,14 +20,15 @@ def fake_run(root, method, seed, accs, nlls=None, posthoc=None, densities=None, 
     d.mkdir(parents=True)
     s = Settings.from_dict({"method": method, "seed": seed, "dataset": "mnist1d",
                             "levels": len(accs) - 1, **settings}).resolved()
-    (d / "settings.json").write_text(json.dumps(s.to_dict()))
+    store = RunStore(d)   # records written as a run writes them: checksummed
+    store.write_record(store.settings_path, s.to_dict())
     if posthoc:
-        (d / "posthoc.json").write_text(json.dumps({"method": posthoc}))
+        store.write_record(store.posthoc_path, {"method": posthoc})
     nlls = nlls or [1.0 - a for a in accs]
     densities = densities or [0.8 ** lv for lv in range(len(accs))]
     lines = [f"{lv},{d},{1 - d},{0.8 ** lv},{a},{n}\n"
              for lv, (a, n, d) in enumerate(zip(accs, nlls, densities))]
-    (d / "metrics.csv").write_text(HEADER + "".join(lines))
+    store.write_record(store.metrics_csv, (HEADER + "".join(lines)).encode())
     return d
 
 
@@ -142,8 +143,8 @@ def test_sparsity_labels_are_rounded_once(tmp_path):
     (HEADER, ",1.0,0.0,1.0,0.9,0.3\n", "column level is empty"),
 ])
 def test_a_broken_metrics_csv_is_one_clear_error(tmp_path, capsys, header, line, fragment):
-    run = fake_run(tmp_path, "imp", 0, [0.9])
-    (run / "metrics.csv").write_text(header + line)
+    run = fake_run(tmp_path, "imp", 0, [0.9])   # a table that is its own record (ensemble)
+    RunStore(run).write_record(run / "metrics.csv", (header + line).encode())
     with pytest.raises(SwampError, match=re.escape(fragment)) as info:
         build_report([run], tmp_path / "r")
     assert str(run / "metrics.csv") in str(info.value)

@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
 from swamp.reader import RunReader
-from swamp.store import RunStore, read_json, save_state
+from swamp.store import RunStore, save_state
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
@@ -137,9 +137,9 @@ def _decode(name: str, info: dict[str, Any], f: Any) -> tuple[torch.Tensor, torc
 
 
 def _provenance(store: RunStore, level: int) -> dict[str, Any]:
-    settings = read_json(store.settings_path) if store.settings_path.is_file() else {}
-    row = read_json(store.level_metrics_path(level))
-    method = (read_json(store.posthoc_path).get("method") if store.posthoc_path.is_file()
+    settings = store.read_record(store.settings_path) if store.settings_path.is_file() else {}
+    row = store.read_record(store.level_metrics_path(level))
+    method = (store.read_record(store.posthoc_path).get("method") if store.posthoc_path.is_file()
               else settings.get("method", {}).get("method"))
     keys = ("density", "sparsity", "test_acc", "test_nll", "val_acc", "val_nll")
     # An export is shared: it names the run by its directory name only, and leaves out

@@ -32,7 +32,7 @@ from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
-                         save_state, write_json)
+                         save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
 from swamp.train import stop as stops
 from swamp.train.checkpoint import CheckpointFile
@@ -70,9 +70,13 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             else Path(settings.run.out) / settings.run_name(inputs))
     store = RunStore(root)
     if store.exists():
+        # (checksums.json lost: `run` records it anew, with a warning, under the run's lock)
+        read = read_json if store.checksums_missing() else store.read_record
         try:
-            saved = read_json(store.settings_path)
-        except SwampError:   # not recomputable: the settings are what the run is checked by
+            saved = read(store.settings_path)
+        except SwampError as e:   # not recomputable: the settings are what the run is checked by
+            if "checksum" in str(e):
+                raise
             raise SwampError(f"{store.settings_path} is corrupted, so this run cannot be "
                              f"resumed; restore the file or use another `out`") from None
         mine = _comparable(settings.to_dict())
@@ -85,13 +89,13 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff[:3])
             raise SwampError(f"{root} holds a run with different settings ({shown}); "
                              f"use another `out` or the run's own settings")
-        saved_inputs = read_json(store.inputs_path) if store.inputs_path.is_file() else {}
+        saved_inputs = read(store.inputs_path) if store.inputs_path.is_file() else {}
         changed = differences(saved_inputs, inputs)
         if changed:
             raise SwampError(f"{root} holds a run of another {' and '.join(changed)} than the "
                              f"one passed now (fingerprints differ); pass the run's own "
                              f"model and data, or use another run directory")
-    elif root.exists() and any(p.name not in ("inputs.json", "run.lock")
+    elif root.exists() and any(p.name not in ("inputs.json", "run.lock", "checksums.json")
                                and not is_temporary(p) for p in root.iterdir()):
         # (inputs.json alone, or the temporary file of an interrupted write: a run that
         # stopped before its settings were written)
@@ -131,8 +135,8 @@ class LevelLoop:
         processes); `auto` decides for the levels from `first_level` on."""
         if self.engine is None:
             s = self.settings
-            recorded = (read_json(self.store.engine_path) if self.store.engine_path.is_file()
-                        else None)
+            recorded = (self.store.read_record(self.store.engine_path)
+                        if self.store.engine_path.is_file() else None)
             particles = [len(self._jobs(lv)) for lv in range(first_level, self.plan.levels + 1)]
             self.engine = make_engine(s.run.engine, self.ctx, s, info=self.events.info,
                                       recorded=recorded, particles=particles)
@@ -246,8 +250,9 @@ class LevelLoop:
         self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
         results = self._train(task)
         record = self._engine().record
-        if not self.store.engine_path.is_file() or read_json(self.store.engine_path) != record:
-            write_json(self.store.engine_path, record)
+        if not self.store.engine_path.is_file() or \
+                self.store.read_record(self.store.engine_path) != record:
+            self.store.write_record(self.store.engine_path, record)
         particles = [self._finish_particle(r) for r in results]
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
@@ -314,7 +319,7 @@ class LevelLoop:
             written.append(self.store.next_mask_path(level))
             following.save(written[-1])
         self.store.record_checksums(*written)
-        write_json(self.store.level_metrics_path(level), details)
+        self.store.write_record(self.store.level_metrics_path(level), details)
         self.store.remove_checkpoints(level)
         self.store.write_metrics_csv()
         return row, solution
@@ -350,10 +355,16 @@ class LevelLoop:
     def _run(self) -> RunResult:
         s = self.settings
         remove_temporary(self.store.root)          # left by writes a stop interrupted
+        if self.store.checksums_missing():
+            n = self.store.rebuild_checksums()
+            self.events.info(f"[bold yellow]warning[/]: {self.store.checksums_path} was "
+                             f"missing; recorded the checksums of the run's {n} files as they "
+                             f"are now (damage done before now cannot be found)")
         if not self.store.exists():
             if self.inputs:
-                write_json(self.store.inputs_path, self.inputs)
-            write_json(self.store.settings_path, s.to_dict())   # last: marks a run directory
+                self.store.write_record(self.store.inputs_path, self.inputs)
+            # last: marks a run directory
+            self.store.write_record(self.store.settings_path, s.to_dict())
         self.store.verify_checksums()   # a damaged file is found now, not levels later
         init = self._init_state()
         finished = self.store.finished_levels()

@@ -12,6 +12,7 @@ run's `settings.json` and a `posthoc.json` naming what they are (`{"method": ...
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from swamp.config import Settings
 from swamp.data import DATASETS, DataBundle
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
-from swamp.store import RunStore, load_state, read_json
+from swamp.store import RunStore, load_state
 
 StateDict = dict[str, torch.Tensor]
 
@@ -39,10 +40,12 @@ def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
         raise SwampError(f"{root} is not a swamp run directory (no settings.json); pass a "
                          f"directory made by `swamp run`")
     try:
-        settings = Settings.from_dict(read_json(store.settings_path), str(store.settings_path))
+        settings = Settings.from_dict(store.read_record(store.settings_path),
+                                      str(store.settings_path))
     except AttributeError:
         raise SwampError(f"{store.settings_path} is not a swamp settings file") from None
-    return settings, (read_json(store.posthoc_path) if store.posthoc_path.is_file() else {})
+    return settings, (store.read_record(store.posthoc_path) if store.posthoc_path.is_file()
+                      else {})
 
 
 class RunReader:
@@ -53,9 +56,14 @@ class RunReader:
     """
 
     def __init__(self, path: str | Path, *, device: str = "cpu",
-                 model: nn.Module | None = None, data: DataBundle | None = None):
+                 model: nn.Module | None = None, data: DataBundle | None = None,
+                 data_dir: str | None = None):
         self.root = Path(path)
         self.settings, self.posthoc = read_settings(self.root)
+        # A run directory may come from someone else: the data directory its settings name
+        # is not read unless the caller names it (`data_dir`, or SWAMP_DATA_DIR).
+        self.named_data_dir = self.settings.data.data_dir
+        self.settings.data.data_dir = data_dir
         self.store = RunStore(self.root)
         self.levels = self.store.finished_levels()
         if not self.levels:
@@ -78,6 +86,13 @@ class RunReader:
                 (self._data is None and self.settings.data.dataset not in DATASETS):
             raise SwampError(f"{self.root} was made with a model or data passed through the "
                              f"Python API; pass the same model= and data= to load it")
+        info = DATASETS.get(self.settings.data.dataset)
+        if self._data is None and info is not None and info.needs_files and \
+                self.settings.data.data_dir is None and not os.environ.get("SWAMP_DATA_DIR"):
+            named = f" (its settings name {self.named_data_dir})" if self.named_data_dir else ""
+            raise SwampError(f"{self.root} was trained on {info.name} read from local "
+                             f"files{named}; pass `data_dir` to say where to read them (a "
+                             f"path named by a run directory is not read without your say-so)")
 
     @cached_property
     def data(self) -> DataBundle:
@@ -106,10 +121,10 @@ class RunReader:
         return load_state(path, self.device)
 
     def metrics(self, level: int) -> dict[str, Any]:
-        return read_json(self.store.level_metrics_path(level))
+        return self.store.read_record(self.store.level_metrics_path(level))
 
 
 def load_run(path: str | Path, *, device: str = "cpu", model: nn.Module | None = None,
-             data: DataBundle | None = None) -> RunReader:
+             data: DataBundle | None = None, data_dir: str | None = None) -> RunReader:
     """Open a finished run for reading (see `RunReader`)."""
-    return RunReader(path, device=device, model=model, data=data)
+    return RunReader(path, device=device, model=model, data=data, data_dir=data_dir)

@@ -8,7 +8,9 @@
         metrics.csv              one row per finished level
         engine.json              how `--engine auto` trains the particles (kept on resume)
         inputs.json              fingerprints of a model / data given through the Python API
-        checksums.json           SHA-256 of every weight and mask file, checked on resume
+        checksums.json           SHA-256 of every weight, mask and record file (settings,
+                                 metrics, engine), with a digest of itself; checked by every
+                                 command that reads the run
         posthoc.json             only in post-hoc output (Lottery Pools, ensembles): its method
         exports/level_<n>.safetensors   `swamp export` output (default place)
         connectivity/            `swamp connectivity` output (default place)
@@ -24,12 +26,16 @@
     <out>/<method>-<hash>-pools/ Lottery Pools over the run (default place; same layout)
 
 Every file is written to a temporary name and renamed, so an interrupted run never leaves a
-half-written artefact under its real name.
+half-written artefact under its real name. Records (JSON and CSV) are checksummed before they
+are published (`RunStore.write_record`), so a published record always has its checksum; a
+record rewritten in place (metrics.csv) accepts the old or the new bytes until the new ones
+are published, so a stop between the two writes never reads as damage.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -54,6 +60,10 @@ METRICS_COLUMNS = [
     "ensemble_nll", "particles", "train_seconds",
 ]
 LEVEL_DIR = re.compile(r"^level_(\d+)$")
+# checksums.json's digest of its own entries; its presence also says that every record of the
+# run was checksummed when written (runs made before that check only their weights and masks)
+SELF_KEY = "__self__"
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 def _umask() -> int:
@@ -70,16 +80,25 @@ def publish(tmp: str | Path, path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to a temporary file beside `path`, then rename it: `path` holds the old
+    bytes or the new ones, never a part. A full disk is one SwampError line (the temporary
+    file is removed, so nothing half-written is left)."""
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise SwampError(f"no space left on the device while writing {path}; free some "
+                             f"space and re-run the same command (finished work is kept and "
+                             f"the run resumes)") from None
         raise
 
 
@@ -97,9 +116,12 @@ def remove_temporary(folder: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-                              + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def _json_default(obj: Any) -> Any:
@@ -110,7 +132,7 @@ def _json_default(obj: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode())
     except FileNotFoundError:
         raise SwampError(f"{path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -139,6 +161,15 @@ def save_state(path: Path, state: StateDict, metadata: dict[str, str] | None = N
     """Save a state dict with safetensors (copies to CPU; the live tensors are untouched),
     atomically, with optional string `metadata` in the file's header, byte-reproducibly."""
     atomic_write_bytes(path, safetensors_bytes(state, metadata))
+
+
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _self_digest(sums: dict[str, Any]) -> str:
+    body = {k: v for k, v in sums.items() if k != SELF_KEY}
+    return bytes_sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def file_sha256(path: Path) -> str:
@@ -290,22 +321,111 @@ class RunStore:
     def checksums_path(self) -> Path:
         return self.root / "checksums.json"
 
-    # checksums: a file damaged after it was written (disk, copy, sync) is found on resume
-    def _checksums(self) -> dict[str, str]:
+    # checksums: a file damaged after it was written (disk, copy, sync, hand edits) is found
+    # by every command that reads the run
+    def _fix_checksums(self) -> str:
+        if self.posthoc_path.is_file():
+            return "run again the post-hoc command that made this directory"
+        return (f"re-run the run's `swamp run` command, which records the checksums anew from "
+                f"the files as they are now (or restore {self.checksums_path})")
+
+    def checksums_missing(self) -> bool:
+        """A run directory whose checksums.json was lost (deleted, or never copied)."""
+        return self.settings_path.is_file() and not self.checksums_path.is_file()
+
+    def _checksums(self) -> dict[str, Any]:
         if not self.checksums_path.is_file():
+            if self.settings_path.is_file():   # a run directory always has one
+                raise SwampError(f"{self.checksums_path} is missing, so the run's files cannot "
+                                 f"be checked; {self._fix_checksums()}")
             return {}
         try:
-            return dict(read_json(self.checksums_path))
+            sums = dict(read_json(self.checksums_path))
         except (SwampError, TypeError, ValueError):
-            raise SwampError(f"{self.checksums_path} is corrupted; delete it (the run's files "
-                             f"are then not checked) and re-run the same command") from None
+            sums = None
+        if sums is None or (SELF_KEY in sums and sums[SELF_KEY] != _self_digest(sums)):
+            raise SwampError(f"{self.checksums_path} is damaged; delete it and "
+                             f"{self._fix_checksums()}")
+        return sums
+
+    def _write_checksums(self, sums: dict[str, Any]) -> None:
+        sums = {k: v for k, v in sums.items() if k != SELF_KEY}
+        sums[SELF_KEY] = _self_digest(sums)
+        write_json(self.checksums_path, sums)
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
 
     def record_checksums(self, *paths: Path) -> None:
         """Remember the SHA-256 of freshly written files (relative to the run directory)."""
         sums = self._checksums()
         for path in paths:
-            sums[path.relative_to(self.root).as_posix()] = file_sha256(path)
-        write_json(self.checksums_path, sums)
+            sums[self._rel(path)] = file_sha256(path)
+        self._write_checksums(sums)
+
+    def rebuild_checksums(self) -> int:
+        """Record anew the checksums of every file of the run as it is now (after
+        checksums.json was lost: the files are trusted, so say so). Returns how many."""
+        sums: dict[str, Any] = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and not is_temporary(path) and path not in (
+                    self.checksums_path, self.lock_path):
+                sums[self._rel(path)] = file_sha256(path)
+        self._write_checksums(sums)
+        return len(sums)
+
+    def write_record(self, path: Path, data: bytes | Any) -> None:
+        """Publish a record (JSON object, or bytes) with its checksum recorded first: while
+        the new bytes are not yet published, the old ones are accepted too."""
+        data = data if isinstance(data, bytes) else json_bytes(data)
+        rel, new = self._rel(path), bytes_sha256(data)
+        sums = self._checksums()
+        old = sums.get(rel)
+        if old != new:
+            sums[rel] = sorted({*_accepted(old), new}) if path.is_file() and old else new
+            self._write_checksums(sums)
+        atomic_write_bytes(path, data)
+        if isinstance(sums[rel], list):
+            sums[rel] = new
+            self._write_checksums(sums)
+
+    def copy_record(self, source: Path, path: Path) -> None:
+        self.write_record(path, source.read_bytes())
+
+    def verify_record(self, path: Path, fix: str | None = None) -> None:
+        """A record a command relies on is checked against its recorded checksum; one the run
+        did not record (a run made before records were checksummed) is read unchecked."""
+        sums = self._checksums()
+        expected = sums.get(self._rel(path))
+        if expected is None:
+            if SELF_KEY in sums and path.is_file():
+                raise SwampError(f"{path} has no recorded checksum, so it was not written by "
+                                 f"this run; {fix or self._record_fix(path)}")
+            return
+        if path.is_file():
+            self._verify(path, expected, fix or self._record_fix(path), recompute=False)
+
+    def read_record(self, path: Path, fix: str | None = None) -> Any:
+        """A JSON record, checked (see `verify_record`)."""
+        if not path.is_file():
+            raise SwampError(f"{path} does not exist; the run directory is incomplete")
+        self.verify_record(path, fix)
+        return read_json(path)
+
+    def _record_fix(self, path: Path) -> str:
+        if path == self.settings_path:
+            return ("the run cannot be resumed or read without it (it cannot be recomputed: "
+                    "the run is checked against it); restore it, or start the run again in "
+                    "another `out`")
+        if self.posthoc_path.is_file():
+            return "run again the post-hoc command that made this directory"
+        if path == self.metrics_csv:
+            return ("delete it and re-run the run's `swamp run` command, which writes it "
+                    "again from the level records")
+        top = self._rel(path).split("/", 1)[0]
+        where = (f"{self.root / top} and every later level folder" if LEVEL_DIR.match(top)
+                 else str(path))
+        return f"delete {where} and re-run the run's `swamp run` command to recompute it"
 
     def checkpoint_paths(self, level: int) -> list[Path]:
         """Checkpoints of the level's particles in training or trained (train/checkpoint.py)."""
@@ -323,7 +443,7 @@ class RunStore:
         sums = self._checksums()
         kept = {k: v for k, v in sums.items() if not k.startswith(prefix)}
         if kept != sums:
-            write_json(self.checksums_path, kept)
+            self._write_checksums(kept)
         shutil.rmtree(folder, ignore_errors=True)
 
     def verify_checksums(self) -> int:
@@ -332,6 +452,8 @@ class RunStore:
         finished = {f"level_{n}" for n in self.finished_levels()}
         checked = 0
         for rel, expected in sorted(self._checksums().items()):
+            if rel == SELF_KEY or rel == self._rel(self.metrics_csv):
+                continue                 # (metrics.csv: rewritten from the level records)
             top = rel.split("/", 1)[0]
             if "/" in rel and top not in finished:
                 continue                 # a level still in progress: it is made again
@@ -348,15 +470,16 @@ class RunStore:
 
     def verify_file(self, path: Path, fix: str) -> None:
         """Check one file against its recorded checksum, if it has one."""
-        expected = self._checksums().get(path.relative_to(self.root).as_posix())
+        expected = self._checksums().get(self._rel(path))
         if expected is not None:
             self._verify(path, expected, fix)
 
     @staticmethod
-    def _verify(path: Path, expected: str, fix: str) -> None:
-        if file_sha256(path) != expected:
+    def _verify(path: Path, expected: Any, fix: str, recompute: bool = True) -> None:
+        if file_sha256(path) not in _accepted(expected):
+            then = " and re-run the same command to recompute it" if recompute else ""
             raise SwampError(f"{path} changed after it was written (checksum mismatch); "
-                             f"{fix} and re-run the same command to recompute it")
+                             f"{fix}{then}")
 
     # queries
     def exists(self) -> bool:
@@ -374,14 +497,28 @@ class RunStore:
         return done
 
     def level_metrics(self) -> list[dict[str, Any]]:
-        return [read_json(self.level_metrics_path(level)) for level in self.finished_levels()]
+        """The finished levels' records, each checked against its checksum."""
+        return [self.read_record(self.level_metrics_path(level))
+                for level in self.finished_levels()]
 
-    def write_metrics_csv(self) -> None:
-        rows = self.level_metrics()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k))
-                             for k in METRICS_COLUMNS})
-        atomic_write_bytes(self.metrics_csv, buf.getvalue().encode())
+    def write_metrics_csv(self, rows: list[dict[str, Any]] | None = None) -> None:
+        """metrics.csv from the (checked) level records, or from `rows` (post-hoc output)."""
+        rows = self.level_metrics() if rows is None else rows
+        self.write_record(self.metrics_csv, metrics_csv_bytes(rows))
+
+
+def metrics_csv_bytes(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRICS_COLUMNS})
+    return buf.getvalue().encode()
+
+
+def _accepted(expected: Any) -> list[str]:
+    """The checksums a file may have: one, or the old and new ones of a record being
+    rewritten."""
+    if expected is None:
+        return []
+    return list(expected) if isinstance(expected, list) else [expected]

@@ -9,6 +9,10 @@ from pathlib import Path
 from swamp.errors import SwampError
 
 
+DATA_DIR_HELP = ("directory of the run's dataset files (CIFAR, MNIST); a directory named by the "
+                 "run's own settings.json is not read unless given here")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lottery-pools", help="Lottery Pools over a finished run (no training)",
                        description="For each level, interpolate its solution with neighbouring "
@@ -22,6 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", default="0.1,0.2,0.3,0.4,0.5",
                    help="interpolation coefficients of the neighbour (default 0.1,...,0.5)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.set_defaults(handler=cmd_pools)
 
     p = sub.add_parser("ensemble", help="output ensemble of several runs at shared densities",
@@ -31,6 +36,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories")
     p.add_argument("--out", metavar="DIR", help="write metrics.csv there (readable by report)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.set_defaults(handler=cmd_ensemble)
 
     p = sub.add_parser("connectivity", help="accuracy/loss on the line between two solutions",
@@ -47,6 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, default=11, help="points on the line (default 11)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: <RUN>/connectivity)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.set_defaults(handler=cmd_connectivity)
 
 
@@ -58,7 +65,8 @@ def cmd_pools(args: argparse.Namespace) -> int:
         grid = [float(c) for c in args.grid.split(",") if c.strip()]
     except ValueError:
         raise SwampError(f"--grid must be comma-separated numbers (got {args.grid})") from None
-    out = lottery_pools(args.run, args.out, window=args.window, grid=grid, device=args.device)
+    out = lottery_pools(args.run, args.out, window=args.window, grid=grid, device=args.device,
+                       data_dir=args.data_dir)
     for row in read_result(out).rows:
         print(f"level {int(row['level']):>2}  density {100 * row['density']:6.2f}%  "
               f"test accuracy {100 * row['test_acc']:.2f}%")
@@ -69,7 +77,7 @@ def cmd_pools(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from swamp.posthoc.ensemble import ensemble_runs
 
-    rows = ensemble_runs(args.runs, args.out, device=args.device)
+    rows = ensemble_runs(args.runs, args.out, device=args.device, data_dir=args.data_dir)
     print(f"{'level':>5}  {'density':>8}  {'ensemble':>9}  {'member mean':>11}")
     for r in rows:
         print(f"{r['level']:>5}  {100 * r['density']:7.2f}%  {100 * r['test_acc']:8.2f}%  "
@@ -87,7 +95,8 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
     result = connectivity(args.run, level=args.level,
                           particles=tuple(args.particles) if args.particles else None,
                           levels=tuple(args.levels) if args.levels else None,
-                          points=args.points, out=out, device=args.device)
+                          points=args.points, out=out, device=args.device,
+                          data_dir=args.data_dir)
     for r in result["points"]:
         print(f"t={r['t']:.2f}  test accuracy {100 * r['test_acc']:.2f}%  "
               f"test NLL {r['test_nll']:.4f}")

@@ -17,14 +17,14 @@ from swamp.errors import SwampError
 from swamp.evaluation import ensemble_log_probs, log_probs, score_log_probs
 from swamp.posthoc.runs import check_out_dir, check_same_task
 from swamp.reader import RunReader, read_settings
-from swamp.store import RunStore, atomic_write_bytes, read_json, write_json
+from swamp.store import RunStore
 
 COLUMNS = ["level", "density", "sparsity", "target_density", "test_acc", "test_nll",
            "member_acc_mean", "members"]
 
 
 def _kept(store: RunStore, level: int) -> int:
-    layers = read_json(store.level_metrics_path(level)).get("layers")
+    layers = store.read_record(store.level_metrics_path(level)).get("layers")
     if layers:
         return sum(int(v["nnz"]) for v in layers.values())
     from swamp.core.masks import Mask
@@ -33,7 +33,8 @@ def _kept(store: RunStore, level: int) -> int:
 
 
 def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
-                  label: str = "ensemble", device: str = "cpu") -> list[dict[str, Any]]:
+                  label: str = "ensemble", device: str = "cpu",
+                  data_dir: str | None = None) -> list[dict[str, Any]]:
     """One row per shared density: the members' levels, the ensemble's test accuracy/NLL.
 
     With `out`, writes `metrics.csv`, the first run's `settings.json` and `posthoc.json`
@@ -47,7 +48,7 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
     if len({p.resolve() for p in paths}) != len(paths):
         raise SwampError("the same run was passed twice; pass different runs")
     check_same_task([(p, read_settings(p)[0]) for p in paths], "ensemble")
-    runs = [RunReader(p, device=device) for p in paths]
+    runs = [RunReader(p, device=device, data_dir=data_dir) for p in paths]
     first = runs[0]
     for r in runs[1:]:
         if (r.data.test.y.shape != first.data.test.y.shape
@@ -86,10 +87,13 @@ def write_ensemble(root: Path, rows: list[dict[str, Any]], settings_path: Path,
                    members: Sequence[Path], label: str) -> None:
     store = RunStore(root)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(store.settings_path, settings_path.read_bytes())
-    write_json(store.posthoc_path, {"method": label, "members": [str(p) for p in members]})
+    if store.checksums_missing():      # made by an earlier version: its files are re-made
+        store.rebuild_checksums()
+    store.copy_record(settings_path, store.settings_path)
+    store.write_record(store.posthoc_path,
+                       {"method": label, "members": [str(p) for p in members]})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(store.metrics_csv, buf.getvalue().encode())
+    store.write_record(store.metrics_csv, buf.getvalue().encode())

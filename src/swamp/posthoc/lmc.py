@@ -36,7 +36,8 @@ def _barrier(values: list[float], ts: list[float], higher_is_worse: bool) -> flo
 def connectivity(run: str | Path | RunReader, *, level: int | None = None,
                  particles: tuple[int, int] | None = None,
                  levels: tuple[int, int] | None = None, points: int = 11,
-                 out: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+                 out: str | Path | None = None, device: str = "cpu",
+                 data_dir: str | None = None) -> dict[str, Any]:
     """Interpolate two particles of one level (default: particles 0 and 1 of the last
     finished level) or the solutions of two levels (`levels`). With `out`, writes
     `connectivity.csv`, `connectivity.json` and `connectivity.png` there."""
@@ -46,7 +47,8 @@ def connectivity(run: str | Path | RunReader, *, level: int | None = None,
         check_out_dir(out)
     if particles is not None and levels is not None:
         raise SwampError("give `particles` I J (within one level) or `levels` A B, not both")
-    loaded = run if isinstance(run, RunReader) else RunReader(run, device=device)
+    loaded = (run if isinstance(run, RunReader)
+              else RunReader(run, device=device, data_dir=data_dir))
     if levels is not None:
         for lv in levels:
             if lv not in loaded.levels:

@@ -18,7 +18,6 @@ per-level layout as a run (mask, solution, metrics.json, metrics.csv), plus `pos
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,7 +30,7 @@ from swamp.core.masks import Mask
 from swamp.core.pruning import keep_exactly, score
 from swamp.posthoc.runs import check_out_dir
 from swamp.reader import RunReader, read_settings
-from swamp.store import RunStore, read_json, save_state, write_json
+from swamp.store import RunStore, save_state
 
 StateDict = dict[str, torch.Tensor]
 DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -86,7 +85,7 @@ def _check_validation_split(root: Path, size: float) -> None:
 
 def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
                   window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
-                  device: str = "cpu") -> Path:
+                  device: str = "cpu", data_dir: str | None = None) -> Path:
     """Pool every finished level of `run` into `out` (default `<run>-pools`); resumable."""
     if window < 1:
         raise SwampError(f"`window` must be at least 1 (got {window})")
@@ -96,7 +95,8 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         check_out_dir(out)
     if not isinstance(run, RunReader):
         _check_validation_split(Path(run), read_settings(run)[0].data.val_fraction)
-    loaded = run if isinstance(run, RunReader) else RunReader(run, device=device)
+    loaded = (run if isinstance(run, RunReader)
+              else RunReader(run, device=device, data_dir=data_dir))
     _check_validation_split(loaded.root, len(loaded.data.val))
     root = Path(out) if out is not None else loaded.store.pools_root
     check_out_dir(root)
@@ -107,7 +107,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
     store = RunStore(root)
     marker = store.posthoc_path
     if marker.is_file():
-        old = read_json(marker)
+        old = store.read_record(marker)
         keys = ("window", "grid")
         if {k: old.get(k) for k in keys} != {k: record[k] for k in keys}:
             raise SwampError(f"{root} holds Lottery Pools made with other settings "
@@ -116,8 +116,10 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         raise SwampError(f"{root} exists and is not a Lottery Pools directory; choose another "
                          f"`out`")
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(loaded.store.settings_path, store.settings_path)
-    write_json(marker, record)
+    if store.checksums_missing():      # made by an earlier version: its files are re-made
+        store.rebuild_checksums()
+    store.copy_record(loaded.store.settings_path, store.settings_path)
+    store.write_record(marker, record)
 
     model, data = loaded.model, loaded.data
 
@@ -162,7 +164,8 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         store.level_dir(level).mkdir(parents=True, exist_ok=True)
         mask.save(store.mask_path(level))
         save_state(store.solution_path(level), state)
-        write_json(store.level_metrics_path(level), row)
+        store.record_checksums(store.mask_path(level), store.solution_path(level))
+        store.write_record(store.level_metrics_path(level), row)
         store.write_metrics_csv()
         solutions.pop(level - window, None)   # no longer a neighbour of any later level
     store.write_metrics_csv()

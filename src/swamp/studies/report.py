@@ -91,9 +91,27 @@ def read_result(path: str | Path) -> Result:
 
     root = Path(path)
     settings, posthoc = read_settings(root)
-    csv_path = RunStore(root).metrics_csv
+    store = RunStore(root)
+    if store.finished_levels():
+        # A run (or Lottery Pools) summarised from its checked level records, never from
+        # metrics.csv, which is a copy for people: a changed or stale table changes nothing.
+        records = store.level_metrics()
+        rows = [{k: _record_float(r.get(k)) for k in REQUIRED} for r in records]
+    else:
+        rows = _csv_rows(root, store)    # an ensemble's output: its table is its record
+    return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows,
+                  posthoc)
+
+
+def _record_float(v: Any) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _csv_rows(root: Path, store: RunStore) -> list[dict[str, float]]:
+    csv_path = store.metrics_csv
     if not csv_path.is_file():
         raise SwampError(f"{root} has no finished level (no metrics.csv); run it first")
+    store.verify_record(csv_path)      # a changed or truncated table is refused
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         raw = [(reader.line_num, row) for row in reader]
@@ -112,8 +130,7 @@ def read_result(path: str | Path) -> Result:
                 raise SwampError(f"{csv_path}: column {k} is empty (line {line}); rewrite or "
                                  f"remove that metrics.csv")
         rows.append(values)
-    return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows,
-                  posthoc)
+    return rows
 
 
 # Settings in which runs of different methods may differ: what makes the method, and
