@@ -211,3 +211,19 @@ def test_python_api_with_a_users_module_and_tensors(tmp_path):
     assert [r["level"] for r in result.levels] == [0, 1]
     assert result.levels[0]["test_acc"] > 0.7
     assert result.settings.model.model == "custom"
+
+
+def test_a_context_built_once_serves_several_loops_with_the_same_results(tiny, tmp_path):
+    """The level loop takes its model, data and schedule ready-made (built once for several
+    studies) and then computes exactly what it computes when it builds them itself."""
+    from swamp.assemble import build_context
+
+    settings = tiny(levels=1, epochs=1).resolved()
+    built = LevelLoop(settings, run_dir=tmp_path / "a").run()
+    ctx = build_context(settings, device="cpu")
+    shared = [LevelLoop(settings, run_dir=tmp_path / name, context=ctx).run()
+              for name in ("b", "c")]
+    for result in shared:
+        assert [r["test_acc"] for r in result.levels] == [r["test_acc"] for r in built.levels]
+        assert (result.run_dir / "level_1" / "solution.safetensors").read_bytes() == \
+            (built.run_dir / "level_1" / "solution.safetensors").read_bytes()

@@ -195,3 +195,15 @@ def test_post_hoc_commands_do_not_read_a_data_directory_a_run_names(copy, tmp_pa
     err = capsys.readouterr().err
     assert str(mine) in err and "evil" not in err      # the directory the user named
     assert json.loads(store.settings_path.read_text())["data"]["data_dir"].endswith("evil")
+
+
+def test_a_level_record_without_its_weights_is_damage_not_a_shorter_run(copy, tmp_path,
+                                                                       capsys):
+    """A stop never leaves a level's record without its weights, nor a finished level
+    after an unfinished one: readers refuse both instead of summarising fewer levels."""
+    settings, root = copy
+    (root / "level_0" / "solution.safetensors").unlink()
+    refused_everywhere(root, tmp_path, capsys, "level_0 is incomplete")
+    resume(settings, root)                         # the writer recomputes it
+    assert (root / "level_0" / "solution.safetensors").is_file()
+    assert RunReader(root).levels == [0, 1]

@@ -60,6 +60,7 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
     ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
     prepare(ctx)
+    ctx.initial_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     return ctx
 def resolve_device(name: str) -> torch.device:
     """The torch device the `device` setting names (auto: cuda, then mps, then cpu)."""

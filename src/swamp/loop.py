@@ -25,6 +25,7 @@ from swamp.core.masks import Mask, select_prunable
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
+from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
@@ -109,7 +110,11 @@ class LevelLoop:
     def __init__(self, settings: Settings, *, model: nn.Module | None = None,
                  data: DataBundle | None = None, run_dir: str | Path | None = None,
                  events: Events | None = None, engine: Engine | None = None,
-                 objective: Objective | None = None):
+                 objective: Objective | None = None, context: TrainContext | None = None):
+        """`engine`, `objective` and `context` (the model, data and schedule on their
+        device, as `assemble.build_context` makes them) may be given instead of built here:
+        tests and callers that run many studies on one model and data share them. Nothing is
+        written until `run`."""
         self.settings = settings.resolved()
         self.events = events or Events()   # no subscriber: the run is silent
         # under torchrun, `cuda` is this rank's GPU
@@ -122,8 +127,8 @@ class LevelLoop:
         self.inputs = {**(model_fingerprints(model) if model is not None else {}),
                        **(data_fingerprint(data) if data is not None else {})}
         self.store = open_run_dir(s, run_dir, self.inputs)
-        self.ctx = build_context(s, model=model, data=data, device=self.device,
-                                 objective=objective)
+        self.ctx = context or build_context(s, model=model, data=data, device=self.device,
+                                            objective=objective)
         self.data, self.model, self.schedule = self.ctx.data, self.ctx.model, self.ctx.schedule
         self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
         # Made when there is training to do (a finished run starts no processes).
@@ -146,7 +151,8 @@ class LevelLoop:
     def _init_state(self) -> StateDict:
         if self.store.init_path.is_file():
             return load_state(self.store.init_path, self.device)
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        built = self.ctx.initial_state or self.model.state_dict()
+        state = {k: v.detach().clone() for k, v in built.items()}
         save_state(self.store.init_path, state)
         self.store.record_checksums(self.store.init_path)
         return state

@@ -65,7 +65,7 @@ class RunReader:
         self.named_data_dir = self.settings.data.data_dir
         self.settings.data.data_dir = data_dir
         self.store = RunStore(self.root)
-        self.levels = self.store.finished_levels()
+        self.levels = self.store.finished_levels(strict=True)
         if not self.levels:
             raise SwampError(f"{self.root} has no finished level; run it first (re-running its "
                              f"`swamp run` command resumes it)")

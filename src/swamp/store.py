@@ -489,11 +489,29 @@ class RunStore:
         return (self.level_metrics_path(level).is_file() and self.solution_path(level).is_file()
                 and self.mask_path(level).is_file())
 
-    def finished_levels(self) -> list[int]:
-        """Levels 0..k that are finished, in order (stops at the first gap)."""
+    def finished_levels(self, strict: bool = False) -> list[int]:
+        """Levels 0..k that are finished, in order (stops at the first gap).
+
+        `strict` (commands that read a run): a level whose record exists without its weights,
+        or a finished level after a gap, is damage, not a run that stopped earlier: a stop
+        leaves neither (a level's record is written last, and levels in order).
+        """
         done = []
         while self.is_level_done(len(done)):
             done.append(len(done))
+        if strict:
+            for folder in sorted(self.root.glob("level_*")):
+                match = LEVEL_DIR.match(folder.name)
+                level = int(match.group(1)) if match else -1
+                if level < len(done) or not self.level_metrics_path(level).is_file():
+                    continue
+                missing = [p.name for p in (self.mask_path(level), self.solution_path(level))
+                           if not p.is_file()]
+                what = (f"its {' and '.join(missing)} is missing" if missing else
+                        f"level {len(done)} before it is not finished")
+                raise SwampError(f"{folder} is incomplete ({what}); delete "
+                                 f"{self.level_dir(len(done))} and every later level folder "
+                                 f"and re-run the run's `swamp run` command to recompute them")
         return done
 
     def level_metrics(self) -> list[dict[str, Any]]:

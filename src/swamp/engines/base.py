@@ -79,6 +79,9 @@ class TrainContext:
     schedule: Schedule
     settings: TrainSettings
     objective: Objective = field(default_factory=CrossEntropy)
+    # the model's weights as built (its initialisation): engines train `model` in place, so a
+    # context shared by several studies keeps where each must start
+    initial_state: dict[str, torch.Tensor] | None = None
 
     @property
     def model_device(self) -> torch.device:

@@ -92,7 +92,7 @@ def read_result(path: str | Path) -> Result:
     root = Path(path)
     settings, posthoc = read_settings(root)
     store = RunStore(root)
-    if store.finished_levels():
+    if store.finished_levels(strict=True):
         # A run (or Lottery Pools) summarised from its checked level records, never from
         # metrics.csv, which is a copy for people: a changed or stale table changes nothing.
         records = store.level_metrics()
