@@ -302,10 +302,10 @@ def run_child(alloc: str, models: str, particles: str, cases: str, inner: int) -
     if alloc == "env":
         env.update({"MALLOC_MMAP_THRESHOLD_": "33554432",
                     "MALLOC_TRIM_THRESHOLD_": "1073741824"})
-    # children started by the distributed engine get the product's allocator setting; the
-    # "off" child must not hand it on
-    if alloc == "off":
-        env["SWAMP_NO_MALLOC_TUNING"] = "1"
+    # children started by the distributed engine get the allocator setting only where opted in
+    env.pop("SWAMP_MALLOC_TUNING", None)
+    if alloc != "off":
+        env["SWAMP_MALLOC_TUNING"] = "1"
     cmd = [sys.executable, __file__, "--child", "--alloc", alloc, "--models", models,
            "--particles", particles, "--cases", cases, "--inner", str(inner)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

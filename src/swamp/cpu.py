@@ -6,8 +6,11 @@ Three settings decide CPU throughput here, each measured by `benchmarks/particle
   eagerly, so every training step pays page faults for its activation buffers. Raising the
   mmap and trim thresholds (what starting Python with MALLOC_MMAP_THRESHOLD_=33554432
   MALLOC_TRIM_THRESHOLD_=1073741824 does) keeps those pages mapped; results are
-  bit-identical. `tune_allocator()` applies it in the running process with mallopt; the
-  `swamp` command calls it first thing, and processes it starts get the environment variables.
+  bit-identical. It is opt-in (SWAMP_MALLOC_TUNING=1, or call `tune_allocator()` from
+  Python): measured end to end it did not pay on every run (benchmarks/results/allocator.md:
+  a paired median of 0.96x the untuned wall time, rounds 0.68-1.16x, and 0.87x in another
+  3-round run), so the product keeps only the settings below by default. With it on, the
+  `swamp` command applies it first thing and processes it starts get the variables.
 - **Threads.** Each of K processes on one machine gets cores // K intra-op threads (the
   cores this process may use: affinity and cgroup quota), never more than torch's current
   setting (so OMP_NUM_THREADS or `torch.set_num_threads` still cap them): processes never
@@ -48,12 +51,12 @@ _tuned = False
 def tune_allocator() -> bool:
     """Apply the glibc allocator thresholds in this process; True if applied.
 
-    Set SWAMP_NO_MALLOC_TUNING=1 to leave the allocator alone.
+    The `swamp` command calls it only where `allocator_wanted()` (see the module docstring).
     """
     global _tuned
     if _tuned:
         return True
-    if not sys.platform.startswith("linux") or os.environ.get("SWAMP_NO_MALLOC_TUNING"):
+    if not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -66,9 +69,14 @@ def tune_allocator() -> bool:
     return ok
 
 
+def allocator_wanted() -> bool:
+    """Whether the user opted in to the allocator thresholds (SWAMP_MALLOC_TUNING=1)."""
+    return os.environ.get("SWAMP_MALLOC_TUNING", "") == "1"
+
+
 def allocator_env() -> dict[str, str]:
-    """Environment for a child process: the allocator thresholds unless switched off."""
-    if os.environ.get("SWAMP_NO_MALLOC_TUNING"):
+    """Environment for a child process: the allocator thresholds where opted in."""
+    if not allocator_wanted():
         return {}
     return {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
 

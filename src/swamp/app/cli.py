@@ -65,9 +65,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from swamp.cpu import tune_allocator
+    from swamp.cpu import allocator_wanted, tune_allocator
 
-    tune_allocator()   # glibc thresholds: ~same effect as MALLOC_*_THRESHOLD_ (see cpu.py)
+    if allocator_wanted():   # opt-in glibc thresholds (see cpu.py for why not by default)
+        tune_allocator()
     parser = build_parser()
     command = None
     try:

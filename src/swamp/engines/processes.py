@@ -354,7 +354,8 @@ def _worker_main(index: int, port: int, processes: int, ctx: TrainContext, devic
 
     rank = index + 1
     watch_parent(parent)
-    cpu.tune_allocator()
+    if cpu.allocator_wanted():
+        cpu.tune_allocator()
     torch.set_num_threads(max(1, threads))
     device = torch.device(device_name)
     if device.type == "cuda":
