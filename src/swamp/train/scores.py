@@ -6,7 +6,7 @@ score. Its forward pass calls the wrapped model with `functional_call` on
 `weight * mask(scores)`, where the mask keeps the top weights by |score| at a fixed density
 with the exact counts of `swamp.core.pruning.keep_exactly` (global or per layer; the one
 top-k of the project). Gradients reach the scores straight through the mask (Ramanujan et
-al. 2020): d loss / d score = d loss / d effective weight * weight.
+al. 2020): d loss / d |score| = d loss / d effective weight * weight.
 
 Its only trainable parameters are the scores, so the one training loop (`train/fit.py`,
 through a `SingleReplica`) trains it like any model: no second loop. Biases and norm layers
@@ -114,7 +114,8 @@ class ScoredNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask = self.mask()
         weights = dict(self.net.named_parameters())
-        masked = {n: weights[n] * _StraightThrough.apply(self.scores[_key(n)], mask[n])
+        # through |score| (what ranks), as edge-popup: d loss/d score = sign(score) * w * g
+        masked = {n: weights[n] * _StraightThrough.apply(self.scores[_key(n)].abs(), mask[n])
                   for n in self.names}
         return functional_call(self.net, masked, (x,))
 
