@@ -155,3 +155,15 @@ def test_unknown_init_is_one_line():
     from swamp.errors import SwampError
     with pytest.raises(SwampError, match="`slt_init`"):
         ScoredNetwork(MLP((8,), 2, hidden=(4,)), 0.5, init="xavier")
+
+
+def test_readme_example_runs(capsys):
+    import re
+    import runpy
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Strong lottery tickets.*?```python\n(.*?)```", text, re.S).group(1)
+    exec(compile(code, "README", "exec"), {})
+    density, acc = map(float, capsys.readouterr().out.split())
+    assert abs(density - 0.1) < 1e-3 and acc > 0.15       # above chance (10 classes)
