@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,42 @@ def test_an_unwritable_output_path_is_one_line_and_keeps_the_file(tmp_path, caps
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert str(blocker) in err
     assert blocker.read_text() == "keep me"
+
+
+def test_version_flag_names_the_installed_version(capsys):
+    import tomllib
+
+    import swamp
+    from swamp.app.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"swamp {swamp.__version__}"
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == swamp.__version__     # one version, not two
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`swamp list | head -1`: the reader is gone before swamp writes; no error message."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)                     # the reader went away before the first write
+    try:
+        done = subprocess.run([sys.executable, "-m", "swamp", "list"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.stderr == ""
+    assert done.returncode == 141
+
+
+def test_output_into_a_pipe_keeps_long_lines_whole_and_names_the_method(tmp_path):
+    out = tmp_path / ("a-rather-long-directory-name-so-that-the-path-is-wider-than-80-columns-" * 2)
+    done = subprocess.run([sys.executable, "-m", "swamp", "run", *TINY, "--levels", "0",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("run directory: ") and str(out) in line for line in lines)
+    assert lines[0].startswith("method swamp: mlp on synthetic")      # not "swamp swamp:"

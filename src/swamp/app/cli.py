@@ -7,9 +7,11 @@ this package knows about the command line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
+from swamp import __version__
 from swamp.app import export, posthoc, run, studies
 from swamp.app.flags import render_error
 from swamp.methods import METHODS
@@ -26,6 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="swamp", description="SWAMP and the IMP family of pruning methods.")
+    parser.add_argument("--version", action="version", version=f"swamp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run.add_parser(sub)
     sub.add_parser("list", help="list datasets, models, methods and presets"
@@ -83,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = render_error(str(exc), command_options(parser, command))
         print(f"swamp: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # the reader went away (`swamp list | head -1`): stop quietly
+        # Python's documented recipe: point stdout at devnull so the flush at exit is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141   # what the shell reports for a tool ended by SIGPIPE
     except OSError as exc:   # a path that cannot be read or written: one line, not a traceback
         print(f"swamp: error: {exc}; check the path and its permissions", file=sys.stderr)
         return 2

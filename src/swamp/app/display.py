@@ -28,6 +28,14 @@ def pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+
+def make_console() -> Console:
+    """The terminal console; into a file or a pipe, lines are not wrapped (rich would wrap at
+    80 columns there, cutting paths in two)."""
+    console = Console(highlight=False)
+    console.soft_wrap = not console.is_terminal
+    return console
+
 class RunDisplay:
     """Console output of runs, as a subscriber of their events: `events.subscribe(display)`.
 
@@ -36,7 +44,7 @@ class RunDisplay:
 
     def __init__(self, console: Console | None = None, quiet: bool = False,
                  announce: bool = False):
-        self.console = console or Console(highlight=False)
+        self.console = console or make_console()
         self.quiet = quiet
         self.announce = announce
         self._progress: Progress | None = None
@@ -67,7 +75,7 @@ class RunDisplay:
                       f"{RunStore(event.run_dir).metrics_csv}")
 
     def _announce(self, event: RunStarted) -> None:
-        self.info(f"[bold]swamp[/bold] {event.method}: {event.model} on {event.dataset}, "
+        self.info(f"method [bold]{event.method}[/bold]: {event.model} on {event.dataset}, "
                   f"{event.particles} particle(s), {event.levels} levels of "
                   f"{event.prune_fraction:g}, device {event.device}, engine {event.engine}")
         self.info(f"run directory: {event.run_dir}")

@@ -20,10 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from swamp import cpu, world
-    from swamp.app.display import RunDisplay
+    from swamp.app.display import RunDisplay, make_console
     from swamp.events import Events
     from swamp.loop import LevelLoop, serve
 
@@ -35,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # prints nothing and never opens the run directory.
         serve(settings)
         return 0
-    display = RunDisplay(Console(highlight=False), quiet=args.quiet, announce=True)
+    display = RunDisplay(make_console(), quiet=args.quiet, announce=True)
     events = Events()
     events.subscribe(display)
     try:

@@ -45,9 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from swamp.app.display import RunDisplay
+    from swamp.app.display import RunDisplay, make_console
     from swamp.events import Events
     from swamp.studies.compare import compare, parse_list
 
@@ -63,7 +61,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise SwampError(f"--seeds must be integers, e.g. 0,1,2 (got {args.seeds})") from None
     base = settings_from_args(args)
-    display = RunDisplay(Console(highlight=False), quiet=args.quiet)
+    display = RunDisplay(make_console(), quiet=args.quiet)
     events = Events()
     events.subscribe(display)
     try:
