@@ -28,13 +28,13 @@ def pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
-
 def make_console() -> Console:
     """The terminal console; into a file or a pipe, lines are not wrapped (rich would wrap at
     80 columns there, cutting paths in two)."""
     console = Console(highlight=False)
     console.soft_wrap = not console.is_terminal
     return console
+
 
 class RunDisplay:
     """Console output of runs, as a subscriber of their events: `events.subscribe(display)`.
