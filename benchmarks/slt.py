@@ -15,6 +15,7 @@ Scale (shared 2-core machine): 4000 MNIST-1D signals, 10 epochs per training, ba
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -36,8 +37,7 @@ from swamp.evaluation import evaluate  # noqa: E402
 from swamp.generative import MMDObjective, frechet_distance, mmd2, sample  # noqa: E402
 from swamp.models import build_model  # noqa: E402
 from swamp.models.generator import MLPGenerator  # noqa: E402
-from swamp.train.fit import TrainPlan, fit  # noqa: E402
-from swamp.train.replicas import SingleReplica  # noqa: E402
+from swamp.train.fit import train_steps  # noqa: E402
 from swamp.train.schedule import Schedule  # noqa: E402
 from swamp.train.scores import ScoredNetwork, average_scores, train_scores  # noqa: E402
 
@@ -66,12 +66,9 @@ def ci95(values: list[float]) -> str:
 
 def train_dense(model, data: Split, t: TrainSettings, seed: int, objective=None) -> None:
     """The one loop on a plain module (dense classifier or dense generator)."""
-    schedule = Schedule.build(t.__class__(**{**t.__dict__, "rewind_epochs": 0.0}),
-                              len(data), swa=False)
-    kw = {"objective": objective} if objective is not None else {}
-    plan = TrainPlan(data, schedule, t, 0, schedule.total, [seed], [seed + 1], [None],
-                     ["dense"], rng_seed=seed, **kw)
-    fit(SingleReplica(model), plan)
+    schedule = Schedule.build(dataclasses.replace(t, rewind_epochs=0.0), len(data), swa=False)
+    train_steps(model, None, data, schedule, t, start=0, stop=schedule.total,
+                order_seed=seed, label="dense", objective=objective)
 
 
 def slt_classifier(bundle, density, seed, particles=1):
@@ -152,7 +149,7 @@ def main() -> None:
             torch.manual_seed(seed)
             net = ScoredNetwork(MLPGenerator(shape, latent=16, hidden=(256, 256)), d,
                                 init="signed-constant", seed=seed, scope="layerwise")
-            train_scores(net, bundle.train, ADAM.__class__(**{**ADAM.__dict__, "lr": 0.05}),
+            train_scores(net, bundle.train, dataclasses.replace(ADAM, lr=0.05),
                          order_seed=seed, epochs=EPOCHS, objective=objective)
             ticket = MLPGenerator(shape, latent=16, hidden=(256, 256))
             ticket.load_state_dict(net.solution())

@@ -159,7 +159,6 @@ def test_unknown_init_is_one_line():
 
 def test_readme_example_runs(capsys):
     import re
-    import runpy
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()

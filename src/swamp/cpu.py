@@ -7,9 +7,8 @@ Three settings decide CPU throughput here, each measured by `benchmarks/particle
   mmap and trim thresholds (what starting Python with MALLOC_MMAP_THRESHOLD_=33554432
   MALLOC_TRIM_THRESHOLD_=1073741824 does) keeps those pages mapped; results are
   bit-identical. It is opt-in (SWAMP_MALLOC_TUNING=1, or call `tune_allocator()` from
-  Python): measured end to end it did not pay on every run (benchmarks/results/allocator.md:
-  a paired median of 0.96x the untuned wall time, rounds 0.68-1.16x, and 0.87x in another
-  3-round run), so the product keeps only the settings below by default. With it on, the
+  Python): end to end it showed no clear difference (benchmarks/results/allocator.md), so the
+  product keeps only the settings below by default. With it on, the
   `swamp` command applies it first thing and processes it starts get the variables.
 - **Threads.** Each of K processes on one machine gets cores // K intra-op threads (the
   cores this process may use: affinity and cgroup quota), never more than torch's current

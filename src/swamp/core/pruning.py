@@ -356,6 +356,16 @@ def keep_exactly(scores: Mapping[str, Tensor], mask: Mask, counts: Mapping[str, 
     return Mask({n: keep(scores, Mask({n: mask[n]}), counts[n])[n] for n in mask.names})
 
 
+def counts_at_density(mask: Mask, density: float, scope: str) -> dict[str, int]:
+    """Kept counts at `density` of `mask`'s tensors, in the format of `target_counts`
+    (rounded half up like `n_to_remove`; at least one weight per group)."""
+    if not 0.0 < density <= 1.0:
+        raise SwampError(f"a density must lie in (0, 1], got {density!r}")
+    if scope == "global":
+        return {"": max(1, math.floor(density * mask.numel + 0.5))}
+    return {n: max(1, math.floor(density * mask[n].numel() + 0.5)) for n in mask.names}
+
+
 def target_counts(mask: Mask, fraction: float, levels: int, scope: str) -> list[dict[str, int]]:
     """Per-level kept counts per tensor of iterative pruning from `mask` (the exact recurrence
     of `prune`: remove `n_to_remove(fraction, remaining)` per level, globally or per layer).

@@ -170,19 +170,20 @@ def train_steps(model: torch.nn.Module, mask: Any, train: Split, schedule: Sched
                 augment: Augment | None = None, augment_seed: int = 0,
                 subset: torch.Tensor | None = None,
                 on_step: Callable[[int], None] | None = None,
-                label: str = "training") -> ParticleResult:
+                label: str = "training", objective: Objective | None = None,
+                callbacks: Sequence[Callback] = ()) -> ParticleResult:
     """Train one module in place from iteration `start` to `stop` of the schedule: `fit` on a
     `SingleReplica`, for callers with one model and no checkpoints (tests, notebooks)."""
     plan = TrainPlan(train, schedule, settings, start, stop, [order_seed], [augment_seed],
                      [subset], [label], augment=augment, swa=schedule.swa, mask=mask,
-                     rng_seed=order_seed)
+                     rng_seed=order_seed, objective=objective or CrossEntropy())
 
     def report(done: int) -> None:
         if done > start:                 # the first report is the start itself
             on_step(done)
     (result,), _ = fit(SingleReplica(model), plan, precision=settings.precision,
                        clip_grad_norm=settings.clip_grad_norm,
-                       progress=report if on_step is not None else None)
+                       progress=report if on_step is not None else None, callbacks=callbacks)
     return result
 
 

@@ -17,6 +17,7 @@ the batches in training mode). The ticket it hands back is `mask()` and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -25,8 +26,10 @@ from torch import nn
 from torch.func import functional_call
 
 from swamp.core.masks import Mask, select_prunable
-from swamp.core.pruning import keep_exactly
+from swamp.core.pruning import counts_at_density, keep_exactly
 from swamp.errors import SwampError
+from swamp.train.fit import train_steps
+from swamp.train.schedule import Schedule
 
 StateDict = dict[str, torch.Tensor]
 INITS = ("kaiming", "signed-constant")
@@ -49,15 +52,6 @@ def frozen_init(weight: torch.Tensor, init: str, density: float,
     if init == "signed-constant":
         w = torch.where(w >= 0, std, -std).to(weight.dtype)
     return w.to(weight.device)
-
-
-def exact_counts(mask: Mask, density: float, scope: str) -> dict[str, int]:
-    """Kept counts at `density` in the format of `target_counts` (round half up)."""
-    if not 0.0 < density <= 1.0:
-        raise SwampError(f"a strong ticket's density must be in (0, 1] (got {density})")
-    if scope == "global":
-        return {"": max(1, math.floor(density * mask.numel + 0.5))}
-    return {n: max(1, math.floor(density * mask[n].numel() + 0.5)) for n in mask.names}
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -91,15 +85,16 @@ class ScoredNetwork(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.ones = Mask({n: torch.ones_like(params[n], dtype=torch.bool) for n in self.names})
-        self.counts = exact_counts(self.ones, self.density, scope)
+        self.counts = counts_at_density(self.ones, self.density, scope)
         # Edge-popup initialises scores like weights (Kaiming uniform); only their order matters.
         self.scores = nn.ParameterDict()
         for n in self.names:
-            s = torch.empty_like(params[n])
-            bound = 1.0 / math.sqrt(max(1, math.prod(s.shape[1:])))
-            s.uniform_(-bound, bound, generator=g)
             if scores is not None:
-                s.copy_(scores[n])
+                s = scores[n].detach().clone().to(params[n])
+            else:
+                s = torch.empty_like(params[n])
+                bound = 1.0 / math.sqrt(max(1, math.prod(s.shape[1:])))
+                s.uniform_(-bound, bound, generator=g)
             self.scores[_key(n)] = nn.Parameter(s)
 
     def score_state(self) -> StateDict:
@@ -134,20 +129,13 @@ def average_scores(states: Sequence[StateDict]) -> StateDict:
 
 def train_scores(net: ScoredNetwork, data, settings, *, order_seed: int, epochs: int,
                  objective=None, callbacks=(), label: str = "scores") -> float:
-    """Train `net`'s scores with the one loop (`fit` on a `SingleReplica`): `settings` a
-    `TrainSettings` (optimiser, lr, batch size), `data` a `Split`; returns the last epoch's
-    mean loss. Weight decay applies to the scores (edge-popup does the same)."""
-    from swamp.train.fit import TrainPlan, fit
-    from swamp.train.objective import CrossEntropy
-    from swamp.train.replicas import SingleReplica
-    from swamp.train.schedule import Schedule
-
-    import dataclasses
-
+    """Train `net`'s scores with the one loop (`train_steps`: `fit` on a `SingleReplica`):
+    `settings` a `TrainSettings` (optimiser, lr, batch size), `data` a `Split`, no rewind and
+    no SWA; returns the mean training loss. Weight decay applies to the scores (edge-popup
+    does the same)."""
     t = dataclasses.replace(settings, epochs=epochs, rewind_epochs=0.0, rewind_iters=0)
     schedule = Schedule.build(t, len(data), swa=False)
-    plan = TrainPlan(data, schedule, t, 0, schedule.total, [order_seed], [order_seed + 1],
-                     [None], [label], objective=objective or CrossEntropy(),
-                     rng_seed=order_seed)
-    (result,), _ = fit(SingleReplica(net), plan, callbacks=callbacks)
+    result = train_steps(net, None, data, schedule, t, start=0, stop=schedule.total,
+                         order_seed=order_seed, label=label, objective=objective,
+                         callbacks=callbacks)
     return result.train_loss
