@@ -39,7 +39,10 @@ def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None 
     initialised from the run seed."""
     if model is None:
         torch.manual_seed(derive_seed(settings.run.seed, "init"))
-        model = build_model(settings.model.model, data.input_shape, data.num_classes)
+        m = settings.model
+        model = build_model(m.model, data.input_shape, data.num_classes,
+                            hidden=tuple(m.hidden), residual=m.residual,
+                            channels=tuple(m.channels))
     else:
         model = copy.deepcopy(model)
     return model.to(device)

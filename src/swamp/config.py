@@ -40,6 +40,14 @@ class DataSettings:
 @dataclass
 class ModelSettings:
     model: str = _setting("conv1d", "model name (see `swamp list`)")
+    # Model size (issue 14): empty / off keeps each model's built-in size, so the run hash of
+    # every existing run is unchanged.
+    hidden: list[int] = _setting([], "mlp: widths of the hidden layers, e.g. 500,500 "
+                                 "(default: 256,256)")
+    residual: bool = _setting(False, "mlp: add a skip connection around every hidden layer "
+                              "whose input and output widths match")
+    channels: list[int] = _setting([], "conv1d: channels of the convolutions, e.g. 32,64,64 "
+                                   "(default: 32,32,32; strides 1, then 2)")
 
 
 @dataclass
@@ -238,6 +246,12 @@ def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
         value = float(value) if ok else value
     elif kind.startswith("str"):
         ok = isinstance(value, str)
+    elif kind.startswith("list[int]"):
+        if isinstance(value, str):
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+            value = [int(v) for v in parts] if all(_is_int(v) for v in parts) else value
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                             for v in value)
     elif kind.startswith("list"):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
@@ -247,6 +261,14 @@ def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
     if not ok:
         raise SwampError(f"{source}: setting '{name}' expects {kind}, got {value!r}")
     return value
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_settings_file(path: str | Path) -> dict[str, Any]:
@@ -338,6 +360,7 @@ def validate(s: Settings) -> None:
         (s.run.processes < 0, f"`processes` must be 0 (auto) or more (got {s.run.processes})"),
         *_limits(s),
         (s.run.threads < 0, f"`threads` must be 0 (auto) or more (got {s.run.threads})"),
+        *_model_size_checks(s.model),
         (s.run.processes > 1 and s.run.engine in ("sequential", "vectorised"),
          f"`processes` {s.run.processes} trains in several processes; use `engine` "
          f"distributed or auto, not {s.run.engine}"),
@@ -346,6 +369,28 @@ def validate(s: Settings) -> None:
         if bad:
             raise SwampError(message)
     method.check(s)
+
+
+def _model_size_checks(m: ModelSettings) -> list[tuple[bool, str]]:
+    name = m.model.lower()
+    return [
+        (bool(m.hidden) and name != "mlp",
+         f"`hidden` sets the widths of model mlp, not {m.model}; for a wider ResNet use "
+         f"wrn-D-K, or drop `hidden`"),
+        (m.residual and name != "mlp",
+         f"`residual` adds skip connections to model mlp, not {m.model}; drop `residual`"),
+        (bool(m.channels) and name != "conv1d",
+         f"`channels` sets the convolutions of model conv1d, not {m.model}; drop `channels`"),
+        (any(w < 1 for w in [*m.hidden, *m.channels]),
+         f"layer widths must be at least 1 (got `hidden` {m.hidden}, `channels` {m.channels})"),
+        (any(w > 2**16 for w in [*m.hidden, *m.channels]),
+         f"layer widths above {2**16:,} do not fit any machine's memory as dense layers "
+         f"(got `hidden` {m.hidden}, `channels` {m.channels})"),
+        (len(m.hidden) > 64, f"`hidden` has {len(m.hidden)} layers; use at most 64"),
+        (len(m.channels) > 8,
+         f"`channels` {m.channels}: conv1d halves the length at every layer after the first; "
+         f"use at most 8 layers"),
+    ]
 
 
 # Beyond these a run cannot work on any machine; refused at once instead of failing (or

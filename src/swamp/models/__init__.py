@@ -14,7 +14,7 @@ import torch.nn as nn
 from swamp.errors import SwampError
 from swamp.models.common import init_weights, require_image
 from swamp.models.resnet import ResNet, WideResNet, cifar_resnet, resnet18
-from swamp.models.small import MLP, Conv1dNet
+from swamp.models.small import MLP, Conv1dNet, ResidualMLP, conv1d_strides
 from swamp.models.vgg import VGG
 
 __all__ = ["MODELS", "ModelInfo", "build_model", "list_models", "model_description"]
@@ -71,9 +71,17 @@ def _build_wrn(name: str, depth: int, width: int, shape: tuple[int, ...], k: int
     return WideResNet(depth, width, require_image(name, shape), k)
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A freshly initialised registered model for inputs of `input_shape` (no batch dim)."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *,
+                hidden: tuple[int, ...] = (), residual: bool = False,
+                channels: tuple[int, ...] = ()) -> nn.Module:
+    """A freshly initialised registered model for inputs of `input_shape` (no batch dim).
+
+    `hidden` and `residual` size the mlp, `channels` the conv1d; left empty, each model keeps
+    its built-in size (and its parameter names, so older runs still load)."""
     key = name.lower().replace("_", "-")
+    if (hidden or residual) and key != "mlp" or channels and key != "conv1d":
+        raise SwampError(f"model {name!r} has no size settings: `hidden` and `residual` size "
+                         f"mlp, `channels` sizes conv1d")
     shape = tuple(int(s) for s in input_shape)
     if isinstance(num_classes, bool) or int(num_classes) < 1:
         raise SwampError(f"num_classes must be >= 1, got {num_classes}")
@@ -83,6 +91,10 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     wrn = _WRN.fullmatch(key)
     if wrn:
         model = _build_wrn(key, int(wrn.group(1)), int(wrn.group(2)), shape, k)
+    elif key == "mlp" and (hidden or residual):
+        model = (ResidualMLP if residual else MLP)(shape, k, tuple(hidden) or (256, 256))
+    elif key == "conv1d" and channels:
+        model = Conv1dNet(shape, k, tuple(channels), conv1d_strides(len(channels)))
     elif key in MODELS:
         model = MODELS[key].build(key, shape, k)
     else:

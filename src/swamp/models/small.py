@@ -24,6 +24,38 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+class _Skip(nn.Module):
+    """x + f(x): the residual form of one hidden layer."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResidualMLP(nn.Sequential):
+    """The MLP with a skip connection around each hidden layer whose input and output widths
+    match (the first layer changes the width, so it has none)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int,
+                 hidden: tuple[int, ...] = (256, 256)) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            block = nn.Sequential(nn.Linear(width, h), nn.ReLU())
+            layers.append(_Skip(block) if h == width else block)
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+def conv1d_strides(layers: int) -> tuple[int, ...]:
+    """Stride 1 in the first convolution, 2 in the others (the default's 1, 2, 2)."""
+    return (1,) + (2,) * (layers - 1)
+
+
 class Conv1dNet(nn.Module):
     """1-D conv-BN-ReLU stack, then flatten and one linear classifier.
 
