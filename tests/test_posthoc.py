@@ -166,6 +166,23 @@ def test_cli_commands_print_and_write(runs, tmp_path, capsys):
     assert not math.isnan(float(rows(tmp_path / "p" / "metrics.csv")[0]["test_acc"]))
 
 
+def test_lottery_pools_search_the_authors_grid_over_all_levels_by_default(runs, tmp_path):
+    from swamp.posthoc.pools import DEFAULT_GRID, neighbours
+
+    assert DEFAULT_GRID == tuple(round(0.05 * i, 2) for i in range(1, 20))
+    assert DEFAULT_GRID[0] == 0.05 and DEFAULT_GRID[-1] == 0.95 and len(DEFAULT_GRID) == 19
+    levels = list(range(6))
+    assert neighbours(2, levels, 0) == [1, 3, 0, 4, 5]            # all, nearest first
+    assert neighbours(2, levels, 1) == [1, 3]
+    assert main(["lottery-pools", str(runs["imp"][0]), "--out", str(tmp_path / "a")]) == 0
+    record = json.loads((tmp_path / "a" / "posthoc.json").read_text())
+    assert record["window"] == 0 and record["grid"] == list(DEFAULT_GRID)
+    assert main(["lottery-pools", str(runs["imp"][0]), "--narrow", "--out",
+                 str(tmp_path / "n")]) == 0
+    record = json.loads((tmp_path / "n" / "posthoc.json").read_text())
+    assert record["window"] == 2 and record["grid"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
 def test_swamp_run_refuses_to_resume_inside_a_pools_directory(runs, tmp_path):
     from swamp.config import Settings
     from swamp.loop import LevelLoop

@@ -3,7 +3,8 @@
 For every finished level ℓ of a run, with no retraining:
 
     current <- solution of ℓ;  best <- its validation accuracy
-    for each neighbouring level k (|k - ℓ| <= window; nearest first, the denser one first):
+    for each neighbouring level k (every other level, or |k - ℓ| <= window; nearest first,
+                                   the denser one first):
         for each coefficient c of the grid:
             θ <- (1 - c) · current + c · solution_k
             re-prune θ by magnitude to exactly the number of weights level ℓ keeps
@@ -12,6 +13,10 @@ For every finished level ℓ of a run, with no retraining:
         if the best candidate's validation accuracy is higher than `best`: it becomes current
 
 so a pooled level keeps its level's density exactly and its validation accuracy never drops.
+
+The default search is the authors' (coefficients 0.05, 0.10, ..., 0.95 over all levels of the
+run); `NARROW` (0.1 ... 0.5 over the two nearest levels on each side) is the cheaper search
+this module used before, kept as an option (`swamp lottery-pools --narrow`).
 The test split is evaluated for the report only. The pooled levels are written in the same
 per-level layout as a run (mask, solution, metrics.json, metrics.csv), plus `posthoc.json`.
 """
@@ -33,12 +38,16 @@ from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, save_state
 
 StateDict = dict[str, torch.Tensor]
-DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ... 0.95
+ALL_LEVELS = 0                                                    # window: every other level
+NARROW = {"window": 2, "grid": (0.1, 0.2, 0.3, 0.4, 0.5)}
 
 
 def neighbours(level: int, levels: Sequence[int], window: int) -> list[int]:
+    """The pool of `level`: levels within `window` of it (0: all), nearest first, denser first."""
     out = []
-    for d in range(1, window + 1):
+    reach = window if window > 0 else max((abs(k - level) for k in levels), default=0)
+    for d in range(1, reach + 1):
         out += [k for k in (level - d, level + d) if k in levels]
     return out
 
@@ -84,11 +93,11 @@ def _check_validation_split(root: Path, size: float) -> None:
 
 
 def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
-                  window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
+                  window: int = ALL_LEVELS, grid: Sequence[float] = DEFAULT_GRID,
                   device: str = "cpu", data_dir: str | None = None) -> Path:
     """Pool every finished level of `run` into `out` (default `<run>-pools`); resumable."""
-    if window < 1:
-        raise SwampError(f"`window` must be at least 1 (got {window})")
+    if window < 0:
+        raise SwampError(f"`window` must be 0 (all levels) or more (got {window})")
     if not grid or any(not 0.0 < float(c) < 1.0 for c in grid):
         raise SwampError(f"`grid` coefficients must lie in (0, 1) (got {list(grid)})")
     if out is not None:
@@ -167,6 +176,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         store.record_checksums(store.mask_path(level), store.solution_path(level))
         store.write_record(store.level_metrics_path(level), row)
         store.write_metrics_csv()
-        solutions.pop(level - window, None)   # no longer a neighbour of any later level
+        if window > 0:
+            solutions.pop(level - window, None)   # no longer a neighbour of any later level
     store.write_metrics_csv()
     return root
