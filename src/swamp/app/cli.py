@@ -63,7 +63,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("presets (--preset NAME):")
     for preset in PRESETS.values():
         shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")
-        print(f"  {preset.name:<9} {shown}  [{preset.source}]")
+        swa = ", ".join(f"{k}={v}" for k, v in preset.swa_values.items())
+        print(f"  {preset.name:<9} {shown}" + (f"; with SWA: {swa}" if swa else "")
+              + f"  [{preset.source}]")
     return 0
 
 

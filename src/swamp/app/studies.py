@@ -47,6 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from swamp.app.display import RunDisplay, make_console
     from swamp.events import Events
+    from swamp.methods import METHODS
     from swamp.studies.compare import compare, parse_list
 
     for given, name in (("method", "--methods"), ("seed", "--seeds")):
@@ -61,11 +62,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise SwampError(f"--seeds must be integers, e.g. 0,1,2 (got {args.seeds})") from None
     base = settings_from_args(args)
+    # A preset's training recipe can depend on whether the method keeps an SWA average.
+    # (every method: a post-hoc method trains its source method too)
+    bases = {m: settings_from_args(args, method=m) for m in METHODS}
     display = RunDisplay(make_console(), quiet=args.quiet)
     events = Events()
     events.subscribe(display)
     try:
         out = compare(methods, seeds, base, base.run.out, runs_dir=args.runs_dir,
+                      method_bases=bases,
                       command=args.command_text or command_line(args), events=events)
     finally:
         display.close()   # a live progress bar must not outlive an error

@@ -68,8 +68,11 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
-            events: Events | None = None) -> Path:
+            events: Events | None = None,
+            method_bases: dict[str, Settings] | None = None) -> Path:
     """Run what is missing, then write summary.csv, the plot and report.md into `out`.
+
+    `method_bases` replaces `base` for the methods it names (a preset's SWA recipe).
 
     Every run reports on `events`, and so does compare itself (Info events)."""
     from swamp.assemble import resolve_device
@@ -100,7 +103,9 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     for p in posthoc:
         if p.source not in trained:
             trained.append(p.source)      # the pseudo-methods are made from its runs
-    settings = {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
+    bases = method_bases or {}
+    settings = {(m, seed): method_settings(bases.get(m, base), m, seed)
+                for m in trained for seed in seeds}
     run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
 
     # One compare per report directory (each run is locked on its own as well).
