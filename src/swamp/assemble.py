@@ -58,6 +58,7 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
 
     data = prepare_data(settings, data, device)
     check_data(data)
+    bn_augment(settings, data)          # refused before anything is written
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
@@ -81,6 +82,18 @@ def resolve_device(name: str) -> torch.device:
         raise SwampError(f"device '{name}' was asked for but CUDA is not available here; "
                          f"use `device` cpu")
     return device
+
+
+def bn_augment(settings: Settings, data: DataBundle):
+    """The augmentation BatchNorm statistics are recomputed through (`bn_augment`), or None
+    for the un-augmented training data."""
+    if not settings.train.bn_augment:
+        return None
+    if data.augment is None:
+        raise SwampError(f"`bn_augment` recomputes BatchNorm through the training "
+                         f"augmentation, and {data.name} has none here (or `augment` is "
+                         f"off); drop `bn_augment`")
+    return data.augment
 
 
 def check_data(data: DataBundle) -> None:

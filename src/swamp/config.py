@@ -75,6 +75,9 @@ class TrainSettings:
                               "(autocast; fp16 with a gradient scaler); weights stay fp32")
     clip_grad_norm: float | None = _setting(None, "clip each particle's gradient norm to this "
                                             "value before every step (default: no clipping)")
+    bn_augment: bool = _setting(False, "recompute BatchNorm statistics of every average "
+                                "through the training augmentation, as the SWA reference "
+                                "does (default: on the un-augmented training data)")
     rewind_optimizer: bool = _setting(False, "also restore the optimiser state (momentum) "
                                       "saved at the rewind point; by default every particle "
                                       "starts with zero momentum, as in OpenLTH")

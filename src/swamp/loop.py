@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from swamp import world
-from swamp.assemble import build_context, resolve_device
+from swamp.assemble import bn_augment, build_context, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
 from swamp.core.masks import Mask, select_prunable
@@ -225,7 +225,8 @@ class LevelLoop:
     def _refit(self, state: StateDict) -> StateDict:
         """`state` with BatchNorm statistics recomputed on the training data."""
         self.model.load_state_dict(state)
-        recompute_batchnorm(self.model, self.data.train)
+        recompute_batchnorm(self.model, self.data.train, augment=bn_augment(self.settings,
+                                                                             self.data))
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _val_acc(self, state: StateDict) -> float:

@@ -16,6 +16,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from swamp.assemble import bn_augment
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
@@ -69,7 +70,7 @@ def connectivity(run: str | Path | RunReader, *, level: int | None = None,
     rows = []
     for t in ts:
         model.load_state_dict(interpolate(a, b, t))
-        recompute_batchnorm(model, data.train)
+        recompute_batchnorm(model, data.train, augment=bn_augment(loaded.settings, data))
         val, test = evaluate(model, data.val), evaluate(model, data.test)
         rows.append({"t": t, "val_acc": val.acc, "val_nll": val.nll, "test_acc": test.acc,
                      "test_nll": test.nll})

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from swamp.assemble import bn_augment
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
@@ -134,7 +135,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
 
     def fit(state: StateDict) -> StateDict:
         model.load_state_dict(state)
-        recompute_batchnorm(model, data.train)
+        recompute_batchnorm(model, data.train, augment=bn_augment(loaded.settings, data))
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def val_acc(state: StateDict) -> float:
