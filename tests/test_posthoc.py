@@ -121,6 +121,12 @@ def test_connectivity_between_particles_and_between_levels(runs, tmp_path):
     mid, ends = result["points"][1], result["points"][::2]
     expected = max(0.0, mid["test_nll"] - (ends[0]["test_nll"] + ends[1]["test_nll"]) / 2)
     assert result["test_loss_barrier"] == pytest.approx(expected)
+    nll = [p["test_nll"] for p in result["points"]]
+    acc = [p["test_acc"] for p in result["points"]]
+    assert result["test_loss_barrier_mean_ends"] == pytest.approx(
+        max(0.0, max(nll) - (nll[0] + nll[-1]) / 2))
+    assert result["test_error_barrier_mean_ends"] == pytest.approx(
+        max(0.0, (acc[0] + acc[-1]) / 2 - min(acc)))
     for name in ("connectivity.csv", "connectivity.json", "connectivity.png"):
         assert (tmp_path / "lmc" / name).is_file()
     levels = connectivity(src, levels=(0, 1), points=2)
@@ -226,3 +232,18 @@ def test_posthoc_out_on_a_file_is_one_clear_line(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--out needs a directory" in err and err.count("\n") == 1
     assert target.read_text() == "mine"
+
+
+def test_the_two_barrier_forms_by_hand():
+    from swamp.posthoc.lmc import _barrier, _barrier_mean_ends
+
+    ts = [0.0, 0.5, 1.0]
+    # Loss 1.0 -> 1.2 -> 2.0: under the line between the ends, above their mean.
+    assert _barrier([1.0, 1.2, 2.0], ts, True) == 0.0
+    assert _barrier_mean_ends([1.0, 1.2, 2.0], True) == pytest.approx(0.5)
+    # Equal ends: both forms are the height of the worst point.
+    assert _barrier([1.0, 1.7, 1.0], ts, True) == pytest.approx(0.7)
+    assert _barrier_mean_ends([1.0, 1.7, 1.0], True) == pytest.approx(0.7)
+    # Accuracy 0.9 -> 0.6 -> 0.8: the line at 0.5 is 0.85, the mean of the ends 0.85.
+    assert _barrier([0.9, 0.6, 0.8], ts, False) == pytest.approx(0.25)
+    assert _barrier_mean_ends([0.9, 0.6, 0.8], False) == pytest.approx(0.25)

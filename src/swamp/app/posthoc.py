@@ -111,5 +111,8 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
         print(f"t={r['t']:.2f}  test accuracy {100 * r['test_acc']:.2f}%  "
               f"test NLL {r['test_nll']:.4f}")
     print(f"loss barrier (test) {result['test_loss_barrier']:.4f}, error barrier (test) "
-          f"{100 * result['test_error_barrier']:.2f} points; written to {out}")
+          f"{100 * result['test_error_barrier']:.2f} points, against the line between the "
+          f"ends")
+    print(f"against the mean of the ends: loss {result['test_loss_barrier_mean_ends']:.4f}, "
+          f"error {100 * result['test_error_barrier_mean_ends']:.2f} points; written to {out}")
     return 0
