@@ -60,7 +60,10 @@ class TrainSettings:
     momentum: float = _setting(0.9, "SGD momentum (Adam: beta1)")
     weight_decay: float = _setting(5e-4, "L2 weight decay")
     schedule: str = _setting("cosine", "learning-rate schedule: cosine | step (lr / 10 at 50%% "
-                             "and 75%% of training) | constant")
+                             "and 75%% of training) | linear (decay to 0 after the warm-up; "
+                             "Sparse Model Soups) | constant")
+    warmup: float = _setting(0.0, "fraction of training over which the lr rises linearly to "
+                             "the schedule's value (0: no warm-up)")
     # Rewinding to initialisation leaves particles of one ticket in different basins on
     # MNIST-1D (a 2.35-point barrier between two particles); one epoch in, they average well.
     rewind_epochs: float = _setting(1.0, "rewind point in epochs; 0 rewinds to initialisation")
@@ -348,8 +351,12 @@ def validate(s: Settings) -> None:
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
-        (t.schedule not in ("cosine", "step", "constant"),
-         f"unknown schedule '{t.schedule}'; use cosine, step or constant"),
+        (t.schedule not in ("cosine", "step", "linear", "constant"),
+         f"unknown schedule '{t.schedule}'; use cosine, step, linear or constant"),
+        (not 0.0 <= t.warmup < 1.0, f"`warmup` must be in [0, 1) (got {t.warmup})"),
+        (bool(s.method.swa) and t.warmup >= t.swa_start > 0,
+         f"`warmup` {t.warmup} lasts into SWA (`swa_start` {t.swa_start}); use a shorter "
+         f"warm-up"),
         (p.scorer not in ("magnitude", "lamp", "random"),
          f"unknown scorer '{p.scorer}'; use magnitude, lamp or random"),
         (p.scope not in ("global", "layerwise"),

@@ -52,10 +52,13 @@ class Particles:
 
     single_until: bool = False   # swamp+: one particle before --swamp-plus-level
     disjoint: bool = False       # colt: one segment each, plus a ticket particle on all data
+    single_dense: bool = False   # sms-paper: one dense model at level 0 (the pretrained one)
 
     def count(self, settings: Any, level: int) -> int:
         n = int(settings.method.particles or 1)
         if self.single_until and level < swamp_plus_level(settings):
+            return 1
+        if self.single_dense and level == 0:
             return 1
         return n
 
@@ -252,6 +255,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("sms", 4, False, "Sparse Model Soups: no rewinding, each level retrains the last "
            "soup over the schedule T0..T (--soup uniform|greedy)", reads=_SHARED,
            start=Start(previous=True)),
+    Method("sms-paper", 4, False, "Sparse Model Soups as published: one dense model, then each "
+           "level retrains N copies of the pruned last soup (recipe: --schedule linear "
+           "--warmup 0.1 --rewind-epochs 0)", reads=_SHARED, start=Start(previous=True),
+           particle_plan=Particles(single_dense=True)),
     Method("colt", 2, False, "COLT: particles on disjoint data segments, next mask = overlap of "
            "their masks; a ticket particle on all data is the solution", min_particles=2,
            reads=("particles",), particle_plan=Particles(disjoint=True),
