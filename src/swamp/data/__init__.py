@@ -29,6 +29,9 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("mnist1d", "MNIST-1D, generated offline (size=10000: 8000 train/2000 test), "
                 "shape (1, 40), 10 classes [default]", sources.load_mnist1d),
+    DatasetInfo("mnist1d-noisy", "MNIST-1D with 4x the correlated and 10x the per-point noise "
+                "(a shifted distribution for transfer studies), shape (1, 40), 10 classes",
+                sources.load_mnist1d_noisy),
     DatasetInfo("synthetic", "Gaussian class clusters for tests (size=512, 80/20), shape (1, 32), "
                 "10 classes", sources.load_synthetic),
     DatasetInfo("synthetic-image", "smooth symmetric image clusters for tests (size=512, 80/20), "
