@@ -78,12 +78,13 @@ class PruneSettings:
                            "(density after the last one: (1 - prune_fraction)^levels)")
     prune_fraction: float = _setting(0.2, "fraction of the remaining weights removed per level")
     scorer: str = _setting("magnitude", "pruning score: magnitude | lamp | random")
-    scope: str = _setting("global", "ranking scope: global | layerwise")
+    scope: str = _setting("global", "ranking scope: global | layerwise | nm (N:M groups, "
+                          "with --nm)")
     include: list[str] = _setting([], "name patterns of prunable tensors (default: conv and "
                                   "linear weights)")
     exclude: list[str] = _setting([], "name patterns excluded from pruning")
     # structured sparsity (issue 13; swamp.core.patterns)
-    nm: str | None = _setting(None, "N:M sparsity with `scope` nm, e.g. 2:4: every M "
+    nm: str | None = _setting(None, "N:M sparsity with --scope nm, e.g. 2:4: every M "
                               "consecutive weights along the input dimension keep exactly "
                               "N at the last level (default: unset)")
     block: str | None = _setting(None, "block sparsity RxC, e.g. 4x4: whole tiles of the weight "
