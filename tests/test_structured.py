@@ -314,3 +314,12 @@ def test_nm_schedule_and_target_density():
     s = Settings.from_dict(dict(scope="nm", nm="1:4", levels=3)).resolved()
     plan = get_method("swamp").plan(s, 100)
     assert [plan.target_density(lv) for lv in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+def test_an_unquoted_yaml_nm_is_explained(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("scope: nm\nnm: 2:4\nlevels: 2\n")
+    with pytest.raises(SwampError, match="quote it"):
+        Settings.from_file(path)
+    path.write_text("scope: nm\nnm: '2:4'\nlevels: 2\n")
+    assert pattern_of(Settings.from_file(path).resolved().prune) == NM(2, 4)

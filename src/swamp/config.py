@@ -252,6 +252,9 @@ def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - a new field type must be added above
         raise TypeError(f"unsupported settings type {kind}")
+    if not ok and name == "nm" and isinstance(value, int):    # structured sparsity (issue 13)
+        raise SwampError(f"{source}: setting 'nm' is text such as \"2:4\"; quote it (YAML "
+                         f"reads an unquoted 2:4 as the number {value})")
     if not ok:
         raise SwampError(f"{source}: setting '{name}' expects {kind}, got {value!r}")
     return value
