@@ -92,10 +92,18 @@ class PruneSettings:
                            "(density after the last one: (1 - prune_fraction)^levels)")
     prune_fraction: float = _setting(0.2, "fraction of the remaining weights removed per level")
     scorer: str = _setting("magnitude", "pruning score: magnitude | lamp | random")
-    scope: str = _setting("global", "ranking scope: global | layerwise")
+    scope: str = _setting("global", "ranking scope: global | layerwise | nm (N:M groups, "
+                          "with --nm)")
     include: list[str] = _setting([], "name patterns of prunable tensors (default: conv and "
                                   "linear weights)")
     exclude: list[str] = _setting([], "name patterns excluded from pruning")
+    # structured sparsity (issue 13; swamp.core.patterns)
+    nm: str | None = _setting(None, "N:M sparsity with --scope nm, e.g. 2:4: every M "
+                              "consecutive weights along the input dimension keep exactly "
+                              "N at the last level (default: unset)")
+    block: str | None = _setting(None, "block sparsity RxC, e.g. 4x4: whole tiles of the weight "
+                                 "matrix pruned, ranked by tile norm, counted in tiles "
+                                 "(default: unset)")
 
 
 @dataclass
@@ -264,6 +272,9 @@ def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - a new field type must be added above
         raise TypeError(f"unsupported settings type {kind}")
+    if not ok and name == "nm" and isinstance(value, int):    # structured sparsity (issue 13)
+        raise SwampError(f"{source}: setting 'nm' is text such as \"2:4\"; quote it (YAML "
+                         f"reads an unquoted 2:4 as the number {value})")
     if not ok:
         raise SwampError(f"{source}: setting '{name}' expects {kind}, got {value!r}")
     return value
@@ -359,8 +370,9 @@ def validate(s: Settings) -> None:
          f"warm-up"),
         (p.scorer not in ("magnitude", "lamp", "random"),
          f"unknown scorer '{p.scorer}'; use magnitude, lamp or random"),
-        (p.scope not in ("global", "layerwise"),
-         f"unknown scope '{p.scope}'; use global or layerwise"),
+        (p.scope not in ("global", "layerwise", "nm"),
+         f"unknown scope '{p.scope}'; use global, layerwise or nm"),
+        *_structured(s),
         (not 0.0 <= s.data.val_fraction < 1.0,
          f"`val_fraction` must be in [0, 1) (got {s.data.val_fraction})"),
         (s.data.data_size is not None and s.data.data_size < 10,
@@ -429,3 +441,32 @@ def _limits(s: Settings) -> list[tuple[bool, str]]:
 
 
 ENGINES = ("auto", "sequential", "vectorised", "distributed")
+
+
+# ---- structured sparsity (issue 13) ----------------------------------------------------------
+def _structured(s: Settings) -> list[tuple[bool, str]]:
+    """N:M and block patterns: the combinations that are refused (docs/structured.md)."""
+    from swamp.core.patterns import nm_levels, parse_block, parse_nm
+
+    p, target = s.prune, s.method.target_sparsity
+    if p.block is not None:
+        parse_block(p.block)                                  # its one-line error
+        return [(p.scope == "nm", "`block` and `scope` nm are two patterns; use `scope` "
+                                  "global or layerwise with `block`, or unset `block`")]
+    if p.nm is None:
+        return [(p.scope == "nm", "`scope` nm needs the pattern: `nm` N:M, e.g. `nm` 2:4")]
+    nm = parse_nm(p.nm)
+    if p.scope != "nm":
+        return [(True, f"`nm` {nm} applies with `scope` nm (got `scope` {p.scope}); use "
+                       f"`scope` nm")]
+    reach = nm_levels(nm, p.prune_fraction) if 0 < p.prune_fraction < 1 else p.levels
+    return [
+        (p.scorer == "lamp", "`scorer` lamp ranks layers against each other; with `scope` nm "
+                             "every group keeps the same count, so it equals magnitude; use "
+                             "`scorer` magnitude"),
+        (target is not None, f"`target_sparsity` does not apply with `scope` nm: {nm} fixes "
+                             f"the sparsity at {1 - nm.n / nm.m:g}; unset `target_sparsity`"),
+        (p.levels != reach, f"`scope` nm {nm} with `prune_fraction` {p.prune_fraction:g} "
+                            f"reaches {nm} at level {reach}; use `levels` {reach} (got "
+                            f"{p.levels})"),
+    ]

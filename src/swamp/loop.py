@@ -22,6 +22,7 @@ from swamp.assemble import bn_augment, build_context, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
 from swamp.core.masks import Mask, select_prunable
+from swamp.core.patterns import check_pattern, pattern_of
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
@@ -131,6 +132,8 @@ class LevelLoop:
                                             objective=objective)
         self.data, self.model, self.schedule = self.ctx.data, self.ctx.model, self.ctx.schedule
         self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
+        check_pattern(pattern_of(s.prune), {n: self.model.get_parameter(n).shape
+                                            for n in self.prunable})   # N:M, blocks fit?
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)

@@ -125,12 +125,13 @@ class NextMask:
     def make(self, settings: Any, level: int, solution: StateDict,
              members: Sequence[StateDict] | None, mask: Mask, dense: DenseLoader
              ) -> tuple[Mask, dict | None]:
+        from swamp.core.patterns import pattern_of
         from swamp.core.pruning import prune
 
         p = settings.prune
         scorer = "random" if self.random else p.scorer
         return prune(solution, mask, p.prune_fraction, scorer=scorer, scope=p.scope,
-                     generator=_generator(settings, level)), None
+                     generator=_generator(settings, level), pattern=pattern_of(p)), None
 
     def check(self, settings: Any, name: str) -> list[tuple[bool, str]]:
         scorer = settings.prune.scorer
@@ -146,18 +147,21 @@ class OneshotMask(NextMask):
         import torch
 
         from swamp.core.masks import Mask
+        from swamp.core.patterns import pattern_of
         from swamp.core.pruning import keep_exactly, score, target_counts
 
         p, target = settings.prune, settings.method.target_sparsity
+        pattern = pattern_of(p)
         ones = Mask({n: torch.ones_like(mask[n]) for n in mask.names})
-        scores = score(dense(), ones, p.scorer, _generator(settings, 0))
+        scores = score(dense(), ones, p.scorer, _generator(settings, 0), pattern)
         if target:
             # One step from dense to the target sparsity: the same exact count rule as a
             # level, globally or per layer.
-            counts = target_counts(ones, float(target), 1, p.scope)[1]
+            counts = target_counts(ones, float(target), 1, p.scope, pattern)[1]
         else:
-            counts = target_counts(ones, p.prune_fraction, level + 1, p.scope)[level + 1]
-        return keep_exactly(scores, ones, counts, p.scope), None
+            counts = target_counts(ones, p.prune_fraction, level + 1, p.scope,
+                                   pattern)[level + 1]
+        return keep_exactly(scores, ones, counts, p.scope, pattern=pattern), None
 
 
 @dataclass(frozen=True)
@@ -173,11 +177,13 @@ class CombinedMask(NextMask):
                              f"level {level} has no saved next_mask.safetensors; rerun "
                              f"level {level} (delete its folder)")
         from swamp.core.combine import combine_masks
+        from swamp.core.patterns import pattern_of
 
         p = settings.prune
         share = 1.0 if self.overlap else settings.method.vote_share
         return combine_masks(members, mask, p.prune_fraction, share, scorer=p.scorer,
-                             scope=p.scope, generator=_generator(settings, level))
+                             scope=p.scope, generator=_generator(settings, level),
+                             pattern=pattern_of(p))
 
 
 # ---- methods ------------------------------------------------------------------------------

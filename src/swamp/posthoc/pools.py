@@ -33,7 +33,8 @@ from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
 from swamp.core.masks import Mask
-from swamp.core.pruning import keep_exactly, score
+from swamp.core.patterns import Pattern, pattern_of
+from swamp.core.pruning import counts_like, keep_exactly, score
 from swamp.posthoc.runs import check_out_dir
 from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, save_state
@@ -53,17 +54,21 @@ def neighbours(level: int, levels: Sequence[int], window: int) -> list[int]:
     return out
 
 
-def reprune(state: StateDict, like: Mask, scope: str) -> tuple[StateDict, Mask]:
-    """Keep the largest |w| with exactly `like`'s count (per layer for the layerwise scope)."""
+def reprune(state: StateDict, like: Mask, scope: str, pattern: Pattern = None
+            ) -> tuple[StateDict, Mask]:
+    """Keep the largest |w| with exactly `like`'s count (per layer for the layerwise scope;
+    `like`'s tiles or per-group count with a structured `pattern`)."""
     ones = Mask({n: torch.ones_like(like[n]) for n in like.names})
-    counts = {"": like.nnz, **{n: int(like[n].sum()) for n in like.names}}
-    mask = keep_exactly(score(state, ones, "magnitude"), ones, counts, scope)
+    counts = counts_like(like, pattern)
+    mask = keep_exactly(score(state, ones, "magnitude", pattern=pattern), ones, counts, scope,
+                        pattern=pattern)
     return mask.apply_to_state_dict(state), mask
 
 
 def pool_level(base: StateDict, base_mask: Mask, pool: dict[int, StateDict], grid: Sequence[float],
                scope: str, fit: Callable[[StateDict], StateDict],
-               val_acc: Callable[[StateDict], float]) -> tuple[StateDict, Mask, float, list]:
+               val_acc: Callable[[StateDict], float], pattern: Pattern = None
+               ) -> tuple[StateDict, Mask, float, list]:
     """Greedy interpolation of one level (see the module docstring).
 
     `fit` recomputes BatchNorm statistics; `val_acc` scores on the validation split only.
@@ -74,7 +79,8 @@ def pool_level(base: StateDict, base_mask: Mask, pool: dict[int, StateDict], gri
     for k, other in pool.items():
         choice = None
         for c in grid:
-            state, m = reprune(interpolate(current, other, float(c)), base_mask, scope)
+            state, m = reprune(interpolate(current, other, float(c)), base_mask, scope,
+                               pattern)
             state = fit(state)
             acc = val_acc(state)
             if acc > best and (choice is None or acc > choice[0]):
@@ -157,7 +163,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         pool = {k: solution(k) for k in neighbours(level, loaded.levels, window)}
         base_val = val_acc(solution(level))
         state, mask, best, accepted = pool_level(solution(level), base_mask, pool, grid, scope,
-                                                 fit, val_acc)
+                                                 fit, val_acc, pattern_of(loaded.settings.prune))
         model.load_state_dict(solution(level))
         base_test = evaluate(model, data.test)
         model.load_state_dict(state)

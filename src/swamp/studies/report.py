@@ -351,7 +351,7 @@ def settings_lines(results: Sequence[Result]) -> list[str]:
         f"{s.train.rewind_iters or s.train.rewind_epochs} "
         f"{'iterations' if s.train.rewind_iters else 'epochs'}, SWA from {s.train.swa_start}",
         f"- pruning: {s.prune.levels} levels of {s.prune.prune_fraction} ({s.prune.scorer}, "
-        f"{s.prune.scope}); seeds {', '.join(map(str, seeds))}",
+        f"{s.prune.scope}{_pattern(s.prune)}); seeds {', '.join(map(str, seeds))}",
         "- methods: " + "; ".join(
             f"{r.method} ({describe(r)})"
             for r in {r.method: r for r in sorted(results, key=lambda x: _rank(x.method))
@@ -413,3 +413,10 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
     parts += ["Runs:", ""] + [f"- {r.method} seed {r.seed}: `{r.path}`" for r in runs] + [""]
     atomic_write_bytes(out / "report.md", "\n".join(parts).encode())
     return out
+
+
+def _pattern(prune) -> str:
+    """The structured pattern of a run's pruning, for its description (issue 13)."""
+    if getattr(prune, "block", None):
+        return f", {prune.block} blocks"
+    return f" {prune.nm}" if getattr(prune, "nm", None) else ""
