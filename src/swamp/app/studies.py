@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Run every method for every seed on the same run settings "
                                    "(finished runs are reused by their settings hash), then "
                                    "write summary.csv, paired.csv (each method minus "
-                                   "--baseline, seed by seed, with a 95%% interval), "
+                                   "--baseline, seed by seed, with a 95% interval), "
                                    "accuracy_vs_sparsity.png and report.md into --out. "
                                    "Methods: " + known + ".")
     p.add_argument("--methods", required=True, metavar="A,B",
@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="summary table, plot and report.md from finished runs",
                        description="Build summary.csv, paired.csv (each method minus "
-                                   "--baseline, seed by seed, with a 95%% interval), "
+                                   "--baseline, seed by seed, with a 95% interval), "
                                    "accuracy_vs_sparsity.png and report.md from finished runs "
                                    "(and Lottery Pools / ensemble dirs).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
