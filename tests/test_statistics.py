@@ -103,3 +103,17 @@ def test_old_runs_without_calibration_are_read_with_it_missing(tmp_path):
     assert all(math.isnan(r["test_ece"]) and math.isnan(r["test_nll_ts"]) for r in rows)
     summary = summarise([read_result(run)])
     assert all(s.ece and all(math.isnan(x) for x in s.ece) for s in summary)
+
+
+def test_compare_refuses_a_baseline_it_does_not_run_before_training(tiny, tmp_path, capsys):
+    from swamp.app.cli import main
+    from swamp.errors import SwampError
+    from swamp.studies.compare import compare
+
+    with pytest.raises(SwampError, match="`baseline` swamp is not among"):
+        compare(["imp", "imp-swa"], [0, 1], tiny(method="imp", particles=1), tmp_path / "o",
+                baseline="swamp")
+    assert main(["compare", "--methods", "imp", "--seeds", "0", "--format", "gif",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "unknown figure format 'gif'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

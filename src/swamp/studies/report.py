@@ -43,6 +43,8 @@ SUMMARY_COLUMNS = ["method", "level", "density", "sparsity", "seeds", "test_acc_
 PAIRED_COLUMNS = ["metric", "method", "baseline", "density", "sparsity", "n", "mean_diff",
                   "ci_low", "ci_high", "p_value", "verdict", "seeds", "unpaired_seeds"]
 FORMATS = ("png", "pdf", "svg")
+# The method the others are paired with unless `baseline` names another: the papers' reference.
+DEFAULT_BASELINE = "imp"
 # metric -> (record key, its name in tables, scale, digits, unit of a difference)
 METRICS = {"acc": ("test_acc", "test accuracy (%)", 100.0, 2, "points"),
            "nll": ("test_nll", "test NLL", 1.0, 3, "nats"),
@@ -317,7 +319,7 @@ def resolve_baseline(rows: Sequence[SummaryRow] | Sequence[str],
     imp where present, else none (no paired differences)."""
     methods = {s if isinstance(s, str) else s.method for s in rows}
     if baseline is None:
-        return "imp" if "imp" in methods else None
+        return DEFAULT_BASELINE if DEFAULT_BASELINE in methods else None
     if baseline not in methods:
         raise SwampError(f"`baseline` {baseline} is not among the methods reported "
                          f"({', '.join(sorted(methods, key=_rank))}); pick one of them")
