@@ -124,3 +124,20 @@ def test_a_run_recorded_before_calibration_is_still_reported(tiny, tmp_path):
     assert all(math.isnan(r["test_ece"]) for r in read_result(result.run_dir).rows)
     md = (build_report([result.run_dir], tmp_path / "r") / "report.md").read_text()
     assert "Test ECE" not in md and "Test accuracy" in md
+
+
+def test_output_ensembles_and_lottery_pools_record_their_calibration(tiny, tmp_path):
+    from swamp.posthoc.ensemble import ensemble_runs
+    from swamp.posthoc.pools import lottery_pools
+
+    runs = [run(tiny(method="imp", particles=1, levels=1, epochs=1, seed=s)).run_dir
+            for s in (0, 1)]
+    ensemble_runs(runs, tmp_path / "ens", label="imp-ensemble")
+    ens = read_result(tmp_path / "ens").rows
+    assert all(0 <= r["test_ece"] <= 1 for r in ens)
+    assert all(math.isnan(r["test_nll_ts"]) for r in ens)   # no shared validation split
+    pools = read_result(lottery_pools(runs[0], tmp_path / "pools")).rows
+    assert all(0 <= r["test_ece"] <= 1 and r["test_nll_ts"] > 0 for r in pools)
+    md = (build_report([*runs, tmp_path / "ens"], tmp_path / "r") / "report.md").read_text()
+    ece = md.split("## Test ECE")[1].split("##")[0]
+    assert "imp-ensemble" in ece and "| 0.0% | 100.00% |" in ece

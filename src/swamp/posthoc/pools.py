@@ -25,7 +25,7 @@ import torch
 
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
-from swamp.evaluation import evaluate
+from swamp.evaluation import calibrate, evaluate, log_probs
 from swamp.core.masks import Mask
 from swamp.core.pruning import keep_exactly, score
 from swamp.posthoc.runs import check_out_dir
@@ -152,6 +152,9 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         base_test = evaluate(model, data.test)
         model.load_state_dict(state)
         test, val = evaluate(model, data.test), evaluate(model, data.val)
+        # calibration as a run records it: temperature from the validation split only
+        cal = calibrate(log_probs(model, data.val), data.val.y, log_probs(model, data.test),
+                        data.test.y)
         source = loaded.metrics(level)
         row: dict[str, Any] = {
             "level": level, "density": mask.density, "sparsity": 1.0 - mask.density,
@@ -160,6 +163,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
             "base_test_acc": base_test.acc, "base_test_nll": base_test.nll,
             "base_val_acc": base_val, "pool": neighbours(level, loaded.levels, window),
             "accepted": accepted,
+            "test_ece": test.ece, "test_nll_ts": cal.nll, "temperature": cal.temperature,
         }
         store.level_dir(level).mkdir(parents=True, exist_ok=True)
         mask.save(store.mask_path(level))
