@@ -50,10 +50,15 @@ def score_log_probs(logp: torch.Tensor, y: torch.Tensor) -> Score:
     return Score(acc, nll, expected_calibration_error(logp, y))
 
 
-def evaluate(model: nn.Module, split: Split) -> Score:
+def score_split(logp: torch.Tensor, split: Split) -> Score:
+    """The score of `logp`, the log-probabilities of `split` (empty split: NaN)."""
     if len(split) == 0:
         return Score.empty()
-    return score_log_probs(log_probs(model, split), split.y)
+    return score_log_probs(logp, split.y)
+
+
+def evaluate(model: nn.Module, split: Split) -> Score:
+    return score_split(log_probs(model, split), split)
 
 
 def ensemble_log_probs(members: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -30,7 +30,7 @@ from swamp.errors import SwampError
 from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
 from swamp.evaluation import (calibrate, ensemble_log_probs, evaluate, evaluate_ensemble,
-                              log_probs)
+                              log_probs, score_split)
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
@@ -267,11 +267,10 @@ class LevelLoop:
         test_lp, val_lp, particle_scores, particle_val = [], [], [], []
         for state in particles:
             self.model.load_state_dict(state)
-            lp = log_probs(self.model, self.data.test)
-            test_lp.append(lp)
-            particle_scores.append(evaluate(self.model, self.data.test))
+            test_lp.append(log_probs(self.model, self.data.test))
+            particle_scores.append(score_split(test_lp[-1], self.data.test))
             val_lp.append(log_probs(self.model, self.data.val))
-            particle_val.append(evaluate(self.model, self.data.val).acc)
+            particle_val.append(score_split(val_lp[-1], self.data.val).acc)
         members = self.plan.members(len(particles))
         ensemble = evaluate_ensemble([test_lp[i] for i in members], self.data.test)
         # calibration (evaluation.py): temperature fitted on validation only, test NLL at it
@@ -285,9 +284,11 @@ class LevelLoop:
         solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
                                                 self._val_acc)
         self.model.load_state_dict(solution)
-        test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
-        cal = calibrate(log_probs(self.model, self.data.val), self.data.val.y,
-                        log_probs(self.model, self.data.test), self.data.test.y)
+        solution_val = log_probs(self.model, self.data.val)
+        solution_test = log_probs(self.model, self.data.test)
+        test = score_split(solution_test, self.data.test)
+        val = score_split(solution_val, self.data.val)
+        cal = calibrate(solution_val, self.data.val.y, solution_test, self.data.test.y)
         seconds = time.perf_counter() - t0
 
         accs = [particle_scores[i].acc for i in members]
