@@ -30,7 +30,8 @@ from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
-from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
+from swamp.evaluation import (calibrate, ensemble_log_probs, evaluate, evaluate_ensemble,
+                              log_probs, score_split)
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
@@ -267,22 +268,31 @@ class LevelLoop:
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
-        test_lp, particle_scores, particle_val = [], [], []
+        test_lp, val_lp, particle_scores, particle_val = [], [], [], []
         for state in particles:
             self.model.load_state_dict(state)
-            lp = log_probs(self.model, self.data.test)
-            test_lp.append(lp)
-            particle_scores.append(evaluate(self.model, self.data.test))
-            particle_val.append(evaluate(self.model, self.data.val).acc)
+            test_lp.append(log_probs(self.model, self.data.test))
+            particle_scores.append(score_split(test_lp[-1], self.data.test))
+            val_lp.append(log_probs(self.model, self.data.val))
+            particle_val.append(score_split(val_lp[-1], self.data.val).acc)
         members = self.plan.members(len(particles))
         ensemble = evaluate_ensemble([test_lp[i] for i in members], self.data.test)
+        # calibration (evaluation.py): temperature fitted on validation only, test NLL at it
+        ensemble_cal = calibrate(ensemble_log_probs([val_lp[i] for i in members]),
+                                 self.data.val.y,
+                                 ensemble_log_probs([test_lp[i] for i in members]),
+                                 self.data.test.y)
 
         # The level's solution (methods.py): by default the particles' average, masked, BN
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
         solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
                                                 self._val_acc)
         self.model.load_state_dict(solution)
-        test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
+        solution_val = log_probs(self.model, self.data.val)
+        solution_test = log_probs(self.model, self.data.test)
+        test = score_split(solution_test, self.data.test)
+        val = score_split(solution_val, self.data.val)
+        cal = calibrate(solution_val, self.data.val.y, solution_test, self.data.test.y)
         seconds = time.perf_counter() - t0
 
         accs = [particle_scores[i].acc for i in members]
@@ -299,10 +309,15 @@ class LevelLoop:
             "ensemble_acc": ensemble.acc, "ensemble_nll": ensemble.nll,
             "particles": len(particles),
             "train_seconds": seconds,
+            # calibration, after the columns older runs have (their records lack these)
+            "test_ece": test.ece, "test_nll_ts": cal.nll, "temperature": cal.temperature,
+            "ensemble_ece": ensemble.ece, "ensemble_nll_ts": ensemble_cal.nll,
         }
         details = {
             **row,
-            "particle_test": [{"acc": p.acc, "nll": p.nll} for p in particle_scores],
+            "particle_test": [{"acc": p.acc, "nll": p.nll, "ece": p.ece}
+                              for p in particle_scores],
+            "ensemble_temperature": ensemble_cal.temperature,
             "particle_val_acc": particle_val,
             "combined": combined,
             "particle_train_loss": [r.train_loss for r in results],

@@ -25,23 +25,44 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="run methods x seeds (reusing finished runs) and report",
                        description="Run every method for every seed on the same run settings "
                                    "(finished runs are reused by their settings hash), then "
-                                   "write summary.csv, accuracy_vs_sparsity.png and report.md "
-                                   "into --out. Methods: " + known + ".")
+                                   "write summary.csv, paired.csv (each method minus "
+                                   "--baseline, seed by seed, with a 95% interval), "
+                                   "accuracy_vs_sparsity.png and report.md into --out. "
+                                   "Methods: " + known + ".")
     p.add_argument("--methods", required=True, metavar="A,B",
                    help="comma-separated methods, e.g. imp,imp-swa,swamp")
     p.add_argument("--seeds", default="0,1,2", metavar="0,1,2", help="run seeds (default 0,1,2)")
     p.add_argument("--runs-dir", metavar="DIR", help="where the runs live (default: <out>/runs)")
     p.add_argument("--quiet", action="store_true", help="print nothing while running")
     p.add_argument("--command-text", help=argparse.SUPPRESS)
+    add_study_flags(p)
     add_settings_flags(p)
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="summary table, plot and report.md from finished runs",
-                       description="Build summary.csv, accuracy_vs_sparsity.png and report.md "
-                                   "from finished runs (and Lottery Pools / ensemble dirs).")
+                       description="Build summary.csv, paired.csv (each method minus "
+                                   "--baseline, seed by seed, with a 95% interval), "
+                                   "accuracy_vs_sparsity.png and report.md from finished runs "
+                                   "(and Lottery Pools / ensemble dirs).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
+    add_study_flags(p)
     p.set_defaults(handler=cmd_report)
+
+
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    """How a report states differences and writes its figure (not run settings)."""
+    p.add_argument("--baseline", metavar="METHOD",
+                   help="the method every other is paired with, seed by seed (default: imp "
+                        "where reported)")
+    p.add_argument("--format", default="png", metavar="png|pdf|svg",
+                   help="figure format, or a list (e.g. pdf,svg); default png")
+
+
+def study_options(args: argparse.Namespace) -> dict:
+    from swamp.studies.compare import parse_list
+
+    return {"baseline": args.baseline, "formats": parse_list(args.format, "format")}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -71,7 +92,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         out = compare(methods, seeds, base, base.run.out, runs_dir=args.runs_dir,
                       method_bases=bases,
-                      command=args.command_text or command_line(args), events=events)
+                      command=args.command_text or command_line(args), events=events,
+                      **study_options(args))
     finally:
         display.close()   # a live progress bar must not outlive an error
     display.info(f"report: {out / 'report.md'}")
@@ -81,6 +103,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from swamp.studies.report import build_report
 
-    out = build_report(args.runs, args.out, command=command_line(args))
+    out = build_report(args.runs, args.out, command=command_line(args), **study_options(args))
     print(f"report: {Path(out) / 'report.md'}")
     return 0

@@ -31,7 +31,7 @@ import torch
 from swamp.assemble import bn_augment
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
-from swamp.evaluation import evaluate
+from swamp.evaluation import calibrate, evaluate, log_probs
 from swamp.core.masks import Mask
 from swamp.core.patterns import Pattern, pattern_of
 from swamp.core.pruning import counts_like, keep_exactly, score
@@ -168,6 +168,9 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         base_test = evaluate(model, data.test)
         model.load_state_dict(state)
         test, val = evaluate(model, data.test), evaluate(model, data.val)
+        # calibration as a run records it: temperature from the validation split only
+        cal = calibrate(log_probs(model, data.val), data.val.y, log_probs(model, data.test),
+                        data.test.y)
         source = loaded.metrics(level)
         row: dict[str, Any] = {
             "level": level, "density": mask.density, "sparsity": 1.0 - mask.density,
@@ -176,6 +179,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
             "base_test_acc": base_test.acc, "base_test_nll": base_test.nll,
             "base_val_acc": base_val, "pool": neighbours(level, loaded.levels, window),
             "accepted": accepted,
+            "test_ece": test.ece, "test_nll_ts": cal.nll, "temperature": cal.temperature,
         }
         store.level_dir(level).mkdir(parents=True, exist_ok=True)
         mask.save(store.mask_path(level))

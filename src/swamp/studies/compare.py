@@ -68,9 +68,12 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
-            events: Events | None = None,
+            events: Events | None = None, baseline: str | None = None,
+            formats: Sequence[str] = ("png",),
             method_bases: dict[str, Settings] | None = None) -> Path:
-    """Run what is missing, then write summary.csv, the plot and report.md into `out`.
+    """Run what is missing, then write summary.csv, paired.csv, the figure and report.md
+    into `out`. `baseline`: the method each other is paired with, seed by seed (default imp
+    where listed); `formats`: of the figure (png, pdf, svg).
 
     `method_bases` replaces `base` for the methods it names (a preset's SWA recipe).
 
@@ -79,12 +82,14 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     from swamp.loop import LevelLoop
     from swamp.posthoc.runs import check_out_dir
     from swamp.store import hold
-    from swamp.studies.report import build_report
+    from swamp.studies.report import build_report, check_formats, resolve_baseline
 
     events = events or Events()
     info = events.info
 
     check_methods(methods)
+    formats = check_formats(formats)
+    resolve_baseline(list(methods), baseline)   # before any training
     if not seeds:
         raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
     if len(set(seeds)) != len(seeds):
@@ -122,7 +127,8 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
             report_dirs += p.build(seeds, lambda seed, p=p: run_dirs[(p.source, seed)],
                                    runs_root, device, info)
         info(f"writing the report to {out}")
-        return build_report(report_dirs, out, command=command, title=title, notes=notes)
+        return build_report(report_dirs, out, command=command, title=title, notes=notes,
+                            baseline=baseline, formats=formats)
     finally:
         if lock is not None:
             lock.close()
