@@ -40,6 +40,10 @@ def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None 
     if model is None:
         torch.manual_seed(derive_seed(settings.run.seed, "init"))
         model = build_model(settings.model.model, data.input_shape, data.num_classes)
+        if settings.model.weights:   # model sources (issue 12): pretrained weights
+            from swamp.models.sources import load_weights
+
+            load_weights(model, settings.model.weights)
     else:
         model = copy.deepcopy(model)
     return model.to(device)

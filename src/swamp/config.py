@@ -40,6 +40,11 @@ class DataSettings:
 @dataclass
 class ModelSettings:
     model: str = _setting("conv1d", "model name (see `swamp list`)")
+    # model sources (issue 12): pretrained weights for any model (timm:NAME,
+    # torchvision:NAME, hf:DIR or a built-in name as `model`)
+    weights: str | None = _setting(None, "weights file loaded into the model before training "
+                                   "(safetensors, or a torch state dict read with "
+                                   "weights_only=True); default: the model's initialisation")
 
 
 @dataclass

@@ -71,8 +71,21 @@ def _build_wrn(name: str, depth: int, width: int, shape: tuple[int, ...], k: int
     return WideResNet(depth, width, require_image(name, shape), k)
 
 
+def _build_from_source(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from swamp.models.sources import LogitsOf, build_source, parse_spec
+
+    spec = parse_spec(name)
+    model = build_source(spec, tuple(int(s) for s in input_shape), int(num_classes))
+    return LogitsOf(model) if spec.family == "hf" else model
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A freshly initialised registered model for inputs of `input_shape` (no batch dim)."""
+    """A freshly initialised registered model for inputs of `input_shape` (no batch dim).
+
+    `timm:NAME`, `torchvision:NAME` and `hf:DIR` build models of those libraries with their
+    own initialisation, nothing downloaded (`swamp.models.sources`)."""
+    if ":" in str(name):   # model sources (issue 12): another library's architecture
+        return _build_from_source(name, input_shape, num_classes)
     key = name.lower().replace("_", "-")
     shape = tuple(int(s) for s in input_shape)
     if isinstance(num_classes, bool) or int(num_classes) < 1:
