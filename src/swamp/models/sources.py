@@ -144,6 +144,9 @@ def build_hf(directory: str | os.PathLike[str]) -> nn.Module:
     cls = getattr(transformers, arch, None) if arch else None
     if cls is None:
         cls = transformers.AutoModel   # no (known) task head: the bare model
+    log = transformers.utils.logging
+    bar = log.is_progress_bar_enabled()
+    log.disable_progress_bar()   # a bar per load of a local file says nothing
     try:
         if any((path / f).is_file() for f in _HF_WEIGHTS):
             return cls.from_pretrained(str(path), local_files_only=True)
@@ -152,6 +155,9 @@ def build_hf(directory: str | os.PathLike[str]) -> nn.Module:
     except (OSError, ValueError, KeyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SwampError(f"cannot load the transformers model in {path}: {first}"[:300]) from None
+    finally:
+        if bar:
+            log.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------
