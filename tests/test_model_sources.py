@@ -16,7 +16,8 @@ from swamp.config import Settings
 from swamp.errors import SwampError
 from swamp.models import build_model
 from swamp.models.sources import (LogitsOf, ModelSpec, build_source, default_prunable,
-                                  head_modules, load_weights, parse_spec, read_weights)
+                                  head_modules, load_weights, param_kinds, parse_spec,
+                                  read_weights)
 
 
 def _conv1d(seed: int, classes: int = 10) -> nn.Module:
@@ -197,6 +198,12 @@ def test_bert_prunes_attention_and_mlp_linears_only(tmp_path, transformers):
     assert not [n for n in names if "embeddings" in n or "LayerNorm" in n or "bias" in n]
     assert any(".attention.self.query." in n for n in names)
     assert any(".intermediate.dense." in n for n in names)
+    kinds = param_kinds(model, "hf")
+    assert kinds["classifier.weight"] == kinds["classifier.bias"] == "head"
+    assert kinds["bert.embeddings.word_embeddings.weight"] == "embedding"
+    assert kinds["bert.embeddings.LayerNorm.weight"] == "norm"
+    assert kinds["bert.pooler.dense.bias"] == "bias"
+    assert {kinds[n] for n in names} == {"weight"}
 
 
 def test_gpt2_conv1d_is_prunable_and_its_tied_head_stays_dense(tmp_path, transformers):

@@ -71,7 +71,12 @@ def test_groups_get_exact_counts_and_the_file_is_zero_where_the_mask_is_off(tmp_
             assert torch.equal(t, dense[name])
     text = capsys.readouterr().out
     assert "features.*" in text and "47.50%" in text and "35.00%" in text
-    assert "classifier.weight" in text and "dense (not prunable)" in text
+    assert "classifier.weight" in text
+    dense_line = next(line for line in text.splitlines() if line.startswith("kept dense:"))
+    model = build_model("conv1d", (1, 40), 10)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert f"norm {2 * len(norms)} tensors" in dense_line and "bias 1 tensors" in dense_line
+    assert "head" not in dense_line   # a built-in model's head is pruned like any layer
 
 
 @pytest.mark.parametrize("scorer", ["magnitude", "lamp", "random"])
@@ -199,4 +204,7 @@ def test_hf_bert_prunes_by_group_and_loads_back_into_transformers(tmp_path, caps
     fresh.load_state_dict(pruned, strict=True)   # any loader reads it
     for n in mask.names:
         assert not fresh.state_dict()[n][~mask[n]].any()
-    assert "bert.encoder.layer.0.attention.self.query.weight" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "bert.encoder.layer.0.attention.self.query.weight" in text
+    dense_line = next(line for line in text.splitlines() if line.startswith("kept dense:"))
+    assert "head 2 tensors" in dense_line and "embedding 3 tensors" in dense_line

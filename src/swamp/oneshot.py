@@ -28,7 +28,7 @@ from swamp.core.pruning import SCORERS, counts_at_density, keep_exactly, score
 from swamp.errors import SwampError
 from swamp.models import build_model
 from swamp.models.sources import (ModelSpec, build_source, default_prunable, load_weights,
-                                  parse_spec)
+                                  param_kinds, parse_spec)
 
 __all__ = ["Group", "parse_group", "load_model", "select_tensors", "prune_oneshot",
            "OneShotResult", "LayerRow", "GroupRow", "save_pruned", "mask_path_for",
@@ -137,7 +137,8 @@ class OneShotResult:
     mask: Mask                 # over every prunable tensor (all True where in no group)
     layers: list[LayerRow]
     groups: list[GroupRow]
-    dense: list[tuple[str, int]] = field(default_factory=list)  # other params: (name, numel)
+    # the parameters left dense: (name, numel, kind: head | embedding | norm | bias | ...)
+    dense: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def kept(self) -> int:
@@ -203,7 +204,9 @@ def prune_oneshot(model: nn.Module, groups: Sequence[Group], *,
                        float(owner[n].sparsity) if owner[n] else 0.0, k, t)
               for n, (k, t) in mask.per_layer().items()]
     chosen = set(names)
-    dense = [(n, p.numel()) for n, p in model.named_parameters() if n not in chosen]
+    kinds = param_kinds(model, family)
+    dense = [(n, p.numel(), kinds.get(n, "other")) for n, p in model.named_parameters()
+             if n not in chosen]
     return OneShotResult(mask, layers, rows, dense)
 
 

@@ -142,10 +142,18 @@ def _print_layers(result) -> None:
         print(f"{r.name:<{width}}  {shape:>16}  {r.group or '-':<{gw}}  "
               f"{100 * r.target:6.2f}%  {r.kept:>11,}  {r.total:>11,}  {100 * r.sparsity:7.2f}%")
     if result.dense:
-        shown = ", ".join(n for n, _ in result.dense[:6])
-        more = f", ... ({len(result.dense) - 6} more)" if len(result.dense) > 6 else ""
-        print(f"dense (not prunable): {len(result.dense)} tensors, "
-              f"{sum(k for _, k in result.dense):,} weights: {shown}{more}")
+        by_kind: dict[str, list[tuple[str, int]]] = {}
+        for name, numel, kind in result.dense:
+            by_kind.setdefault(kind, []).append((name, numel))
+        print("kept dense: " + "; ".join(
+            f"{kind} {len(items)} tensors, {sum(k for _, k in items):,} weights"
+            f" ({_names(items)})" for kind, items in by_kind.items())
+            + " (prune one with --include PATTERN)")
+
+
+def _names(items: list[tuple[str, int]]) -> str:
+    shown = ", ".join(n for n, _ in items[:3])
+    return shown + (f", ... {len(items) - 3} more" if len(items) > 3 else "")
 
 
 def _print_groups(result) -> None:

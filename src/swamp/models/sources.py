@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from swamp.errors import SwampError
 
 __all__ = ["FAMILIES", "ModelSpec", "parse_spec", "build_source", "require_extra",
-           "load_weights", "read_weights", "default_prunable", "head_modules", "LogitsOf"]
+           "load_weights", "read_weights", "default_prunable", "head_modules", "param_kinds",
+           "LogitsOf"]
 
 FAMILIES = ("builtin", "timm", "torchvision", "hf")
 _EXTRA_OF = {"timm": "timm", "torchvision": "torchvision", "transformers": "hf"}
@@ -288,3 +289,32 @@ def default_prunable(model: nn.Module, family: str = "builtin") -> list[str]:
     # A head tied to an embedding shares its parameter: the embedding's name keeps it dense.
     emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     return [n for n, p in model.named_parameters() if id(p) in ids and id(p) not in emb]
+
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def param_kinds(model: nn.Module, family: str = "builtin") -> dict[str, str]:
+    """What each parameter is, for the printed choice: head | embedding | norm | bias |
+    weight (of a Conv/Linear layer) | other. Norms are also found by class name (RMSNorm,
+    T5LayerNorm ...), since libraries define their own."""
+    heads = set(head_modules(model, family)) if family != "builtin" else set()
+    kinds = _matmul_modules()
+    out: dict[str, str] = {}
+    for mname, module in model.named_modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            name = f"{mname}.{pname}" if mname else pname
+            if any(mname == h or mname.startswith(h + ".") for h in heads):
+                kind = "head"
+            elif isinstance(module, nn.Embedding):
+                kind = "embedding"
+            elif isinstance(module, _NORMS) or "norm" in type(module).__name__.lower():
+                kind = "norm"
+            elif pname == "bias":
+                kind = "bias"
+            elif isinstance(module, kinds):
+                kind = "weight"
+            else:
+                kind = "other"
+            out.setdefault(name, kind)
+    return out
