@@ -261,3 +261,39 @@ def test_torchvision_is_built_without_weights(monkeypatch):
     model = build_model("torchvision:resnet18", (3, 4, 4), 7)
     assert calls == [("resnet18", {"weights": None, "num_classes": 7})]
     assert default_prunable(model, "torchvision") == ["1.weight"]   # last Linear: the head
+
+
+def test_swamp_run_trains_a_timm_model(tmp_path, monkeypatch, capsys):
+    """`swamp run --model timm:NAME`: the level loop builds the model through timm
+    (stood in for here: timm needs torchvision, whose wheels here are CUDA builds)."""
+    class Net(nn.Module):
+        def __init__(self, in_chans, num_classes):
+            super().__init__()
+            self.stem = nn.Conv2d(in_chans, 4, 3, padding=1)
+            self.head = nn.Linear(4, num_classes)
+
+        def forward(self, x):
+            return self.head(self.stem(x).relu().mean((2, 3)))
+
+        def get_classifier(self):
+            return self.head
+
+    made = []
+
+    def create_model(name, pretrained=True, **kw):
+        made.append((name, pretrained))
+        return Net(kw["in_chans"], kw["num_classes"])
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    rc = main(["run", "--model", "timm:tiny", "--dataset", "synthetic-image", "--data-size",
+               "100", "--epochs", "1", "--levels", "1", "--method", "imp", "--batch-size", "32",
+               "--rewind-epochs", "0", "--engine", "sequential", "--device", "cpu", "--quiet",
+               "--out", str(tmp_path / "runs")])
+    assert rc == 0, capsys.readouterr().err
+    assert made and all(m == ("tiny", False) for m in made)
+    (level,) = (tmp_path / "runs").glob("imp-*/level_1")
+    from swamp.core.masks import Mask
+
+    mask = Mask.load(level / "mask.safetensors")
+    assert mask.names == ["stem.weight"]   # timm's head stays dense
+    assert 0 < mask.density < 1

@@ -21,7 +21,7 @@ from swamp import world
 from swamp.assemble import build_context, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
-from swamp.core.masks import Mask, select_prunable
+from swamp.core.masks import Mask
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
@@ -32,6 +32,7 @@ from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
+from swamp.oneshot import run_prunable
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
                          save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
@@ -130,7 +131,9 @@ class LevelLoop:
         self.ctx = context or build_context(s, model=model, data=data, device=self.device,
                                             objective=objective)
         self.data, self.model, self.schedule = self.ctx.data, self.ctx.model, self.ctx.schedule
-        self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
+        # model sources (issue 12): a timm/torchvision/hf model's head stays dense by default
+        self.prunable = run_prunable(self.model, s.model.model, s.prune.include,
+                                     s.prune.exclude)
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)

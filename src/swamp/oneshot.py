@@ -23,16 +23,16 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from swamp.core.masks import Mask
+from swamp.core.masks import Mask, select_prunable
 from swamp.core.pruning import SCORERS, counts_at_density, keep_exactly, score
 from swamp.errors import SwampError
 from swamp.models import build_model
-from swamp.models.sources import (ModelSpec, build_source, default_prunable, load_weights,
-                                  param_kinds, parse_spec)
+from swamp.models.sources import (LogitsOf, ModelSpec, build_source, default_prunable,
+                                  load_weights, param_kinds, parse_spec)
 
 __all__ = ["Group", "parse_group", "load_model", "select_tensors", "prune_oneshot",
            "OneShotResult", "LayerRow", "GroupRow", "save_pruned", "mask_path_for",
-           "ONESHOT_SCOPES"]
+           "ONESHOT_SCOPES", "run_prunable"]
 
 ONESHOT_SCOPES = ("global", "layerwise")
 
@@ -102,6 +102,24 @@ def select_tensors(model: nn.Module, family: str = "builtin", include: Sequence[
     if not names:
         raise SwampError("no prunable tensors selected (no Conv/Linear weights outside the "
                          "head, or `exclude` removed them all); adjust `include`/`exclude`")
+    return names
+
+
+def run_prunable(model: nn.Module, spec: str, include: Sequence[str] = (),
+                 exclude: Sequence[str] = ()) -> list[str]:
+    """The prunable tensors of a run's model named by `spec` (the `model` setting): for
+    built-in models, and whenever `include` is given, `select_prunable` (include replaces
+    the default); for models of other libraries their family's default (head dense; a hf
+    model is wrapped in `LogitsOf`, its names prefixed ``model.``), minus `exclude`."""
+    family = parse_spec(spec).family if ":" in str(spec) else "builtin"
+    if family == "builtin" or include:
+        return select_prunable(model, include, exclude)
+    inner, prefix = (model.model, "model.") if isinstance(model, LogitsOf) else (model, "")
+    names = [prefix + n for n in default_prunable(inner, family)]
+    names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
+    if not names:
+        raise SwampError("no prunable tensors selected (`exclude` removed them all); adjust "
+                         "the include/exclude patterns")
     return names
 
 
