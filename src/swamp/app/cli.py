@@ -56,6 +56,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("datasets: " + ", ".join(list_datasets()))
     print("models:   " + ", ".join(list_models()))
+    print("          timm:NAME, torchvision:NAME, hf:DIR (extras swamp[timm], "
+          "swamp[torchvision], swamp[hf]); --weights FILE for any model")
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
