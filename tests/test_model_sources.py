@@ -297,3 +297,11 @@ def test_swamp_run_trains_a_timm_model(tmp_path, monkeypatch, capsys):
     mask = Mask.load(level / "mask.safetensors")
     assert mask.names == ["stem.weight"]   # timm's head stays dense
     assert 0 < mask.density < 1
+
+
+def test_weights_saved_from_a_wrapper_say_so(tmp_path):
+    wrapped = nn.Sequential()
+    wrapped.module = _conv1d(1)   # as DistributedDataParallel holds a model
+    save_file(wrapped.state_dict(), str(tmp_path / "ddp.safetensors"))
+    with pytest.raises(SwampError, match=r"prefix \('module\.features\.0\.weight'\).*model\.module"):
+        load_weights(_conv1d(2), tmp_path / "ddp.safetensors")

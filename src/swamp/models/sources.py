@@ -223,9 +223,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
         if key not in state:
             if key in tied:
                 continue
+            wrapped = next((k for k in state if k.endswith("." + key)), None)
+            hint = (f"its names carry a prefix ({wrapped!r}): save the inner model's "
+                    f"state_dict (e.g. model.module for DDP)" if wrapped
+                    else "pass weights saved from the same architecture")
             raise SwampError(f"weights file {str(path)!r} lacks the model's tensor {key!r} "
                              f"({len(state)} tensors in the file, {len(own)} in the model); "
-                             f"pass weights saved from the same architecture")
+                             f"{hint}")
         if tuple(state[key].shape) != tuple(value.shape):
             raise SwampError(f"weights file {str(path)!r}: tensor {key!r} has shape "
                              f"{tuple(state[key].shape)} in the file but {tuple(value.shape)} "
