@@ -208,3 +208,17 @@ def test_hf_bert_prunes_by_group_and_loads_back_into_transformers(tmp_path, caps
     assert "bert.encoder.layer.0.attention.self.query.weight" in text
     dense_line = next(line for line in text.splitlines() if line.startswith("kept dense:"))
     assert "head 2 tensors" in dense_line and "embedding 3 tensors" in dense_line
+
+
+def test_hf_head_is_prunable_by_pattern(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32,
+                                     max_position_embeddings=32, num_labels=3)
+    model = transformers.BertForSequenceClassification(config)
+    default = select_tensors(model, "hf")
+    assert "classifier.weight" not in default
+    chosen = select_tensors(model, "hf", include=["classifier.weight"],
+                            exclude=["*.pooler.*"])
+    assert chosen == [n for n in default if ".pooler." not in n] + ["classifier.weight"]
