@@ -303,5 +303,6 @@ def test_weights_saved_from_a_wrapper_say_so(tmp_path):
     wrapped = nn.Sequential()
     wrapped.module = _conv1d(1)   # as DistributedDataParallel holds a model
     save_file(wrapped.state_dict(), str(tmp_path / "ddp.safetensors"))
-    with pytest.raises(SwampError, match=r"prefix \('module\.features\.0\.weight'\).*model\.module"):
+    with pytest.raises(SwampError,
+                       match=r"prefix \('module\.features\.0\.weight'\).*model\.module"):
         load_weights(_conv1d(2), tmp_path / "ddp.safetensors")
