@@ -43,6 +43,10 @@ def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None 
         model = build_model(m.model, data.input_shape, data.num_classes,
                             hidden=tuple(m.hidden), residual=m.residual,
                             channels=tuple(m.channels))
+        if settings.model.weights:   # model sources (issue 12): pretrained weights
+            from swamp.models.sources import load_weights
+
+            load_weights(model, settings.model.weights)
     else:
         model = copy.deepcopy(model)
     return model.to(device)

@@ -48,6 +48,11 @@ class ModelSettings:
                               "whose input and output widths match")
     channels: list[int] = _setting([], "conv1d: channels of the convolutions, e.g. 32,64,64 "
                                    "(default: 32,32,32; strides 1, then 2)")
+    # model sources (issue 12): pretrained weights for any model (timm:NAME,
+    # torchvision:NAME, hf:DIR or a built-in name as `model`)
+    weights: str | None = _setting(None, "weights file loaded into the model before training "
+                                   "(safetensors, or a torch state dict read with "
+                                   "weights_only=True); default: the model's initialisation")
 
 
 @dataclass

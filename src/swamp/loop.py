@@ -21,7 +21,7 @@ from swamp import world
 from swamp.assemble import bn_augment, build_context, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
-from swamp.core.masks import Mask, select_prunable
+from swamp.core.masks import Mask
 from swamp.core.patterns import check_pattern, pattern_of
 from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle
@@ -34,6 +34,7 @@ from swamp.evaluation import (calibrate, ensemble_log_probs, evaluate, evaluate_
                               log_probs, score_split)
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
+from swamp.oneshot import run_prunable
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
                          save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
@@ -132,7 +133,9 @@ class LevelLoop:
         self.ctx = context or build_context(s, model=model, data=data, device=self.device,
                                             objective=objective)
         self.data, self.model, self.schedule = self.ctx.data, self.ctx.model, self.ctx.schedule
-        self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
+        # model sources (issue 12): a timm/torchvision/hf model's head stays dense by default
+        self.prunable = run_prunable(self.model, s.model.model, s.prune.include,
+                                     s.prune.exclude)
         check_pattern(pattern_of(s.prune), {n: self.model.get_parameter(n).shape
                                             for n in self.prunable})   # N:M, blocks fit?
         # Made when there is training to do (a finished run starts no processes).

@@ -13,6 +13,7 @@ from typing import Sequence
 
 from swamp import __version__
 from swamp.app import export, posthoc, run, studies
+from swamp.app import prune as prune_cmd   # one-shot pruning (issue 12)
 from swamp.app.flags import render_error
 from swamp.methods import METHODS
 from swamp.errors import SwampError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     studies.add_parsers(sub)
     posthoc.add_parsers(sub)
+    prune_cmd.add_parser(sub)
     return parser
 
 
@@ -54,6 +56,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("datasets: " + ", ".join(list_datasets()))
     print("models:   " + ", ".join(list_models()))
+    print("          timm:NAME, torchvision:NAME, hf:DIR (extras swamp[timm], "
+          "swamp[torchvision], swamp[hf]); --weights FILE for any model")
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")

@@ -71,17 +71,29 @@ def _build_wrn(name: str, depth: int, width: int, shape: tuple[int, ...], k: int
     return WideResNet(depth, width, require_image(name, shape), k)
 
 
+def _build_from_source(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    from swamp.models.sources import LogitsOf, build_source, parse_spec
+
+    spec = parse_spec(name)
+    model = build_source(spec, tuple(int(s) for s in input_shape), int(num_classes))
+    return LogitsOf(model) if spec.family == "hf" else model
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *,
                 hidden: tuple[int, ...] = (), residual: bool = False,
                 channels: tuple[int, ...] = ()) -> nn.Module:
     """A freshly initialised registered model for inputs of `input_shape` (no batch dim).
 
     `hidden` and `residual` size the mlp, `channels` the conv1d; left empty, each model keeps
-    its built-in size (and its parameter names, so older runs still load)."""
-    key = name.lower().replace("_", "-")
+    its built-in size (and its parameter names, so older runs still load). `timm:NAME`,
+    `torchvision:NAME` and `hf:DIR` build models of those libraries with their own
+    initialisation, nothing downloaded (`swamp.models.sources`)."""
+    key = str(name).lower().replace("_", "-")
     if (hidden or residual) and key != "mlp" or channels and key != "conv1d":
         raise SwampError(f"model {name!r} has no size settings: `hidden` and `residual` size "
                          f"mlp, `channels` sizes conv1d")
+    if ":" in str(name):   # model sources (issue 12): another library's architecture
+        return _build_from_source(name, input_shape, num_classes)
     shape = tuple(int(s) for s in input_shape)
     if isinstance(num_classes, bool) or int(num_classes) < 1:
         raise SwampError(f"num_classes must be >= 1, got {num_classes}")
