@@ -138,6 +138,32 @@ def test_weights_go_into_a_run_model(tmp_path):
     assert _same_state(prepare_model(settings, data), source)
 
 
+def test_a_run_is_named_by_its_weights_content_and_read_without_the_file(tmp_path):
+    import os
+
+    from conftest import tiny_settings
+    from swamp.loop import run
+    from swamp.reader import RunReader
+
+    path = tmp_path / "w.safetensors"
+    model = build_model("mlp", (1, 32), 10)
+    save_file(model.state_dict(), str(path))
+    settings = tiny_settings(tmp_path, weights=str(path), levels=0, epochs=1, particles=1,
+                             method="imp")
+    first = settings.run_name()
+    assert Settings.from_dict({"weights": str(path)}).run_name() != Settings().run_name()
+    torch.manual_seed(1)
+    save_file(build_model("mlp", (1, 32), 10).state_dict(), str(path))   # same path, new file
+    os.utime(path, ns=(1, 1))            # even with an old modification time
+    assert settings.run_name() != first
+    done = run(settings).run_dir
+    path.unlink()                        # a finished run is read from its own files
+    reader = RunReader(done)
+    reader.model.load_state_dict(reader.solution(0))
+    with pytest.raises(SwampError, match="weights file .* does not exist"):
+        settings.run_name()
+
+
 # -- transformers (hf:DIR) -----------------------------------------------------------------
 
 @pytest.fixture

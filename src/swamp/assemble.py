@@ -34,16 +34,17 @@ def prepare_data(settings: Settings, data: DataBundle | None = None,
 
 
 def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None = None,
-                  device: torch.device | str = "cpu") -> nn.Module:
+                  device: torch.device | str = "cpu", pretrained: bool = True) -> nn.Module:
     """The run's model on `device`: a copy of `model` if given, else the registered model
-    initialised from the run seed."""
+    initialised from the run seed (and loaded with `weights` unless `pretrained` is False:
+    a reader of a finished run loads the run's own weight files instead)."""
     if model is None:
         torch.manual_seed(derive_seed(settings.run.seed, "init"))
         m = settings.model
         model = build_model(m.model, data.input_shape, data.num_classes,
                             hidden=tuple(m.hidden), residual=m.residual,
                             channels=tuple(m.channels))
-        if settings.model.weights:   # model sources (issue 12): pretrained weights
+        if settings.model.weights and pretrained:   # issue 12: pretrained weights
             from swamp.models.sources import load_weights
 
             load_weights(model, settings.model.weights)

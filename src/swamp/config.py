@@ -235,6 +235,10 @@ class Settings:
         defaults = {(s, n): v for s, n, v in Settings().items()}
         changed: dict[str, Any] = {f"{s}.{n}": v for s, n, v in self.resolved().items()
                                    if n not in UNHASHED and v != defaults[(s, n)]}
+        if self.model.weights:
+            # The weights file is named by its content as well as its path: another file at
+            # the same path is another starting point, so another run.
+            inputs = {**(inputs or {}), "weights": weights_digest(self.model.weights)}
         if inputs:
             changed["inputs"] = inputs
         blob = json.dumps(changed, sort_keys=True, separators=(",", ":"))
@@ -242,6 +246,26 @@ class Settings:
 
     def run_name(self, inputs: dict[str, str] | None = None) -> str:
         return f"{self.method.method}-{self.run_hash(inputs)}"
+
+
+_WEIGHT_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_digest(path: str) -> str:
+    """SHA-256 (16 hex digits) of a weights file's bytes, cached by (path, size, mtime)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise SwampError(f"weights file {path} does not exist (`weights`); check the path")
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHT_DIGESTS:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _WEIGHT_DIGESTS[key] = h.hexdigest()[:16]
+    return _WEIGHT_DIGESTS[key]
 
 
 def field_owners() -> dict[str, str]:

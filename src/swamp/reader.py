@@ -104,7 +104,10 @@ class RunReader:
     def model(self) -> nn.Module:
         """The run's architecture on the reader's device; load a state into it to evaluate."""
         self._check_buildable()
-        return prepare_model(self.settings, self.data, self._model, self.device)
+        # The run's own files hold every state a reader loads: the weights file it began
+        # from need not exist any more.
+        return prepare_model(self.settings, self.data, self._model, self.device,
+                             pretrained=False)
 
     def solution(self, level: int) -> StateDict:
         return load_state(self.store.solution_path(level), self.device)
