@@ -1,4 +1,8 @@
-"""Accuracy and negative log-likelihood of a model, or of an output ensemble of models."""
+"""Accuracy and negative log-likelihood of a model, or of an output ensemble of models.
+
+For language-model data (labels (n, T), logits (n, T, V)) both are per token: the accuracy of
+next-token predictions and the mean NLL, whose exp is the perplexity.
+"""
 
 from __future__ import annotations
 
@@ -26,15 +30,15 @@ class Score:
 def log_probs(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([torch.log_softmax(model(split.x[i:i + batch_size]).float(), dim=1)
+    out = torch.cat([torch.log_softmax(model(split.x[i:i + batch_size]).float(), dim=-1)
                      for i in range(0, len(split), batch_size)])
     model.train(was_training)
     return out
 
 
 def score_log_probs(logp: torch.Tensor, y: torch.Tensor) -> Score:
-    acc = (logp.argmax(1) == y).float().mean().item()
-    nll = torch.nn.functional.nll_loss(logp, y).item()
+    acc = (logp.argmax(-1) == y).float().mean().item()
+    nll = torch.nn.functional.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1)).item()
     return Score(acc, nll)
 
 

@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from swamp import world
-from swamp.assemble import build_context, resolve_device
+from swamp.assemble import build_context, prepare_data, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
 from swamp.core.masks import Mask, select_prunable
 from swamp.core.seeds import derive_seed
-from swamp.data import DataBundle
+from swamp.data import DataBundle, is_file_dataset
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
@@ -126,6 +126,11 @@ class LevelLoop:
         # by the settings.
         self.inputs = {**(model_fingerprints(model) if model is not None else {}),
                        **(data_fingerprint(data) if data is not None else {})}
+        if data is None and is_file_dataset(s.data.dataset):
+            # The user's files (data/files.py) name the run by their contents too, as data
+            # passed in does: read (and checked) now, before the run directory is opened.
+            data = context.data if context is not None else prepare_data(s)
+            self.inputs.update(data_fingerprint(data))
         self.store = open_run_dir(s, run_dir, self.inputs)
         self.ctx = context or build_context(s, model=model, data=data, device=self.device,
                                             objective=objective)

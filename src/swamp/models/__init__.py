@@ -14,7 +14,7 @@ import torch.nn as nn
 from swamp.errors import SwampError
 from swamp.models.common import init_weights, require_image
 from swamp.models.resnet import ResNet, WideResNet, cifar_resnet, resnet18
-from swamp.models.small import MLP, Conv1dNet
+from swamp.models.small import MLP, BagOfWords, CausalConvLM, Conv1dNet
 from swamp.models.vgg import VGG
 
 __all__ = ["MODELS", "ModelInfo", "build_model", "list_models", "model_description"]
@@ -27,6 +27,7 @@ class ModelInfo:
     name: str
     description: str
     build: Builder
+    tokens: bool = False   # takes token ids: `build` gets the vocabulary size as well
 
 
 def _image(make: Callable[[int, int], nn.Module]) -> Builder:
@@ -44,6 +45,12 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in [
               _image(resnet18)),
     *[ModelInfo(f"vgg{d}", f"VGG-{d} with BatchNorm, CIFAR variant (one linear classifier); "
                 "input (C, H, W)", _image(lambda c, k, d=d: VGG(d, c, k))) for d in (11, 13, 16, 19)],
+    # token models for the text datasets (csv:, jsonl:, text:; issue 12)
+    ModelInfo("bow", "text classification: mean token embedding (masked), 64 hidden, linear; "
+              "input (2, L) ids + attention mask", lambda n, s, k, v: BagOfWords(s, k, v), True),
+    ModelInfo("causal-conv", "causal LM: embedding, 2 residual causal convs (k3), linear head "
+              "over the vocabulary; input (T,) token ids",
+              lambda n, s, k, v: CausalConvLM(s, k), True),
 ]}
 _WRN = re.compile(r"wrn-(\d+)-(\d+)")
 WRN_PATTERN = "wrn-D-K"
@@ -71,8 +78,10 @@ def _build_wrn(name: str, depth: int, width: int, shape: tuple[int, ...], k: int
     return WideResNet(depth, width, require_image(name, shape), k)
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """A freshly initialised registered model for inputs of `input_shape` (no batch dim)."""
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
+                vocab_size: int | None = None) -> nn.Module:
+    """A freshly initialised registered model for inputs of `input_shape` (no batch dim);
+    `vocab_size`: of token-id inputs, for the token models."""
     key = name.lower().replace("_", "-")
     shape = tuple(int(s) for s in input_shape)
     if isinstance(num_classes, bool) or int(num_classes) < 1:
@@ -83,6 +92,11 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn
     wrn = _WRN.fullmatch(key)
     if wrn:
         model = _build_wrn(key, int(wrn.group(1)), int(wrn.group(2)), shape, k)
+    elif key in MODELS and MODELS[key].tokens:
+        if vocab_size is None:
+            raise SwampError(f"model {key} takes token ids; use a tokenised text dataset "
+                             f"(csv:FILE, jsonl:FILE, text:FILE)")
+        model = MODELS[key].build(key, shape, k, int(vocab_size))
     elif key in MODELS:
         model = MODELS[key].build(key, shape, k)
     else:
