@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -301,6 +302,8 @@ class LevelLoop:
             "particles": len(particles),
             "train_seconds": seconds,
         }
+        if self.data.task == "lm":   # language models: accuracies are per token; perplexity
+            row["test_ppl"] = math.exp(test.nll) if math.isfinite(test.nll) else math.nan
         details = {
             **row,
             "particle_test": [{"acc": p.acc, "nll": p.nll} for p in particle_scores],

@@ -302,7 +302,7 @@ class Tokenizer:
             self.fast = Fast.from_file(str(path))
         except Exception as e:  # a Rust-side parse error
             raise SwampError(f"tokenizer {spec}: cannot read {path} as a tokenizer.json "
-                             f"({str(e).strip()[:120]}); save it with Tokenizer.save") from None
+                             f"({' '.join(str(e).split())[:120]}); save it with Tokenizer.save") from None
         self.hf = None
         self.vocab_size = self.fast.get_vocab_size(with_added_tokens=True)
 
