@@ -378,3 +378,30 @@ def test_end_to_end_text_lm_reports_perplexity(tmp, text_file, tokenizer_file, c
     for r in rows:
         assert math.isclose(r["test_ppl"], math.exp(r["test_nll"]))
         assert math.isfinite(r["test_nll"]) and 0.0 <= r["test_acc"] <= 1.0
+
+
+# --------------------------------------------------------------------------- token models
+
+def test_token_models_shapes_masking_and_causality():
+    from swamp.models import build_model
+
+    torch.manual_seed(0)
+    bow = build_model("bow", (2, 6), 3, vocab_size=20)
+    ids = torch.randint(1, 20, (4, 6))
+    mask = torch.ones(4, 6, dtype=torch.int64)
+    mask[:, 4:] = 0
+    out = bow(torch.stack([ids, mask], 1))
+    assert out.shape == (4, 3)
+    other = ids.clone()
+    other[:, 4:] = 0                                  # padding positions do not count
+    assert torch.equal(bow(torch.stack([other, mask], 1)), out)
+
+    lm = build_model("causal-conv", (8,), 20, vocab_size=20)
+    x = torch.randint(0, 20, (2, 8))
+    logits = lm(x)
+    assert logits.shape == (2, 8, 20)
+    later = x.clone()
+    later[:, 5] = (later[:, 5] + 1) % 20             # a later token never changes the past
+    changed = lm(later)
+    assert torch.equal(changed[:, :5], logits[:, :5]) and not torch.equal(changed[:, 5:], logits[:, 5:])
+    one_line_error(lambda: build_model("bow", (2, 6), 3), "token ids", "csv:FILE")
