@@ -405,3 +405,21 @@ def test_token_models_shapes_masking_and_causality():
     changed = lm(later)
     assert torch.equal(changed[:, :5], logits[:, :5]) and not torch.equal(changed[:, 5:], logits[:, 5:])
     one_line_error(lambda: build_model("bow", (2, 6), 3), "token ids", "csv:FILE")
+
+
+def test_a_finished_run_reads_its_files_only_where_told_and_only_if_unchanged(tmp, csv_file,
+                                                                             tokenizer_file):
+    from swamp.reader import RunReader
+
+    copy = tmp / "reader" / "t.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(csv_file.read_bytes())
+    run_dir, _ = run_cli(tmp, "reader_runs", "--dataset", "csv:t.csv", "--data-dir",
+                         str(copy.parent), "--tokenizer", str(tokenizer_file), "--max-length",
+                         "8", "--model", "bow", "--method", "imp", "--engine", "sequential")
+    one_line_error(lambda: RunReader(run_dir).data, "data_dir", "csv:t.csv")
+    reader = RunReader(run_dir, data_dir=str(copy.parent))
+    assert len(reader.data.train) + len(reader.data.val) + len(reader.data.test) == 30
+    copy.write_text(copy.read_text().replace("good", "bad"))
+    one_line_error(lambda: RunReader(run_dir, data_dir=str(copy.parent)).data,
+                   "fingerprints differ")

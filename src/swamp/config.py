@@ -29,7 +29,8 @@ def _setting(default: Any, help: str, **kw: Any) -> Any:
 class DataSettings:
     dataset: str = _setting("mnist1d", "dataset name (see `swamp list`)")
     data_dir: str | None = _setting(None, "directory holding the dataset files (CIFAR, MNIST); "
-                                    "default: $SWAMP_DATA_DIR")
+                                    "default: $SWAMP_DATA_DIR (KIND:PATH datasets: the "
+                                    "folder relative paths start from; default: here)")
     data_size: int | None = _setting(None, "number of samples for generated datasets "
                                      "(mnist1d: 10000, synthetic: 512)")
     val_fraction: float = _setting(0.1, "fraction of the training data held out for validation "

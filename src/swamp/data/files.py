@@ -28,7 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +60,7 @@ class FileOptions:
     tokenizer: str | None = None
     max_length: int = 128
     block_size: int = 128
+    data_dir: str | None = None     # relative paths of the dataset and test_path start here
 
     @classmethod
     def from_settings(cls, data_settings: Any, **override: Any) -> "FileOptions":
@@ -83,10 +84,18 @@ def is_file_dataset(name: str) -> bool:
     return bool(sep) and kind.lower() in KINDS
 
 
+def _under(base: str | None, path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if base is None or path.is_absolute() else Path(base).expanduser() / path
+
+
 def load(name: str, options: FileOptions, size: int | None, augment: bool) -> Raw:
     parsed = parse(name)
     assert parsed is not None, name
     kind, path = parsed
+    path = _under(options.data_dir, path)
+    if options.test_path:
+        options = replace(options, test_path=str(_under(options.data_dir, options.test_path)))
     if not 0.0 < options.test_fraction < 1.0 and options.test_path is None:
         raise SwampError(f"`test_fraction` must be in (0, 1) (got {options.test_fraction}); "
                          f"or give the test split's own file with `test_path`")
@@ -348,7 +357,10 @@ def _tokenizer(what: str, options: FileOptions) -> Tokenizer:
     if not options.tokenizer:
         raise SwampError(f"{what} needs a local tokenizer: set `tokenizer` to a tokenizer.json "
                          f"file or hf:DIR (a model given as hf:DIR lends its own)")
-    return Tokenizer(options.tokenizer)
+    spec = options.tokenizer
+    if spec.startswith("hf:"):
+        return Tokenizer("hf:" + str(_under(options.data_dir, spec[3:])))
+    return Tokenizer(str(_under(options.data_dir, spec)))
 
 
 def _check_ids(what: str, ids: torch.Tensor, tok: Tokenizer) -> None:
