@@ -423,3 +423,14 @@ def test_a_finished_run_reads_its_files_only_where_told_and_only_if_unchanged(tm
     copy.write_text(copy.read_text().replace("good", "bad"))
     one_line_error(lambda: RunReader(run_dir, data_dir=str(copy.parent)).data,
                    "fingerprints differ")
+
+
+def test_csv_quoted_newlines_stay_in_one_example(tmp, tokenizer_file):
+    path = tmp / "quoted.csv"
+    path.write_text('text,label\n"the cat\nsat",pos\n"the dog ran",neg\n"a mat",pos\n')
+    d = load_dataset(f"csv:{path}", val_fraction=0.0,
+                     file_options=FileOptions(tokenizer=str(tokenizer_file), max_length=4))
+    assert len(d.train) + len(d.test) == 3 and d.num_classes == 2
+    own = own_encoding(tokenizer_file, ["the cat\nsat", "the dog ran", "a mat"], 4)
+    got = {(tuple(x[0].tolist()), int(y)) for sp in (d.train, d.test) for x, y in zip(sp.x, sp.y)}
+    assert got == {(own[0][0], 1), (own[1][0], 0), (own[2][0], 1)}

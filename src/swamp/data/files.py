@@ -26,6 +26,7 @@ line naming the file and the fix, raised before a run directory is written.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, fields, replace
@@ -382,7 +383,7 @@ def _read_rows(kind: str, path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if kind == "csv":
         try:
-            rows = list(csv.DictReader(text.splitlines()))
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))  # quoted newlines kept
         except csv.Error as e:
             raise SwampError(f"{kind}:{path}: {path} is not valid CSV ({e}); fix the file") from None
     else:
@@ -429,7 +430,7 @@ def _is_int(value: Any) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return True
+        return value >= 0
     return isinstance(value, str) and value.strip().isdigit()
 
 
