@@ -30,8 +30,10 @@ class Score:
 def log_probs(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([torch.log_softmax(model(split.x[i:i + batch_size]).float(), dim=-1)
-                     for i in range(0, len(split), batch_size)])
+    # `batch_size` counts scored positions: a language-model block scores each of its tokens
+    step = max(1, batch_size // max(1, split.y[0].numel())) if len(split) else batch_size
+    out = torch.cat([torch.log_softmax(model(split.x[i:i + step]).float(), dim=-1)
+                     for i in range(0, len(split), step)])
     model.train(was_training)
     return out
 
