@@ -434,3 +434,14 @@ def test_csv_quoted_newlines_stay_in_one_example(tmp, tokenizer_file):
     own = own_encoding(tokenizer_file, ["the cat\nsat", "the dog ran", "a mat"], 4)
     got = {(tuple(x[0].tolist()), int(y)) for sp in (d.train, d.test) for x, y in zip(sp.x, sp.y)}
     assert got == {(own[0][0], 1), (own[1][0], 0), (own[2][0], 1)}
+
+
+def test_test_path_gives_the_test_split(tmp, csv_file, tokenizer_file):
+    test_file = tmp / "held_out.jsonl"
+    test_file.write_text('{"text": "the big cat", "label": 2}\n{"text": "a red dog", "label": 0}\n')
+    d = load_dataset(f"csv:{csv_file}", val_fraction=0.1,
+                     file_options=FileOptions(tokenizer=str(tokenizer_file), max_length=5,
+                                              test_path=str(test_file)))
+    own = own_encoding(tokenizer_file, ["the big cat", "a red dog"], 5)
+    assert [tuple(x[0].tolist()) for x in d.test.x] == [own[0][0], own[1][0]]
+    assert d.test.y.tolist() == [2, 0] and len(d.train) + len(d.val) == 30
