@@ -14,11 +14,12 @@ from torch import nn
 
 from swamp.config import Settings
 from swamp.core.seeds import derive_seed
-from swamp.data import DataBundle, load_dataset
+from swamp.data import DataBundle, FileOptions, is_file_dataset, load_dataset
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.models import build_model
 from swamp.train import CrossEntropy, Objective, Schedule
+from swamp.train.lm import TokenCrossEntropy
 
 
 def prepare_data(settings: Settings, data: DataBundle | None = None,
@@ -29,8 +30,19 @@ def prepare_data(settings: Settings, data: DataBundle | None = None,
     if data is None:
         data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
                             val_fraction=s.data.val_fraction, split_seed=s.run.seed,
-                            size=s.data.data_size, augment=s.data.augment)
+                            size=s.data.data_size, augment=s.data.augment,
+                            file_options=file_options(s))
     return data.to(device)
+
+
+def file_options(settings: Settings) -> FileOptions | None:
+    """The settings of a dataset read from the user's files (data/files.py); a model given
+    as hf:DIR lends its tokenizer when `tokenizer` is not set."""
+    if not is_file_dataset(settings.data.dataset):
+        return None
+    model = settings.model.model
+    tokenizer = settings.data.tokenizer or (model if model.startswith("hf:") else None)
+    return FileOptions.from_settings(settings.data, tokenizer=tokenizer)
 
 
 def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None = None,
@@ -42,8 +54,8 @@ def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None 
         torch.manual_seed(derive_seed(settings.run.seed, "init"))
         m = settings.model
         model = build_model(m.model, data.input_shape, data.num_classes,
-                            hidden=tuple(m.hidden), residual=m.residual,
-                            channels=tuple(m.channels))
+                            vocab_size=data.vocab_size, hidden=tuple(m.hidden),
+                            residual=m.residual, channels=tuple(m.channels))
         if settings.model.weights and pretrained:   # issue 12: pretrained weights
             from swamp.models.sources import load_weights
 
@@ -67,7 +79,8 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
-    ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
+    ctx = TrainContext(model, data, schedule, settings.train,
+                       objective or (TokenCrossEntropy() if data.task == "lm" else CrossEntropy()))
     prepare(ctx)
     ctx.initial_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     return ctx
@@ -116,10 +129,12 @@ def check_data(data: DataBundle) -> None:
 
 
 def check_model_fits(model: nn.Module, data: DataBundle) -> None:
-    """Run the model on two training inputs: its output must be one score per class. A
-    model that cannot take the data, or has another number of outputs than the data has
-    classes, is one line before anything is written (not an error levels later)."""
+    """Run the model on two training inputs: its output must be one score per class (per
+    position, for language-model data). A model that cannot take the data, or has another
+    number of outputs than the data has classes, is one line before anything is written
+    (not an error levels later)."""
     x = data.train.x[:2]
+    positions = tuple(int(d) for d in data.train.y.shape[1:])    # () for classification
     was_training = model.training
     model.eval()                       # no BatchNorm statistics move
     try:
@@ -132,8 +147,12 @@ def check_model_fits(model: nn.Module, data: DataBundle) -> None:
                          f"{text[0] if text else ''}"[:300]) from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+    wanted = (len(x), *positions, data.num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        what = (f"a vocabulary of {data.num_classes} tokens" if data.task == "lm"
+                else f"{data.num_classes} classes")
         raise SwampError(f"the model gives outputs of shape {shape} for a batch of 2, but "
-                         f"the data has {data.num_classes} classes: it must give "
-                         f"(batch, {data.num_classes}) scores")
+                         f"the data has {what}: it must give "
+                         f"({', '.join(['batch', *map(str, positions), str(data.num_classes)])}) "
+                         f"scores")

@@ -29,12 +29,33 @@ def _setting(default: Any, help: str, **kw: Any) -> Any:
 class DataSettings:
     dataset: str = _setting("mnist1d", "dataset name (see `swamp list`)")
     data_dir: str | None = _setting(None, "directory holding the dataset files (CIFAR, MNIST); "
-                                    "default: $SWAMP_DATA_DIR")
+                                    "default: $SWAMP_DATA_DIR (KIND:PATH datasets: the "
+                                    "folder relative paths start from; default: here)")
     data_size: int | None = _setting(None, "number of samples for generated datasets "
                                      "(mnist1d: 10000, synthetic: 512)")
     val_fraction: float = _setting(0.1, "fraction of the training data held out for validation "
                                    "(selection never uses the test split)")
     augment: bool = _setting(True, "use the dataset's training augmentation, if it has one")
+    # ---- datasets from the user's files (issue 12; data/files.py): `dataset` imagefolder:DIR,
+    # csv:FILE, jsonl:FILE (text classification) or text:FILE (causal language modelling)
+    test_path: str | None = _setting(None, "file datasets: the test split's own folder or file "
+                                     "(default: DIR/test or DIR/val next to DIR/train, else "
+                                     "a fixed `test_fraction` of the data)")
+    test_fraction: float = _setting(0.2, "file datasets without `test_path`: the share held "
+                                    "out as the test split (fixed, seed 0)")
+    image_size: int | None = _setting(None, "imagefolder: resize every image to SIZE x SIZE "
+                                      "(default: keep the size; all images must share it)")
+    image_mode: str = _setting("RGB", "imagefolder: RGB (3 channels) | L (grey, 1 channel)")
+    image_normalize: str = _setting("train", "imagefolder: per-channel normalisation: train "
+                                    "(statistics of the training pixels) | imagenet | none")
+    text_column: str = _setting("text", "csv/jsonl: the column of the text")
+    label_column: str = _setting("label", "csv/jsonl: the column of the label (integers are "
+                                 "class indices; other values are class names)")
+    tokenizer: str | None = _setting(None, "csv/jsonl/text: a local tokenizer: a "
+                                     "tokenizer.json file or hf:DIR (default: the model's, "
+                                     "for a model hf:DIR)")
+    max_length: int = _setting(128, "csv/jsonl: tokens per example (truncated or padded)")
+    block_size: int = _setting(128, "text: tokens per training block")
 
 
 @dataclass
@@ -412,6 +433,7 @@ def validate(s: Settings) -> None:
         *_limits(s),
         (s.run.threads < 0, f"`threads` must be 0 (auto) or more (got {s.run.threads})"),
         *_model_size_checks(s.model),
+        *_file_data_checks(s),
         (s.run.processes > 1 and s.run.engine in ("sequential", "vectorised"),
          f"`processes` {s.run.processes} trains in several processes; use `engine` "
          f"distributed or auto, not {s.run.engine}"),
@@ -441,6 +463,22 @@ def _model_size_checks(m: ModelSettings) -> list[tuple[bool, str]]:
         (len(m.channels) > 8,
          f"`channels` {m.channels}: conv1d halves the length at every layer after the first; "
          f"use at most 8 layers"),
+    ]
+
+
+def _file_data_checks(s: Settings) -> list[tuple[bool, str]]:
+    """The settings of datasets from the user's files (issue 12)."""
+    d = s.data
+    return [
+        (not 0.0 < d.test_fraction < 1.0,
+         f"`test_fraction` must be in (0, 1) (got {d.test_fraction})"),
+        (d.image_size is not None and d.image_size < 1,
+         f"`image_size` must be at least 1 (got {d.image_size})"),
+        (d.image_mode not in ("RGB", "L"), f"unknown `image_mode` '{d.image_mode}'; use RGB or L"),
+        (d.image_normalize not in ("train", "imagenet", "none"),
+         f"unknown `image_normalize` '{d.image_normalize}'; use train, imagenet or none"),
+        (d.max_length < 1, f"`max_length` must be at least 1 (got {d.max_length})"),
+        (d.block_size < 1, f"`block_size` must be at least 1 (got {d.block_size})"),
     ]
 
 

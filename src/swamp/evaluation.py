@@ -1,5 +1,9 @@
 """Accuracy, negative log-likelihood and calibration of a model, or of an output ensemble.
 
+For language-model data (labels (n, T), log-probabilities (n, T, V)) every measure is per
+token: the accuracy of next-token predictions, the mean NLL (whose exp is the perplexity),
+and the calibration of the next-token distributions.
+
 Calibration (the SWAMP paper family reports NLL; SWA work by the same group reports NLL after
 temperature scaling, Guo et al. 2017):
 
@@ -38,16 +42,27 @@ def log_probs(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.T
         return torch.empty(0, 0)   # nothing to score (calibrate and ECE give NaN)
     was_training = model.training
     model.eval()
-    out = torch.cat([torch.log_softmax(model(split.x[i:i + batch_size]).float(), dim=1)
-                     for i in range(0, len(split), batch_size)])
+    # `batch_size` counts scored positions: a language-model block scores each of its tokens
+    step = max(1, batch_size // max(1, split.y[0].numel())) if len(split) else batch_size
+    out = torch.cat([torch.log_softmax(model(split.x[i:i + step]).float(), dim=-1)
+                     for i in range(0, len(split), step)])
     model.train(was_training)
     return out
 
 
 def score_log_probs(logp: torch.Tensor, y: torch.Tensor) -> Score:
+    logp, y = per_position(logp, y)
     acc = (logp.argmax(1) == y).float().mean().item()
     nll = torch.nn.functional.nll_loss(logp, y).item()
     return Score(acc, nll, expected_calibration_error(logp, y))
+
+
+def per_position(logp: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, C) and (n,) as they are; (n, T, V) and (n, T) as (n·T, V) and (n·T,): a language
+    model is scored per token."""
+    if logp.dim() > 2:
+        return logp.reshape(-1, logp.shape[-1]), y.reshape(-1)
+    return logp, y
 
 
 def score_split(logp: torch.Tensor, split: Split) -> Score:
@@ -88,6 +103,7 @@ def expected_calibration_error(logp: torch.Tensor, y: torch.Tensor,
     metrics library (torchmetrics) would be a dependency for one function."""
     if len(y) == 0:
         return math.nan
+    logp, y = per_position(logp, y)
     conf, pred = logp.detach().float().exp().max(dim=1)
     # on the CPU in float64: every device, MPS included, gives the same sums
     correct = (pred == y).cpu().double()
@@ -115,6 +131,7 @@ def fit_temperature(val_logp: torch.Tensor, val_y: torch.Tensor) -> float:
         return math.nan
     from scipy.optimize import minimize_scalar
 
+    val_logp, val_y = per_position(val_logp, val_y)
     logp = val_logp.detach().double().cpu()
     y = val_y.detach().cpu()
     lo, hi = (math.log(b) for b in T_BOUNDS)
@@ -137,4 +154,5 @@ def calibrate(val_logp: torch.Tensor, val_y: torch.Tensor, test_logp: torch.Tens
     t = fit_temperature(val_logp, val_y)
     if math.isnan(t) or len(test_y) == 0:
         return Calibration(t, math.nan)
-    return Calibration(t, nll_at_temperature(test_logp.detach().cpu(), test_y.detach().cpu(), t))
+    test_logp, test_y = per_position(test_logp.detach().cpu(), test_y.detach().cpu())
+    return Calibration(t, nll_at_temperature(test_logp, test_y, t))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -18,13 +19,13 @@ import torch
 from torch import nn
 
 from swamp import world
-from swamp.assemble import bn_augment, build_context, resolve_device
+from swamp.assemble import bn_augment, build_context, prepare_data, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
 from swamp.core.masks import Mask
 from swamp.core.patterns import check_pattern, pattern_of
 from swamp.core.seeds import derive_seed
-from swamp.data import DataBundle
+from swamp.data import DataBundle, is_file_dataset
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
@@ -129,6 +130,11 @@ class LevelLoop:
         # by the settings.
         self.inputs = {**(model_fingerprints(model) if model is not None else {}),
                        **(data_fingerprint(data) if data is not None else {})}
+        if data is None and is_file_dataset(s.data.dataset):
+            # The user's files (data/files.py) name the run by their contents too, as data
+            # passed in does: read (and checked) now, before the run directory is opened.
+            data = context.data if context is not None else prepare_data(s)
+            self.inputs.update(data_fingerprint(data))
         self.store = open_run_dir(s, run_dir, self.inputs)
         self.ctx = context or build_context(s, model=model, data=data, device=self.device,
                                             objective=objective)
@@ -316,6 +322,8 @@ class LevelLoop:
             "test_ece": test.ece, "test_nll_ts": cal.nll, "temperature": cal.temperature,
             "ensemble_ece": ensemble.ece, "ensemble_nll_ts": ensemble_cal.nll,
         }
+        if self.data.task == "lm":   # language models: accuracies are per token; perplexity
+            row["test_ppl"] = math.exp(test.nll) if math.isfinite(test.nll) else math.nan
         details = {
             **row,
             "particle_test": [{"acc": p.acc, "nll": p.nll, "ece": p.ece}

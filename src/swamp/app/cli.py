@@ -50,11 +50,12 @@ def command_options(parser: argparse.ArgumentParser, command: str | None) -> set
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from swamp.data import list_datasets
+    from swamp.data import FILE_DATASETS, list_datasets
     from swamp.models import list_models
     from swamp.posthoc.methods import POSTHOC
 
     print("datasets: " + ", ".join(list_datasets()))
+    print("your own files (--dataset KIND:PATH): " + ", ".join(FILE_DATASETS))
     print("models:   " + ", ".join(list_models()))
     print("          timm:NAME, torchvision:NAME, hf:DIR (extras swamp[timm], "
           "swamp[torchvision], swamp[hf]); --weights FILE for any model")

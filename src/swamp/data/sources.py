@@ -27,6 +27,8 @@ class Raw:
     y_test: torch.Tensor
     num_classes: int
     augment: Augment | None = None
+    task: str = "classification"        # or "lm": y holds each position's next token
+    vocab_size: int | None = None       # token inputs (data/files.py): the tokenizer's
 
 
 def _check_size(name: str, size: int | None, minimum: int) -> None:

@@ -2,6 +2,7 @@
 
     schedule.py    iteration counts, learning rate, SWA points, seeded batch orders
     objective.py   the loss the loop calls (classification cross-entropy by default)
+    lm.py          the causal language-model objective (next-token cross-entropy)
     replicas.py    what the loop trains: one module, or N stacked copies (torch.func + vmap)
     precision.py   fp32 | bf16 | fp16 (autocast; a gradient scaler for fp16)
     callbacks.py   side effects of the loop: re-masking, loss check, SWA, progress, checkpoints
