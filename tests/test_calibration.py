@@ -141,3 +141,16 @@ def test_output_ensembles_and_lottery_pools_record_their_calibration(tiny, tmp_p
     md = (build_report([*runs, tmp_path / "ens"], tmp_path / "r") / "report.md").read_text()
     ece = md.split("## Test ECE")[1].split("##")[0]
     assert "imp-ensemble" in ece and "| 0.0% | 100.00% |" in ece
+
+
+def test_language_model_scores_are_per_token():
+    from swamp.evaluation import (calibrate, expected_calibration_error, score_log_probs)
+
+    g = torch.Generator().manual_seed(3)
+    logp = torch.log_softmax(torch.randn(4, 5, 7, generator=g), dim=-1)   # (n, T, V)
+    y = torch.randint(0, 7, (4, 5), generator=g)
+    flat_p, flat_y = logp.reshape(20, 7), y.reshape(20)
+    a, b = score_log_probs(logp, y), score_log_probs(flat_p, flat_y)
+    assert (a.acc, a.nll, a.ece) == (b.acc, b.nll, b.ece)
+    assert expected_calibration_error(logp, y) == expected_calibration_error(flat_p, flat_y)
+    assert calibrate(logp, y, logp, y) == calibrate(flat_p, flat_y, flat_p, flat_y)
