@@ -392,3 +392,25 @@ def test_the_new_settings_are_flags():
         assert name in owners
     assert flag("mask_from") == "--mask-from"
     assert Settings().run_hash() == Settings.from_dict({"distill": "none"}).run_hash()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(),
+                    reason="torch.distributed is not available")
+def test_gradual_pruning_and_distillation_through_the_distributed_engine(tiny):
+    """Two gloo processes: the gradual step and the teacher travel to the other rank; the
+    run equals the sequential one, and pruned weights are zero in every particle."""
+    kw = dict(prune_schedule="gradual", distill="kd", levels=1, prune_fraction=0.6,
+              swa_start=0.8, particles=2, threads=1)
+    a = run(tiny(engine="sequential", **kw))
+    b = run(tiny(engine="distributed", processes=2, out=str(a.run_dir.parent.parent / "d"),
+                 **kw))
+    assert a.mask(1) == b.mask(1)
+    sa, sb = a.solution(1), b.solution(1)
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+    from swamp.store import RunStore, load_state
+    for i in range(2):
+        pa = load_state(RunStore(a.run_dir).particle_path(1, i))
+        pb = load_state(RunStore(b.run_dir).particle_path(1, i))
+        for n in a.mask(1).names:
+            assert torch.equal(pa[n] == 0, pb[n] == 0), n       # the same own mask

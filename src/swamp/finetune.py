@@ -96,7 +96,10 @@ def transferred_mask(spec: str, model: torch.nn.Module, prunable: Sequence[str],
     from swamp.reader import RunReader
 
     root, level = parse_mask_from(spec)
-    reader = RunReader(root)            # refuses a damaged run (recorded checksums)
+    try:
+        reader = RunReader(root)        # refuses a damaged run (recorded checksums)
+    except SwampError as e:
+        raise SwampError(f"`mask_from` {spec}: {e}") from None
     if level is None:
         level = reader.levels[-1]
     if level not in reader.levels:

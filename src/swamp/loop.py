@@ -137,12 +137,21 @@ class LevelLoop:
         # issue 12: gradual pruning's window and a transferred mask are checked now, before
         # anything is written (the mask is read again only by a run with no finished level)
         self._transfer: Mask | None = None
+        self._notes: list[str] = []          # told when the run starts
         if s.prune.prune_schedule == "gradual":
-            finetune.gradual_window(s, self.schedule)
+            a, b, every = finetune.gradual_window(s, self.schedule)
+            self._notes.append(f"gradual pruning: {s.prune.ramp} ramp from iteration {a} to "
+                               f"{b}, every {every} iterations")
+        if s.train.distill != "none":
+            layers = getattr(self.ctx.objective, "layers", ())
+            teacher = "level-0 solution" if s.train.teacher == "dense" else "starting weights"
+            self._notes.append(f"distilling ({s.train.distill}"
+                               + (f" on {', '.join(layers)}" if layers else "")
+                               + f") from the {teacher}")
         if s.prune.mask_from is not None and not self.store.finished_levels():
             self._transfer, line = finetune.transferred_mask(
                 s.prune.mask_from, self.model, self.prunable, self.device)
-            self.events.info(line)
+            self._notes.append(line)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -399,6 +408,8 @@ class LevelLoop:
 
     def _run(self) -> RunResult:
         s = self.settings
+        for note in self._notes:
+            self.events.info(note)
         remove_temporary(self.store.root)          # left by writes a stop interrupted
         if self.store.checksums_missing():
             n = self.store.rebuild_checksums()
