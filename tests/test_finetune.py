@@ -160,6 +160,9 @@ def test_stacked_particles_prune_their_own_weights_like_single_ones_and_stay_zer
     for i in range(2):
         assert Mask({n: t[i] for n, t in final.items()}) == singles[i]
     assert singles[0] != singles[1]          # different data orders: different masks
+    final.clear()                            # one stacked replica (vectorised, one job)
+    fit_gradual(StackedReplicas(net(), state, 1), step, start, 1, callbacks=[KeepStacked()])
+    assert Mask({n: t[0] for n, t in final.items()}) == singles[0]
 
 
 def test_a_resumed_gradual_particle_continues_bit_for_bit(tmp_path):

@@ -116,15 +116,16 @@ class GradualPrune(Callback):
         self.spec = step
         self.points = set(step.points())
         self.current: dict[str, torch.Tensor] | None = None   # replica-major when stacked
+        self.stacked = False
         self.bound: Any = None
-        self.history: list[tuple[int, list[int]]] = []        # (iteration, kept per replica)
-
-    def _stacked(self, loop: "LoopState") -> bool:
-        return loop.replicas.n > 1
 
     def on_start(self, loop: "LoopState") -> None:
+        params = loop.replicas.named_parameters()
+        first = self.initial.names[0]
+        # stacked replicas (even one) carry a leading replica dim the mask does not have
+        self.stacked = params[first].dim() == self.initial[first].dim() + 1
         if self.current is None:
-            if self._stacked(loop):
+            if self.stacked:
                 n = loop.replicas.n
                 self.current = {k: v.unsqueeze(0).repeat(n, *([1] * v.dim())).contiguous()
                                 for k, v in self.initial.items()}
@@ -137,11 +138,12 @@ class GradualPrune(Callback):
         self.bound = Mask(self.current).bind(loop.replicas.named_parameters(), loop.optimizer)
         self.bound.apply_()
 
-    def masks(self, n: int) -> list[Mask]:
+    def masks(self) -> list[Mask]:
         """Each replica's current mask."""
         assert self.current is not None
-        if n == 1 and all(v.dim() == self.initial[k].dim() for k, v in self.current.items()):
+        if not self.stacked:
             return [Mask(self.current)]
+        n = next(iter(self.current.values())).shape[0]
         return [Mask({k: v[i] for k, v in self.current.items()}) for i in range(n)]
 
     def on_step_end(self, loop: "LoopState") -> None:
@@ -151,22 +153,19 @@ class GradualPrune(Callback):
             self.bound.apply_()
 
     def _prune(self, loop: "LoopState") -> None:
-        n = loop.replicas.n
         params = loop.replicas.named_parameters()
         s = self.spec
-        new, kept = [], []
-        for i, mask in enumerate(self.masks(n)):
-            weights = {k: (params[k][i] if n > 1 else params[k]).detach() for k in mask.names}
-            # counts from the level's start mask: the ramp is the same for every replica
-            counts = s.counts_at(loop.step, self.initial)
-            scores = score(weights, mask, s.scorer)
-            new.append(keep_exactly(scores, mask, counts, s.scope))
-            kept.append(new[-1].nnz)
-        if n > 1:
+        # counts from the level's start mask: the ramp is the same for every replica
+        counts = s.counts_at(loop.step, self.initial)
+        new = []
+        for i, mask in enumerate(self.masks()):
+            weights = {k: (params[k][i] if self.stacked else params[k]).detach()
+                       for k in mask.names}
+            new.append(keep_exactly(score(weights, mask, s.scorer), mask, counts, s.scope))
+        if self.stacked:
             self.current = {k: torch.stack([m[k] for m in new]) for k in self.initial.names}
         else:
             self.current = dict(new[0].items())
-        self.history.append((loop.step, kept))
         self._bind(loop)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
