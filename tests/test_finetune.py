@@ -417,3 +417,28 @@ def test_gradual_pruning_and_distillation_through_the_distributed_engine(tiny):
         pb = load_state(RunStore(b.run_dir).particle_path(1, i))
         for n in a.mask(1).names:
             assert torch.equal(pa[n] == 0, pb[n] == 0), n       # the same own mask
+
+
+@pytest.mark.parametrize("method", ["imp", "imp-swa", "imp-wa", "swamp+", "sms"])
+def test_gradual_pruning_works_for_every_averaging_method(tiny, method):
+    single = method in ("imp", "imp-swa")
+    result = run(tiny(method=method, particles=1 if single else 2, levels=1,
+                      prune_fraction=0.7, prune_schedule="gradual", ramp="linear",
+                      swa_start=0.8, engine="vectorised", swamp_plus_level=1
+                      if method == "swamp+" else None))
+    mask, sol = result.mask(1), result.solution(1)
+    assert mask.nnz == math.floor(0.3 * mask.numel + 0.5)
+    for n in mask.names:
+        assert torch.all(sol[n][~mask[n]] == 0)
+    assert result.levels[1]["density"] == pytest.approx(mask.density)
+
+
+def test_teacher_init_distils_from_the_starting_weights_at_every_level(tiny):
+    from swamp.models import build_model
+
+    torch.manual_seed(5)
+    pretrained = build_model("mlp", (1, 32), 10)
+    a = run(tiny(levels=0, particles=1, method="imp"), model=pretrained)
+    b = run(tiny(levels=0, particles=1, method="imp", distill="kd", teacher="init",
+                 task_weight=0.0), model=pretrained)
+    assert not torch.allclose(a.solution(0)["5.weight"], b.solution(0)["5.weight"])
