@@ -215,6 +215,7 @@ def test_gradual_settings_are_checked(tiny):
                       (dict(prune_schedule="gradual", method="imp", particles=1,
                             scorer="random"), "scorer"),
                       (dict(prune_end=5), "gradual only"),
+                      (dict(ramp="linear"), "gradual only"),
                       (dict(prune_schedule="gradual", prune_start=5, prune_end=5),
                        "after `prune_start`")]:
         with pytest.raises(SwampError, match=words):
@@ -321,7 +322,10 @@ def test_distillation_trains_the_same_in_sequential_and_vectorised_engines(tiny,
 def test_distillation_settings_are_checked(tiny):
     for kw, words in [(dict(distill="mse"), "distill"), (dict(kd_temperature=0.0), "temperature"),
                       (dict(distill="kd", task_weight=0.0, distill_weight=0.0), "both 0"),
-                      (dict(teacher="big"), "teacher")]:
+                      (dict(distill="kd", teacher="big"), "teacher"),
+                      (dict(task_weight=0.5), "apply to `distill` squarehead or kd only"),
+                      (dict(distill="kd", distill_layers=["1"]), "squarehead only"),
+                      (dict(distill="squarehead", kd_temperature=4.0), "kd only")]:
         with pytest.raises(SwampError, match=words):
             tiny(**kw).resolved()
     with pytest.raises(SwampError, match="matches no module"):

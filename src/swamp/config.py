@@ -400,9 +400,9 @@ def _finetune_checks(s: Settings, method: Any) -> list[tuple[bool, str]]:
         (gradual and p.scorer == "random",
          "`prune_schedule` gradual prunes by weight scores; use `scorer` magnitude or lamp"),
         (not gradual and (p.prune_start is not None or p.prune_end is not None
-                          or p.prune_every != 0),
-         "`prune_start`, `prune_end` and `prune_every` apply to `prune_schedule` gradual "
-         "only"),
+                          or p.prune_every != 0 or p.ramp != "cubic"),
+         "`ramp`, `prune_start`, `prune_end` and `prune_every` apply to `prune_schedule` "
+         "gradual only"),
         (p.prune_start is not None and p.prune_start < 0,
          f"`prune_start` must be 0 or more (got {p.prune_start})"),
         (p.prune_every < 0, f"`prune_every` must be 0 or more (got {p.prune_every})"),
@@ -420,6 +420,15 @@ def _finetune_checks(s: Settings, method: Any) -> list[tuple[bool, str]]:
         (t.distill != "none" and t.distill_weight == 0 and t.task_weight == 0,
          "`distill_weight` and `task_weight` are both 0: nothing to train on"),
         (t.kd_temperature <= 0, f"`kd_temperature` must be positive (got {t.kd_temperature})"),
+        (t.distill == "none" and (t.distill_weight != 1.0 or t.task_weight != 1.0
+                                  or t.kd_temperature != 2.0 or bool(t.distill_layers)
+                                  or t.teacher != "dense"),
+         "`distill_weight`, `task_weight`, `kd_temperature`, `distill_layers` and `teacher` "
+         "apply to `distill` squarehead or kd only"),
+        (t.distill == "kd" and bool(t.distill_layers),
+         "`distill_layers` applies to `distill` squarehead only (kd compares the logits)"),
+        (t.distill == "squarehead" and t.kd_temperature != 2.0,
+         "`kd_temperature` applies to `distill` kd only"),
     ]
 
 

@@ -54,7 +54,6 @@ def gradual_step(settings: Any, schedule: Any, target_density: float, mask: Mask
     """The level's gradual pruning, or None when it has nothing to prune."""
     if settings.prune.prune_schedule != "gradual":
         return None
-    step = None
     start, end, every = gradual_window(settings, schedule)
     step = GradualStep(settings.prune.ramp, start, end, every, target_density,
                        settings.prune.scorer, settings.prune.scope)

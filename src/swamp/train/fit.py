@@ -21,6 +21,7 @@ from swamp.data import Augment, Split
 from swamp.train import stop as stops
 from swamp.train.callbacks import (SWA, Callback, Checkpoint, LossCheck, Progress, ReMask,
                                    overrides)
+from swamp.train.gradual import GradualPrune
 from swamp.train.objective import CrossEntropy, Objective
 from swamp.train.precision import Precision
 from swamp.train.replicas import SingleReplica
@@ -171,8 +172,6 @@ def _masking(plan: TrainPlan) -> Callback:
     """Re-masking after every step: of the fixed mask, or of the gradually pruned one."""
     if plan.gradual is None:
         return ReMask(plan.mask)
-    from swamp.train.gradual import GradualPrune
-
     return GradualPrune(plan.mask, plan.gradual)
 
 

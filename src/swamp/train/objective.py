@@ -14,6 +14,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from swamp.errors import SwampError
+
 
 class Outputs:
     """The outputs of all replicas: `logits` (N, B, ...) and the captured `features`.
@@ -115,8 +117,6 @@ class Distill:
     def __init__(self, kind: str, *, task: Objective | None = None, task_weight: float = 1.0,
                  distill_weight: float = 1.0, temperature: float = 2.0,
                  layers: tuple[str, ...] = ()):
-        from swamp.errors import SwampError
-
         if kind not in ("squarehead", "kd"):
             raise SwampError(f"unknown `distill` {kind!r}; use {', '.join(DISTILL)}")
         if kind == "squarehead" and not layers:
