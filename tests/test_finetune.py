@@ -435,6 +435,10 @@ def test_gradual_pruning_works_for_every_averaging_method(tiny, method):
     for n in mask.names:
         assert torch.all(sol[n][~mask[n]] == 0)
     assert result.levels[1]["density"] == pytest.approx(mask.density)
+    if single:          # one particle: the level's mask is the particle's own final mask
+        from swamp.store import RunStore, load_state
+        particle = load_state(RunStore(result.run_dir).particle_path(1, 0))
+        assert Mask({n: particle[n] != 0 for n in mask.names}) == mask
 
 
 def test_teacher_init_distils_from_the_starting_weights_at_every_level(tiny):
@@ -446,3 +450,56 @@ def test_teacher_init_distils_from_the_starting_weights_at_every_level(tiny):
     b = run(tiny(levels=0, particles=1, method="imp", distill="kd", teacher="init",
                  task_weight=0.0), model=pretrained)
     assert not torch.allclose(a.solution(0)["5.weight"], b.solution(0)["5.weight"])
+
+
+class Block(nn.Module):
+    """A transformer-style block: returns (hidden, attention-like extra)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, h):
+        out = torch.tanh(self.fc(h))
+        return out, out.sum(-1)
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(3, 4)
+        self.layers = nn.ModuleList([Block(), Block()])
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.layers:
+            h, _ = block(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_squarehead_matches_transformer_blocks_by_default(stacked):
+    from swamp.core.masks import select_prunable
+    from swamp.train.objective import default_distill_layers
+
+    torch.manual_seed(4)
+    student, teacher = Stack(), Stack()
+    layers = default_distill_layers(student, select_prunable(student))
+    assert layers == ("layers.0", "layers.1")
+    obj = Distill("squarehead", task_weight=0.0, layers=layers).with_teacher(
+        student, teacher.state_dict())
+    n = 2 if stacked else 1
+    x, y = torch.randn(n, 5, 3), torch.randint(0, 2, (n, 5))
+    replicas = (StackedReplicas(student, student.state_dict(), n, obj.captures) if stacked
+                else SingleReplica(student, captures=obj.captures))
+    losses = obj(replicas.forward(x), x, y)
+    for i in range(n):
+        with torch.no_grad():
+            hs, ht = student.inp(x[i]), teacher.inp(x[i])
+            s_feats, t_feats = [], []
+            for bs, bt in zip(student.layers, teacher.layers):
+                hs, ht = bs(hs)[0], bt(ht)[0]
+                s_feats.append(hs)
+                t_feats.append(ht)
+        assert losses[i].item() == pytest.approx(hand_squarehead(s_feats, t_feats), rel=1e-5)
