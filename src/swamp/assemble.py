@@ -79,11 +79,46 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
-    ctx = TrainContext(model, data, schedule, settings.train,
-                       objective or (TokenCrossEntropy() if data.task == "lm" else CrossEntropy()))
+    task_loss = objective or (TokenCrossEntropy() if data.task == "lm" else CrossEntropy())
+    objective = distill_objective(settings, model, task_loss)
+    ctx = TrainContext(model, data, schedule, settings.train, objective)
     prepare(ctx)
     ctx.initial_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     return ctx
+def distill_objective(settings: Settings, model: nn.Module, task: Objective) -> Objective:
+    """`task`, or with `distill` set, the task loss plus distillation (issue 12): the layers
+    SquareHead matches are the modules `distill_layers` names (fnmatch patterns), else the
+    default of `train.objective.default_distill_layers`; the choice is refused early if a
+    pattern matches no module."""
+    import fnmatch
+
+    from swamp.core.masks import select_prunable
+    from swamp.train.objective import Distill, default_distill_layers
+
+    t = settings.train
+    if t.distill == "none":
+        return task
+    layers: tuple[str, ...] = ()
+    if t.distill == "squarehead":
+        names = [n for n, _ in model.named_modules() if n]
+        if t.distill_layers:
+            for pattern in t.distill_layers:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise SwampError(f"`distill_layers` pattern {pattern!r} matches no module "
+                                     f"of the model; see model.named_modules()")
+            layers = tuple(n for n in names
+                           if any(fnmatch.fnmatchcase(n, p) for p in t.distill_layers))
+        else:
+            prunable = select_prunable(model, settings.prune.include, settings.prune.exclude)
+            layers = default_distill_layers(model, prunable)
+        if not layers:
+            raise SwampError("`distill` squarehead found no layers to match in this model; "
+                             "name them with `distill_layers`")
+    return Distill(t.distill, task=task, task_weight=t.task_weight,
+                   distill_weight=t.distill_weight, temperature=t.kd_temperature,
+                   layers=layers)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device the `device` setting names (auto: cuda, then mps, then cpu)."""
     if name == "auto":

@@ -110,6 +110,21 @@ class TrainSettings:
     rewind_optimizer: bool = _setting(False, "also restore the optimiser state (momentum) "
                                       "saved at the rewind point; by default every particle "
                                       "starts with zero momentum, as in OpenLTH")
+    # ---- distillation against the dense starting model (issue 12) ----
+    distill: str = _setting("none", "distillation loss added to the task loss: none | "
+                            "squarehead (normalised per-layer feature MSE) | kd (KL of the "
+                            "logits at --kd-temperature)")
+    distill_weight: float = _setting(1.0, "weight of the distillation loss")
+    task_weight: float = _setting(1.0, "weight of the task loss when distilling")
+    kd_temperature: float = _setting(2.0, "temperature T of --distill kd (the loss is "
+                                     "scaled by T^2)")
+    distill_layers: list[str] = _setting([], "module name patterns whose outputs squarehead "
+                                         "matches (default: the blocks of the model's "
+                                         "largest ModuleList, else every prunable layer "
+                                         "but the head)")
+    teacher: str = _setting("dense", "the frozen teacher: dense (the level-0 solution; "
+                            "level 0 trains on the task loss alone) | init (the weights the "
+                            "run starts from, e.g. a pretrained model)")
 
 
 @dataclass
@@ -130,6 +145,23 @@ class PruneSettings:
     block: str | None = _setting(None, "block sparsity RxC, e.g. 4x4: whole tiles of the weight "
                                  "matrix pruned, ranked by tile norm, counted in tiles "
                                  "(default: unset)")
+    # ---- gradual pruning within a level, and ticket transfer (issue 12) ----
+    prune_schedule: str = _setting("levels", "levels (prune between levels, IMP) | gradual "
+                                   "(each level >= 1 prunes while it trains, from its start "
+                                   "mask to its density, along --ramp)")
+    ramp: str = _setting("cubic", "sparsity ramp of gradual pruning: cubic (Zhu & Gupta) | "
+                         "linear | harmonic (half cosine)")
+    prune_start: int | None = _setting(None, "gradual: iteration the ramp starts at "
+                                       "(default: the level's start, the rewind point)")
+    prune_end: int | None = _setting(None, "gradual: iteration the ramp reaches the level's "
+                                     "sparsity (default: the SWA start with SWA, else 3/4 "
+                                     "of training)")
+    prune_every: int = _setting(0, "gradual: iterations between pruning steps (0: a tenth "
+                                "of the ramp)")
+    mask_from: str | None = _setting(None, "RUN[:LEVEL]: start from the mask another run "
+                                     "found (default level: its last); same architecture, "
+                                     "a head of another size is re-initialised and kept "
+                                     "dense")
 
 
 @dataclass
@@ -438,6 +470,7 @@ def validate(s: Settings) -> None:
          f"`processes` {s.run.processes} trains in several processes; use `engine` "
          f"distributed or auto, not {s.run.engine}"),
     ]
+    checks += _finetune_checks(s, method)
     for bad, message in checks:
         if bad:
             raise SwampError(message)
@@ -479,6 +512,63 @@ def _file_data_checks(s: Settings) -> list[tuple[bool, str]]:
          f"unknown `image_normalize` '{d.image_normalize}'; use train, imagenet or none"),
         (d.max_length < 1, f"`max_length` must be at least 1 (got {d.max_length})"),
         (d.block_size < 1, f"`block_size` must be at least 1 (got {d.block_size})"),
+    ]
+
+
+def _finetune_checks(s: Settings, method: Any) -> list[tuple[bool, str]]:
+    """Gradual pruning, distillation and ticket transfer (issue 12)."""
+    t, p = s.train, s.prune
+    gradual = p.prune_schedule == "gradual"
+    # gradual pruning replaces "prune the solution between levels": methods with another
+    # next-mask rule (mask combinations, random or one-shot masks) do not apply
+    plain = type(method.next_mask).__name__ == "NextMask" and not method.next_mask.random
+    return [
+        (p.prune_schedule not in ("levels", "gradual"),
+         f"unknown `prune_schedule` '{p.prune_schedule}'; use levels or gradual"),
+        (p.ramp not in ("cubic", "linear", "harmonic"),
+         f"unknown `ramp` '{p.ramp}'; use cubic, linear or harmonic"),
+        (gradual and not plain,
+         f"`prune_schedule` gradual prunes each level's own particles; method "
+         f"{method.name} makes its masks otherwise (use imp, imp-swa, imp-wa, swamp, "
+         f"swamp+ or sms)"),
+        (gradual and (p.nm is not None or p.block is not None or p.scope == "nm"),
+         "`prune_schedule` gradual keeps counts per tensor; N:M and block patterns "
+         "(`nm`, `block`) prune between levels only: use `prune_schedule` levels"),
+        (p.mask_from is not None and (p.nm is not None or p.block is not None),
+         "`mask_from` starts from another run's unstructured mask; it does not combine with "
+         "`nm` or `block`"),
+        (gradual and p.scorer == "random",
+         "`prune_schedule` gradual prunes by weight scores; use `scorer` magnitude or lamp"),
+        (not gradual and (p.prune_start is not None or p.prune_end is not None
+                          or p.prune_every != 0 or p.ramp != "cubic"),
+         "`ramp`, `prune_start`, `prune_end` and `prune_every` apply to `prune_schedule` "
+         "gradual only"),
+        (p.prune_start is not None and p.prune_start < 0,
+         f"`prune_start` must be 0 or more (got {p.prune_start})"),
+        (p.prune_every < 0, f"`prune_every` must be 0 or more (got {p.prune_every})"),
+        (p.prune_start is not None and p.prune_end is not None
+         and p.prune_end <= p.prune_start,
+         f"`prune_end` {p.prune_end} must be after `prune_start` {p.prune_start}"),
+        (p.mask_from is not None and not p.mask_from.strip(),
+         "`mask_from` is empty; give RUN or RUN:LEVEL"),
+        (t.distill not in ("none", "squarehead", "kd"),
+         f"unknown `distill` '{t.distill}'; use none, squarehead or kd"),
+        (t.teacher not in ("dense", "init"),
+         f"unknown `teacher` '{t.teacher}'; use dense or init"),
+        (t.distill_weight < 0 or t.task_weight < 0,
+         "`distill_weight` and `task_weight` must be >= 0"),
+        (t.distill != "none" and t.distill_weight == 0 and t.task_weight == 0,
+         "`distill_weight` and `task_weight` are both 0: nothing to train on"),
+        (t.kd_temperature <= 0, f"`kd_temperature` must be positive (got {t.kd_temperature})"),
+        (t.distill == "none" and (t.distill_weight != 1.0 or t.task_weight != 1.0
+                                  or t.kd_temperature != 2.0 or bool(t.distill_layers)
+                                  or t.teacher != "dense"),
+         "`distill_weight`, `task_weight`, `kd_temperature`, `distill_layers` and `teacher` "
+         "apply to `distill` squarehead or kd only"),
+        (t.distill == "kd" and bool(t.distill_layers),
+         "`distill_layers` applies to `distill` squarehead only (kd compares the logits)"),
+        (t.distill == "squarehead" and t.kd_temperature != 2.0,
+         "`kd_temperature` applies to `distill` kd only"),
     ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from swamp import world
+from swamp import finetune, world
 from swamp.assemble import bn_augment, build_context, prepare_data, resolve_device
 from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
@@ -147,6 +147,24 @@ class LevelLoop:
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
+        # issue 12: gradual pruning's window and a transferred mask are checked now, before
+        # anything is written (the mask is read again only by a run with no finished level)
+        self._transfer: Mask | None = None
+        self._notes: list[str] = []          # told when the run starts
+        if s.prune.prune_schedule == "gradual":
+            a, b, every = finetune.gradual_window(s, self.schedule)
+            self._notes.append(f"gradual pruning: {s.prune.ramp} ramp from iteration {a} to "
+                               f"{b}, every {every} iterations")
+        if s.train.distill != "none":
+            layers = getattr(self.ctx.objective, "layers", ())
+            teacher = "level-0 solution" if s.train.teacher == "dense" else "starting weights"
+            self._notes.append(f"distilling ({s.train.distill}"
+                               + (f" on {', '.join(layers)}" if layers else "")
+                               + f") from the {teacher}")
+        if s.prune.mask_from is not None and not self.store.finished_levels():
+            self._transfer, line = finetune.transferred_mask(
+                s.prune.mask_from, self.model, self.prunable, self.device)
+            self._notes.append(line)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -262,10 +280,12 @@ class LevelLoop:
                   ) -> tuple[dict[str, Any], StateDict]:
         """Train, combine, evaluate and save one level; returns its row and solution."""
         s = self.settings
+        gradual = finetune.gradual_step(s, self.schedule, self._target_density(level), mask)
         task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
                          self._jobs(level), checkpoint_dir=self.store.level_dir(level),
                          checkpoint_every=s.run.checkpoint_every,
-                         optimizer_state=self._rewind_optimizer())
+                         optimizer_state=self._rewind_optimizer(), gradual=gradual,
+                         teacher_state=self._teacher(level))
         t0 = time.perf_counter()
         self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
         results = self._train(task)
@@ -274,6 +294,8 @@ class LevelLoop:
                 self.store.read_record(self.store.engine_path) != record:
             self.store.write_record(self.store.engine_path, record)
         particles = [self._finish_particle(r) for r in results]
+        if gradual is not None:      # the level's mask: made from its particles' weights
+            mask = finetune.gradual_level_mask(particles, mask, gradual)
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
@@ -309,7 +331,7 @@ class LevelLoop:
             "level": level,
             "density": mask.density,
             "sparsity": 1.0 - mask.density,
-            "target_density": self.plan.target_density(level),
+            "target_density": self._target_density(level),
             "test_acc": test.acc, "test_nll": test.nll,
             "val_acc": val.acc, "val_nll": val.nll,
             "particle_acc_mean": statistics.fmean(accs),
@@ -348,8 +370,12 @@ class LevelLoop:
                 save_state(written[-1], state)
         if level < self.plan.levels:
             # Made now, while the particles are in memory (mask combinations vote with them).
-            following, record = self.plan.next_mask(
-                level, solution, [particles[i] for i in members], mask, self._dense_solution)
+            if s.prune.prune_schedule == "gradual":   # the next level prunes on from here
+                following, record = mask, None
+            else:
+                following, record = self.plan.next_mask(
+                    level, solution, [particles[i] for i in members], mask,
+                    self._dense_solution)
             if record is not None:
                 details["combined"]["next_mask"] = record
             written.append(self.store.next_mask_path(level))
@@ -368,6 +394,28 @@ class LevelLoop:
             self.store.verify_file(path, f"delete {self.store.level_dir(level)} to rerun it")
             return Mask.load(path, self.device)
         return self.plan.next_mask(level, solution, None, mask, self._dense_solution)[0]
+
+    # ---- issue 12: teacher, transferred mask, gradual targets ----------------------------
+    def _teacher(self, level: int) -> StateDict | None:
+        """The frozen teacher of a distilling run: the level-0 solution (from level 1 on), or
+        the weights the run starts from (`teacher` init)."""
+        t = self.settings.train
+        if t.distill == "none":
+            return None
+        if t.teacher == "init":
+            return load_state(self.store.init_path, self.device)
+        return self._dense_solution() if level > 0 else None
+
+    def _base_density(self) -> float:
+        """Density of level 0's mask: 1, or that of a transferred mask."""
+        if self.settings.prune.mask_from is None:
+            return 1.0
+        if self._transfer is not None:
+            return self._transfer.density
+        return Mask.load(self.store.mask_path(0)).density
+
+    def _target_density(self, level: int) -> float:
+        return self._base_density() * self.plan.target_density(level)
 
     def _dense_solution(self) -> StateDict:
         return load_state(self.store.solution_path(0), self.device)
@@ -390,6 +438,8 @@ class LevelLoop:
 
     def _run(self) -> RunResult:
         s = self.settings
+        for note in self._notes:
+            self.events.info(note)
         remove_temporary(self.store.root)          # left by writes a stop interrupted
         if self.store.checksums_missing():
             n = self.store.rebuild_checksums()
@@ -424,7 +474,8 @@ class LevelLoop:
             if last < self.plan.levels:
                 mask = self.next_mask(last, solution, mask)
         else:
-            mask = Mask.ones(self.model, self.prunable)
+            mask = (self._transfer if self._transfer is not None
+                    else Mask.ones(self.model, self.prunable))
             solution = None
         try:
             for level in range(len(finished), self.plan.levels + 1):

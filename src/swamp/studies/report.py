@@ -31,6 +31,7 @@ from swamp.config import UNHASHED, Settings
 from swamp.errors import SwampError
 from swamp.evaluation import ECE_BINS
 from swamp.methods import METHODS
+from swamp.posthoc.runs import VARIANT_SETTINGS
 from swamp.posthoc.methods import POSTHOC, describe_ensemble
 from swamp.store import RunStore, atomic_write_bytes
 from swamp.studies.paired import (DIRECTION, NO_DIFFERENCE, TOO_FEW, Paired, mean_interval,
@@ -170,7 +171,8 @@ def _csv_rows(root: Path, store: RunStore) -> list[dict[str, float]]:
 
 # Settings in which runs of different methods may differ: what makes the method, and
 # settings that do not change what a run computes (UNHASHED: device, engine, out, ...).
-METHOD_SETTINGS = {"method", "swa", *(r for m in METHODS.values() for r in m.reads)}
+METHOD_SETTINGS = {"method", "swa", *(r for m in METHODS.values() for r in m.reads),
+                   *VARIANT_SETTINGS}   # issue 12: variants are labelled apart (method_label)
 
 
 def _comparable(s: Settings) -> dict[str, Any]:
