@@ -217,7 +217,9 @@ def test_gradual_settings_are_checked(tiny):
                       (dict(prune_end=5), "gradual only"),
                       (dict(ramp="linear"), "gradual only"),
                       (dict(prune_schedule="gradual", prune_start=5, prune_end=5),
-                       "after `prune_start`")]:
+                       "after `prune_start`"),
+                      (dict(prune_schedule="gradual", block="2x2"), "between levels only"),
+                      (dict(mask_from="somewhere", block="2x2"), "does not combine")]:
         with pytest.raises(SwampError, match=words):
             tiny(**kw).resolved()
     with pytest.raises(SwampError, match="SWA start"):
