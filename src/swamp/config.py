@@ -102,6 +102,13 @@ class MethodSettings:
                                              "this sparsity (default: every level's density "
                                              "of the schedule, each pruned from the dense "
                                              "solution)")
+    # ---- strong lottery tickets (issue 16: method slt) ----
+    slt_init: str = _setting("signed-constant", "slt: the frozen weights: signed-constant | "
+                             "kaiming (edge-popup's, scaled by 1/sqrt(density)) | model (the "
+                             "model's own initialisation)")
+    slt_combine: str = _setting("average", "slt: how a level's score particles make its mask: "
+                                "average (the mask of the mean score) | vote (a weight is kept "
+                                "if --vote-share of the particles keep it) | overlap")
 
 
 @dataclass

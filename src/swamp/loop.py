@@ -134,6 +134,8 @@ class LevelLoop:
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
+        # slt (issue 16): scores are trained, the weights stay frozen (methods/slt.py)
+        self.scores = self.plan.method.scores
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -143,7 +145,11 @@ class LevelLoop:
             recorded = (self.store.read_record(self.store.engine_path)
                         if self.store.engine_path.is_file() else None)
             particles = [len(self._jobs(lv)) for lv in range(first_level, self.plan.levels + 1)]
-            self.engine = make_engine(s.run.engine, self.ctx, s, info=self.events.info,
+            name = s.run.engine
+            if self.scores is not None and name == "auto":
+                # slt: score particles train in this process (one particle: sequentially)
+                name = "vectorised"
+            self.engine = make_engine(name, self.ctx, s, info=self.events.info,
                                       recorded=recorded, particles=particles)
         return self.engine
 
@@ -178,7 +184,7 @@ class LevelLoop:
             return load_state(self.store.rewind_path, self.device)
         keep_optimizer = self.settings.train.rewind_optimizer
         optimizer_state: StateDict = {}
-        if self.schedule.rewind == 0:
+        if self.schedule.rewind == 0 or self.scores is not None:   # slt trains no weights
             state = init
         else:
             self.events.info(f"training the dense network to the rewind point "
@@ -232,12 +238,13 @@ class LevelLoop:
         self.model.load_state_dict(state)
         return evaluate(self.model, self.data.val).acc
 
-    def _train(self, task: LevelTask) -> list[ParticleResult]:
+    def _train(self, task: LevelTask, ctx: TrainContext | None = None
+               ) -> list[ParticleResult]:
         """The level's particles, in job order. Each group of particles trained together is
         checkpointed into the level's folder as it trains and when it finishes, so a stop
         loses at most `checkpoint_every` iterations and no finished particle."""
         return self._engine().train_particles(
-            task, self.ctx,
+            task, ctx or self.ctx,
             lambda index, it: self.events.emit(ParticleProgress(task.level, index, it)))
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
@@ -248,18 +255,32 @@ class LevelLoop:
                   ) -> tuple[dict[str, Any], StateDict]:
         """Train, combine, evaluate and save one level; returns its row and solution."""
         s = self.settings
-        task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
-                         self._jobs(level), checkpoint_dir=self.store.level_dir(level),
-                         checkpoint_every=s.run.checkpoint_every,
-                         optimizer_state=self._rewind_optimizer())
+        scored = None
+        if self.scores is not None:   # slt: the particles are score networks, weights frozen
+            scored = self.scores.level(s, self.ctx, self._init_state(), self.prunable, level,
+                                       self.plan.target_density(level))
+            task = LevelTask(level, scored.start, None, 0, self._jobs(level),
+                             checkpoint_dir=self.store.level_dir(level),
+                             checkpoint_every=s.run.checkpoint_every)
+        else:
+            task = LevelTask(level, mask.apply_to_state_dict(start), mask,
+                             self.schedule.rewind, self._jobs(level),
+                             checkpoint_dir=self.store.level_dir(level),
+                             checkpoint_every=s.run.checkpoint_every,
+                             optimizer_state=self._rewind_optimizer())
         t0 = time.perf_counter()
-        self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
-        results = self._train(task)
+        total = scored.ctx.schedule.total if scored is not None else self.schedule.total
+        self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, total))
+        results = self._train(task, scored.ctx if scored is not None else None)
         record = self._engine().record
         if not self.store.engine_path.is_file() or \
                 self.store.read_record(self.store.engine_path) != record:
             self.store.write_record(self.store.engine_path, record)
-        particles = [self._finish_particle(r) for r in results]
+        if scored is not None:        # each particle's ticket (its own mask), BN recomputed
+            particles, score_states = scored.particles(results)
+            particles = [self._refit(p) for p in particles]
+        else:
+            particles = [self._finish_particle(r) for r in results]
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
@@ -275,8 +296,12 @@ class LevelLoop:
 
         # The level's solution (methods.py): by default the particles' average, masked, BN
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
-        solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
-                                                self._val_acc)
+        if scored is not None:        # slt: the mask of the combined scores
+            mask, combined = scored.combine(score_states)
+            solution = self._refit(scored.solution(results, mask))
+        else:
+            solution, combined = self.plan.solution(particles, particle_val, mask,
+                                                    self._refit, self._val_acc)
         self.model.load_state_dict(solution)
         test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
         seconds = time.perf_counter() - t0
