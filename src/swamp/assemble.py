@@ -17,6 +17,7 @@ from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle, load_dataset
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
+from swamp.generative import MMDObjective, bandwidths_for, is_generative
 from swamp.models import build_model
 from swamp.train import CrossEntropy, Objective, Schedule
 
@@ -58,6 +59,8 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
+    if objective is None and is_generative(model):   # a generator (issue 16): moment matching
+        objective = MMDObjective(bandwidths_for(data.train.x))
     ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
     prepare(ctx)
     ctx.initial_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
@@ -111,6 +114,12 @@ def check_model_fits(model: nn.Module, data: DataBundle) -> None:
                          f"{text[0] if text else ''}"[:300]) from None
     finally:
         model.train(was_training)
+    if is_generative(model):         # a generator: samples of the data's shape
+        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(x.shape[1:]):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SwampError(f"the generator gives samples of shape {shape} for a batch of 2, "
+                             f"but the data's inputs have shape {tuple(x.shape[1:])}")
+        return
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SwampError(f"the model gives outputs of shape {shape} for a batch of 2, but "

@@ -29,7 +29,9 @@ from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
-from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
+from swamp.evaluation import (GenerativeScores, evaluate, evaluate_ensemble, log_probs,
+                              samples_png)
+from swamp.generative import bandwidths_for, is_generative
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
@@ -136,6 +138,9 @@ class LevelLoop:
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
         # slt (issue 16): scores are trained, the weights stay frozen (methods/slt.py)
         self.scores = self.plan.method.scores
+        # a generator (issue 16) is scored by MMD and the Frechet distance, not accuracy
+        self.generative = is_generative(self.model)
+        self._generative_scores: GenerativeScores | None = None
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -282,6 +287,10 @@ class LevelLoop:
         else:
             particles = [self._finish_particle(r) for r in results]
 
+        members = self.plan.members(len(particles))
+        if self.generative:               # a generator (issue 16): MMD, Frechet, samples
+            return self._generative_level(level, mask, particles, members, results, scored,
+                                          score_states if scored is not None else None, t0)
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
         test_lp, particle_scores, particle_val = [], [], []
@@ -291,7 +300,6 @@ class LevelLoop:
             test_lp.append(lp)
             particle_scores.append(evaluate(self.model, self.data.test))
             particle_val.append(evaluate(self.model, self.data.val).acc)
-        members = self.plan.members(len(particles))
         ensemble = evaluate_ensemble([test_lp[i] for i in members], self.data.test)
 
         # The level's solution (methods.py): by default the particles' average, masked, BN
@@ -332,6 +340,79 @@ class LevelLoop:
             "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
                        for name, (nnz, numel) in mask.per_layer().items()},
         }
+        return self._write_level(level, row, details, mask, solution, particles, members)
+
+    # ---- generators (issue 16) -----------------------------------------------------------
+    def _generative_metrics(self) -> GenerativeScores:
+        if self._generative_scores is None:
+            widths = (getattr(self.ctx.objective, "bandwidths", None)
+                      or bandwidths_for(self.data.train.x))
+            self._generative_scores = GenerativeScores(
+                self.data, widths, derive_seed(self.settings.run.seed, "generative-metrics"))
+        return self._generative_scores
+
+    def _generative_level(self, level: int, mask: Mask, particles: list[StateDict],
+                          members: list[int], results: list[ParticleResult], scored: Any,
+                          score_states: list[StateDict] | None, t0: float
+                          ) -> tuple[dict[str, Any], StateDict]:
+        """A generator's level: the solution as for any model, scored by MMD^2 and the
+        Frechet distance (`GenerativeScores`; lower is better) instead of accuracy (NaN in
+        its columns), and a picture of samples per level."""
+        metrics = self._generative_metrics()
+
+        def scores(state: StateDict) -> tuple[dict[str, float], dict[str, float]]:
+            self.model.load_state_dict(state)
+            return (metrics.score(self.model, self.data.test),
+                    metrics.score(self.model, self.data.val))
+
+        per = [scores(p) for p in particles]
+        particle_val = [-v["mmd"] for _, v in per]      # selections: higher is better
+        if scored is not None:
+            mask, combined = scored.combine(score_states)
+            solution = self._refit(scored.solution(results, mask))
+        else:
+            solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
+                                                    lambda st: -scores(st)[1]["mmd"])
+        test, val = scores(solution)
+        seconds = time.perf_counter() - t0
+        mmds = [per[i][0]["mmd"] for i in members]
+        nan = float("nan")
+        row = {
+            "level": level, "density": mask.density, "sparsity": 1.0 - mask.density,
+            "target_density": self.plan.target_density(level),
+            **{k: nan for k in ("test_acc", "test_nll", "val_acc", "val_nll",
+                                "particle_acc_mean", "particle_acc_std", "particle_nll_mean",
+                                "ensemble_acc", "ensemble_nll")},
+            "particles": len(particles), "train_seconds": seconds,
+            "test_mmd": test["mmd"], "test_frechet": test["frechet"], "val_mmd": val["mmd"],
+            "particle_mmd_mean": statistics.fmean(mmds),
+            "particle_mmd_std": statistics.pstdev(mmds) if len(mmds) > 1 else 0.0,
+        }
+        details = {
+            **row,
+            "particle_test": [t for t, _ in per],
+            "particle_val_mmd": [v["mmd"] for _, v in per],
+            "combined": combined,
+            "particle_train_loss": [r.train_loss for r in results],
+            "swa_snapshots": [r.averaged for r in results],
+            "engine": self._engine().description,
+            "generative": {"bandwidths": list(metrics.bandwidths),
+                           "feature_classifier_test_acc": metrics.accuracy},
+            "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
+                       for name, (nnz, numel) in mask.per_layer().items()},
+        }
+        self.store.level_dir(level).mkdir(parents=True, exist_ok=True)
+        self.model.load_state_dict(solution)
+        self.store.write_record(self.store.samples_path(level), samples_png(
+            self.model, self.data.test, f"level {level}: density {100 * mask.density:.1f}%",
+            seed=metrics.seed))
+        return self._write_level(level, row, details, mask, solution, particles, members)
+
+    def _write_level(self, level: int, row: dict[str, Any], details: dict[str, Any],
+                     mask: Mask, solution: StateDict, particles: list[StateDict],
+                     members: list[int]) -> tuple[dict[str, Any], StateDict]:
+        """Save a level's mask, solution, particles, next mask and record."""
+        s = self.settings
         # metrics.json is written last: it marks the level finished.
         self.store.level_dir(level).mkdir(parents=True, exist_ok=True)
         written = [self.store.mask_path(level), self.store.solution_path(level)]

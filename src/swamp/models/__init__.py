@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from swamp.errors import SwampError
 from swamp.models.common import init_weights, require_image
+from swamp.models.generator import MLPGenerator
 from swamp.models.resnet import ResNet, WideResNet, cifar_resnet, resnet18
 from swamp.models.small import MLP, Conv1dNet
 from swamp.models.vgg import VGG
@@ -36,6 +37,9 @@ def _image(make: Callable[[int, int], nn.Module]) -> Builder:
 MODELS: dict[str, ModelInfo] = {m.name: m for m in [
     ModelInfo("mlp", "flatten + 2 hidden layers of 256 (ReLU); any input shape",
               lambda n, s, k: MLP(s, k)),
+    ModelInfo("mlp-generator", "generator: Gaussian noise (16) -> 2 hidden layers of 256 (ReLU) "
+              "-> a sample of the data's shape; trained on MMD (issue 16)",
+              lambda n, s, k: MLPGenerator(s, latent=16, hidden=(256, 256))),
     ModelInfo("conv1d", "1-D conv 32-32-32 (k5, strides 1-2-2) + BN + ReLU, flatten, linear; "
               "input (C, L) [default for mnist1d]", lambda n, s, k: Conv1dNet(s, k)),
     *[ModelInfo(f"resnet{d}", f"CIFAR ResNet-{d} (He et al. 2016, option-A shortcuts); input (C, H, W)",
