@@ -230,3 +230,45 @@ def test_slt_init_is_a_setting_of_the_run(tiny):
     assert torch.equal(w["model"], init[runs["model"][1].names[0]])
     assert torch.equal(init[runs["model"][1].names[0]],
                        runs["model"][2].ctx.initial_state[runs["model"][1].names[0]])
+
+
+# ---- generators --------------------------------------------------------------------------
+def _generator():
+    from swamp.models.generator import MLPGenerator
+
+    return MLPGenerator((2,), latent=4, hidden=(32,))
+
+
+@pytest.mark.parametrize("method", ["slt", "imp"])
+def test_generator_levels_have_generative_metrics_and_samples(tiny, method):
+    import csv
+    import math
+
+    s = tiny(method=method, dataset="gaussian-mixture", data_size=200, particles=1, levels=1,
+             optimizer="adam", lr=0.01, weight_decay=0.0, epochs=2, batch_size=32,
+             engine="sequential")
+    result = run(s, model=_generator())
+    store = RunStore(result.run_dir)
+    with open(store.metrics_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    for row, record in zip(rows, result.levels):
+        for k in ("test_mmd", "test_frechet", "val_mmd", "particle_mmd_mean"):
+            assert math.isfinite(float(row[k])) and float(row[k]) == pytest.approx(record[k])
+        assert float(row["test_mmd"]) > -0.05          # MMD^2 (unbiased: may dip below 0)
+        assert float(row["test_frechet"]) >= 0.0
+        assert math.isnan(record["test_acc"])           # no accuracy for a generator
+        picture = store.samples_path(int(row["level"]))
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    store.verify_checksums()                            # the pictures are checksummed too
+    details = json.loads(store.level_metrics_path(1).read_text())
+    assert details["generative"]["bandwidths"]
+    assert result.mask(1).nnz == target_counts(result.mask(0), 0.2, 1, "global")[1][""]
+
+
+def test_classifier_runs_keep_their_csv_columns(tiny):
+    from swamp.store import METRICS_COLUMNS
+
+    result = run(slt(tiny, levels=0, epochs=1))
+    header = RunStore(result.run_dir).metrics_csv.read_text().splitlines()[0]
+    assert header.split(",") == METRICS_COLUMNS
