@@ -272,3 +272,46 @@ def test_classifier_runs_keep_their_csv_columns(tiny):
     result = run(slt(tiny, levels=0, epochs=1))
     header = RunStore(result.run_dir).metrics_csv.read_text().splitlines()[0]
     assert header.split(",") == METRICS_COLUMNS
+
+
+# ---- the command line --------------------------------------------------------------------
+def test_swamp_run_method_slt(tmp_path, capsys):
+    from swamp.app.cli import main
+
+    out = tmp_path / "runs"
+    code = main(["run", "--method", "slt", "--dataset", "synthetic", "--data-size", "200",
+                 "--model", "mlp", "--epochs", "1", "--batch-size", "50", "--levels", "1",
+                 "--prune-fraction", "0.5", "--particles", "2", "--slt-init", "kaiming",
+                 "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    (run_dir,) = out.iterdir()
+    store = RunStore(run_dir)
+    assert store.finished_levels() == [0, 1]
+    records = store.level_metrics()
+    assert [r["density"] for r in records] == pytest.approx([1.0, 0.5], abs=1e-3)
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
+    settings = json.loads(store.settings_path.read_text())
+    assert settings["method"]["slt_init"] == "kaiming"
+
+
+def test_swamp_run_slt_init_refused_in_one_line(tmp_path, capsys):
+    from swamp.app.cli import main
+
+    out = tmp_path / "runs"
+    code = main(["run", "--method", "slt", "--slt-init", "xavier", "--device", "cpu",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code != 0 and "--slt-init" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_swamp_run_generator_shows_mmd(tmp_path, capsys):
+    from swamp.app.cli import main
+
+    code = main(["run", "--method", "slt", "--dataset", "gaussian-mixture", "--data-size",
+                 "200", "--model", "mlp-generator", "--epochs", "1", "--batch-size", "50",
+                 "--levels", "0", "--optimizer", "adam", "--lr", "0.01", "--device", "cpu",
+                 "--out", str(tmp_path / "runs")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "MMD²" in captured.out + captured.err

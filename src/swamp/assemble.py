@@ -8,6 +8,7 @@ no training machinery.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle, load_dataset
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
+from swamp.methods import get_method
 from swamp.generative import MMDObjective, bandwidths_for, is_generative
 from swamp.models import build_model
 from swamp.train import CrossEntropy, Objective, Schedule
@@ -58,7 +60,11 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     check_data(data)
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
-    schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
+    train = settings.train
+    if get_method(settings.method.method).scores is not None:
+        # slt trains no weights, so it has no rewind point (issue 16)
+        train = dataclasses.replace(train, rewind_epochs=0.0, rewind_iters=0)
+    schedule = Schedule.build(train, len(data.train), bool(settings.method.swa))
     if objective is None and is_generative(model):   # a generator (issue 16): moment matching
         objective = MMDObjective(bandwidths_for(data.train.x))
     ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())

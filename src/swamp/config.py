@@ -326,7 +326,8 @@ def validate(s: Settings) -> None:
         (s.run.checkpoint_every < 0,
          f"`checkpoint_every` must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
-        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
+        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs
+         and method.scores is None,           # slt trains no weights: no rewind point
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
