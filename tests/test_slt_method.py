@@ -315,3 +315,40 @@ def test_swamp_run_generator_shows_mmd(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "MMD²" in captured.out + captured.err
+
+
+# ---- compare and report ------------------------------------------------------------------
+def test_compare_puts_strong_tickets_next_to_imp(tmp_path):
+    import csv
+
+    from swamp.studies.compare import compare, method_settings
+
+    base = Settings.from_dict(dict(dataset="synthetic", data_size=200, model="mlp", epochs=1,
+                                   batch_size=50, levels=1, prune_fraction=0.5, device="cpu",
+                                   rewind_epochs=0.0, particles=2, slt_init="kaiming"))
+    out = compare(["imp", "slt"], [0], base, tmp_path / "report", runs_dir=tmp_path / "runs")
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by = {(r["method"], r["level"]): r for r in rows}
+    assert by[("imp", "1")]["density"] == by[("slt", "1")]["density"]   # the same densities
+    report = (out / "report.md").read_text()
+    assert "slt (2 score particle(s), frozen weights kaiming, combined by average)" in report
+    # imp got no slt setting (it would refuse one), slt its own
+    assert method_settings(base, "imp", 0).method.slt_init == "signed-constant"
+    assert method_settings(base, "slt", 0).method.slt_init == "kaiming"
+
+
+def test_report_of_generators_has_mmd_tables(tiny, tmp_path):
+    from swamp.studies.report import build_report
+
+    dirs = []
+    for method in ("imp", "slt"):
+        s = tiny(method=method, dataset="gaussian-mixture", data_size=200, particles=1,
+                 levels=1, optimizer="adam", lr=0.01, weight_decay=0.0, epochs=1,
+                 batch_size=50, engine="sequential")
+        dirs.append(run(s, model=_generator()).run_dir)
+    out = build_report(dirs, tmp_path / "report")
+    report = (out / "report.md").read_text()
+    assert "## Test MMD²" in report and "## Frechet distance" in report
+    table = report.split("## Test MMD²")[1].split("##")[0]
+    assert "| imp | slt |" in table and "nan" not in table

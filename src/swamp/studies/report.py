@@ -55,6 +55,8 @@ class SummaryRow:
     seeds: int
     acc: list[float] = field(default_factory=list)
     nll: list[float] = field(default_factory=list)
+    mmd: list[float] = field(default_factory=list)       # generators (issue 16)
+    frechet: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "level": self.level, "density": self.density,
@@ -73,6 +75,7 @@ def _std(xs: list[float]) -> float:
 
 
 REQUIRED = ("level", "density", "test_acc", "test_nll")
+GENERATIVE = ("test_mmd", "test_frechet")     # generator runs' levels (issue 16)
 
 
 def _float(v: str | None, csv_path: Path, column: str, line: int) -> float:
@@ -96,7 +99,8 @@ def read_result(path: str | Path) -> Result:
         # A run (or Lottery Pools) summarised from its checked level records, never from
         # metrics.csv, which is a copy for people: a changed or stale table changes nothing.
         records = store.level_metrics()
-        rows = [{k: _record_float(r.get(k)) for k in REQUIRED} for r in records]
+        rows = [{k: _record_float(r.get(k)) for k in REQUIRED}
+                | {k: float(r[k]) for k in GENERATIVE if k in r} for r in records]
     else:
         rows = _csv_rows(root, store)    # an ensemble's output: its table is its record
     return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows,
@@ -199,6 +203,9 @@ def summarise(results: Sequence[Result]) -> list[SummaryRow]:
             s.seeds += 1
             s.acc.append(row["test_acc"])
             s.nll.append(row["test_nll"])
+            if "test_mmd" in row:
+                s.mmd.append(row["test_mmd"])
+                s.frechet.append(row["test_frechet"])
             densities.setdefault(key, []).append(row["density"])
     for key, s in table.items():
         s.density = statistics.fmean(densities[key])
@@ -363,6 +370,9 @@ def describe(r: Result) -> str:
     """What a result's method is, for the report's methods line."""
     m = r.settings.method
     if not r.posthoc:
+        if m.method == "slt":        # strong tickets: frozen weights, trained scores
+            return (f"{m.particles} score particle(s), frozen weights {m.slt_init}, "
+                    f"combined by {m.slt_combine}")
         return f"{m.particles} particle(s), SWA {m.swa}"
     source = r.posthoc.get("source_method") or m.method
     kind = POSTHOC.get(r.posthoc.get("method"))
@@ -403,6 +413,11 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
     parts += ["![accuracy vs sparsity](accuracy_vs_sparsity.png)", "",
               "## Test accuracy (%), mean ± std over seeds", "", markdown_table(rows, "acc"), "",
               "## Test NLL, mean ± std over seeds", "", markdown_table(rows, "nll"), ""]
+    if any(s.mmd for s in rows):      # generators: lower is better
+        parts += ["## Test MMD² (generators; lower is better), mean ± std over seeds", "",
+                  markdown_table(rows, "mmd"), "",
+                  "## Frechet distance of classifier features (lower is better)", "",
+                  markdown_table(rows, "frechet"), ""]
     h2h = head_to_head(rows)
     if h2h:
         parts += ["## SWAMP vs IMP", "", h2h, ""]
