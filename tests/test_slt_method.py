@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 
 
 def slt(tiny, **kw):
-    values = dict(method="slt", particles=1, lr=0.1, levels=2, prune_fraction=0.5)
+    values = dict(method="slt", particles=1, lr=0.1, levels=2, prune_fraction=0.5, data_size=160)
     values.update(kw)
     return tiny(**values)
 
@@ -352,3 +352,18 @@ def test_report_of_generators_has_mmd_tables(tiny, tmp_path):
     assert "## Test MMD²" in report and "## Frechet distance" in report
     table = report.split("## Test MMD²")[1].split("##")[0]
     assert "| imp | slt |" in table and "nan" not in table
+
+
+def test_an_interrupted_slt_run_resumes_to_the_same_tickets(tiny, tmp_path):
+    from conftest import RecordingEngine
+
+    s = slt(tiny, particles=2)
+    whole = run(slt(tiny, particles=2, out=str(tmp_path / "whole"), engine="sequential"))
+    loop = LevelLoop(s, engine=RecordingEngine(fail_at=1))
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    assert RunStore(loop.store.root).finished_levels() == [0]
+    resumed = LevelLoop(s, engine=RecordingEngine()).run()
+    for level in range(3):
+        a, b = whole.solution(level), resumed.solution(level)
+        assert all(torch.equal(a[k], b[k]) for k in a), level
