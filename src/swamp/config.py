@@ -107,8 +107,9 @@ class MethodSettings:
                              "kaiming (edge-popup's, scaled by 1/sqrt(density)) | model (the "
                              "model's own initialisation)")
     slt_combine: str = _setting("average", "slt: how a level's score particles make its mask: "
-                                "average (the mask of the mean score) | vote (a weight is kept "
-                                "if --vote-share of the particles keep it) | overlap")
+                                "average (the mask of the mean score) | vote (the particles' "
+                                "masks vote; a majority passes) | overlap (all must keep it); "
+                                "exact counts either way")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from swamp.evaluation import (GenerativeScores, evaluate, evaluate_ensemble, log
 from swamp.generative import bandwidths_for, is_generative
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
+from swamp.methods.slt import ScoreLevel
 from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
                          save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
@@ -262,8 +263,8 @@ class LevelLoop:
         s = self.settings
         scored = None
         if self.scores is not None:   # slt: the particles are score networks, weights frozen
-            scored = self.scores.level(s, self.ctx, self._init_state(), self.prunable, level,
-                                       self.plan.target_density(level))
+            scored = ScoreLevel(s, self.ctx, self._init_state(), self.prunable, level,
+                                self.plan.target_density(level))
             task = LevelTask(level, scored.start, None, 0, self._jobs(level),
                              checkpoint_dir=self.store.level_dir(level),
                              checkpoint_every=s.run.checkpoint_every)

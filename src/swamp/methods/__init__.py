@@ -200,7 +200,8 @@ class CandidateMask(NextMask):
 class ScoreTickets:
     """Strong lottery tickets (edge-popup): each particle trains one score per prunable
     weight with the weights frozen at `slt_init`; the level keeps the top weights by
-    |score| at its density, with the exact counts of an IMP level (`methods/slt.py`)."""
+    |score| at its density, with the exact counts of an IMP level (the loop trains a level
+    with `methods/slt.py: ScoreLevel`, which this registry does not import: no torch here)."""
 
     def check(self, settings: Any, name: str) -> list[tuple[bool, str]]:
         m, p, run = settings.method, settings.prune, settings.run
@@ -209,19 +210,12 @@ class ScoreTickets:
             (m.slt_combine != "average" and n is not None and n < 2,
              f"`slt_combine` {m.slt_combine} combines the masks of several particles; use "
              f"`particles` 2 or more (got {n})"),
-            (m.vote_share != OPTIONAL["vote_share"] and m.slt_combine != "vote",
-             f"`vote_share` applies to `slt_combine` vote only (got {m.slt_combine})"),
             (p.scorer != "magnitude",
              f"method {name} ranks trained scores; `scorer` {p.scorer} does not apply"),
             (run.engine == "distributed" or run.processes > 1,
              f"method {name} trains its score particles in this process; use `engine` auto, "
              f"sequential or vectorised (and no `processes`)"),
         ]
-
-    def level(self, *args: Any, **kwargs: Any) -> Any:
-        from swamp.methods.slt import ScoreLevel
-
-        return ScoreLevel(*args, **kwargs)
 
 
 # ---- methods ------------------------------------------------------------------------------
@@ -317,7 +311,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            next_mask=NextMask(random=True)),
     Method("slt", 1, False, "strong lottery tickets: frozen weights (--slt-init), a trained "
            "score per weight, the top |score| at each level's density; N particles combined "
-           "by --slt-combine", reads=("particles", "vote_share", "slt_init", "slt_combine"),
+           "by --slt-combine", reads=("particles", "slt_init", "slt_combine"),
            next_mask=CandidateMask(), scores=ScoreTickets()),
     Method("oneshot", 1, False, "prune the dense solution straight to each level's density "
            "(or --target-sparsity), then train", True, reads=("target_sparsity",),

@@ -8,9 +8,10 @@ The engines train them like any model (the one loop; `vectorised` stacks them wi
 a schedule without a rewind point (no weight is trained, so there is nothing to rewind to).
 
 The level's mask combines the particles' scores: `average` keeps the top |mean score| (the
-SWAMP-style average, in score space); `vote` and `overlap` let each particle take its own
-mask and combine the masks as `core/combine.py` does (rank by votes, then by mean |score|,
-then the index tie-break; exact counts). The level's solution is the frozen weights times
+SWAMP-style average, in score space); `vote` (a majority) and `overlap` (all) let each
+particle take its own mask and combine the masks as `core/combine.py` does (rank by votes,
+then by mean |score|, then the index tie-break; exact counts, so the share only says which
+weights pass the vote, recorded, not which are kept). The level's solution is the frozen weights times
 that mask (biases and norm layers stay at their initialisation; BatchNorm statistics are
 recomputed by the loop).
 """
@@ -85,7 +86,7 @@ class ScoreLevel:
                     {"solution": "mask of the mean score", "particles": len(scores)})
         ones, names = self.net.ones, self.net.names
         masks = [self.mask_of(s) for s in scores]
-        share = 1.0 if how == "overlap" else float(self.settings.method.vote_share)
+        share = 1.0 if how == "overlap" else 0.5        # vote: a majority
         need = max(1, math.ceil(share * len(scores) - 1e-9))
         votes = {n: torch.stack([m[n] for m in masks]).sum(0) for n in names}
         mean_abs = {n: torch.stack([s[n].detach().abs().float() for s in scores]).mean(0)

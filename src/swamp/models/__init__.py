@@ -37,9 +37,6 @@ def _image(make: Callable[[int, int], nn.Module]) -> Builder:
 MODELS: dict[str, ModelInfo] = {m.name: m for m in [
     ModelInfo("mlp", "flatten + 2 hidden layers of 256 (ReLU); any input shape",
               lambda n, s, k: MLP(s, k)),
-    ModelInfo("mlp-generator", "generator: Gaussian noise (16) -> 2 hidden layers of 256 (ReLU) "
-              "-> a sample of the data's shape; trained on MMD (issue 16)",
-              lambda n, s, k: MLPGenerator(s, latent=16, hidden=(256, 256))),
     ModelInfo("conv1d", "1-D conv 32-32-32 (k5, strides 1-2-2) + BN + ReLU, flatten, linear; "
               "input (C, L) [default for mnist1d]", lambda n, s, k: Conv1dNet(s, k)),
     *[ModelInfo(f"resnet{d}", f"CIFAR ResNet-{d} (He et al. 2016, option-A shortcuts); input (C, H, W)",
@@ -48,6 +45,9 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in [
               _image(resnet18)),
     *[ModelInfo(f"vgg{d}", f"VGG-{d} with BatchNorm, CIFAR variant (one linear classifier); "
                 "input (C, H, W)", _image(lambda c, k, d=d: VGG(d, c, k))) for d in (11, 13, 16, 19)],
+    ModelInfo("mlp-generator", "generator: Gaussian noise (16) -> 2 hidden layers of 256 (ReLU) "
+              "-> a sample of the data's shape; trained on MMD (issue 16)",
+              lambda n, s, k: MLPGenerator(s, latent=16, hidden=(256, 256))),
 ]}
 _WRN = re.compile(r"wrn-(\d+)-(\d+)")
 WRN_PATTERN = "wrn-D-K"

@@ -370,7 +370,7 @@ def describe(r: Result) -> str:
     """What a result's method is, for the report's methods line."""
     m = r.settings.method
     if not r.posthoc:
-        if m.method == "slt":        # strong tickets: frozen weights, trained scores
+        if m.method in METHODS and METHODS[m.method].scores is not None:   # strong tickets
             return (f"{m.particles} score particle(s), frozen weights {m.slt_init}, "
                     f"combined by {m.slt_combine}")
         return f"{m.particles} particle(s), SWA {m.swa}"
