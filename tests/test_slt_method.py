@@ -188,7 +188,7 @@ def test_combined_mask_ranks_votes_first(tiny):
     g = torch.Generator().manual_seed(0)
     scores = [{n: torch.randn(level.net.ones[n].shape, generator=g) for n in level.net.names}
               for _ in range(3)]
-    mask, record = level.combine(scores)
+    mask, record = level.combine_scores(scores)
     assert mask.nnz == level.counts[""] == record["target"]
     masks = [level.mask_of(s) for s in scores]
     unanimous = sum(int((masks[0][n] & masks[1][n] & masks[2][n]).sum())

@@ -283,15 +283,13 @@ class LevelLoop:
                 self.store.read_record(self.store.engine_path) != record:
             self.store.write_record(self.store.engine_path, record)
         if scored is not None:        # each particle's ticket (its own mask), BN recomputed
-            particles, score_states = scored.particles(results)
-            particles = [self._refit(p) for p in particles]
+            particles = [self._refit(p) for p in scored.particles(results)]
         else:
             particles = [self._finish_particle(r) for r in results]
 
         members = self.plan.members(len(particles))
         if self.generative:               # a generator (issue 16): MMD, Frechet, samples
-            return self._generative_level(level, mask, particles, members, results, scored,
-                                          score_states if scored is not None else None, t0)
+            return self._generative_level(level, mask, particles, members, results, scored, t0)
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
         test_lp, particle_scores, particle_val = [], [], []
@@ -305,12 +303,8 @@ class LevelLoop:
 
         # The level's solution (methods.py): by default the particles' average, masked, BN
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
-        if scored is not None:        # slt: the mask of the combined scores
-            mask, combined = scored.combine(score_states)
-            solution = self._refit(scored.solution(results, mask))
-        else:
-            solution, combined = self.plan.solution(particles, particle_val, mask,
-                                                    self._refit, self._val_acc)
+        solution, combined, mask = self._solution(particles, particle_val, mask,
+                                                  self._val_acc, scored, results)
         self.model.load_state_dict(solution)
         test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
         seconds = time.perf_counter() - t0
@@ -343,6 +337,19 @@ class LevelLoop:
         }
         return self._write_level(level, row, details, mask, solution, particles, members)
 
+    def _solution(self, particles: list[StateDict], particle_val: list[float], mask: Mask,
+                  score_val: Any, scored: ScoreLevel | None, results: list[ParticleResult]
+                  ) -> tuple[StateDict, dict[str, Any], Mask]:
+        """The level's solution, how it was made, and the level's mask: the method plan's
+        (average, soup, ticket particle) under the level's mask, or (slt) the frozen weights
+        under the mask of the particles' combined scores, BatchNorm recomputed."""
+        if scored is not None:
+            ticket, combined = scored.combine(results)
+            return self._refit(scored.solution(results, ticket)), combined, ticket
+        solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
+                                                score_val)
+        return solution, combined, mask
+
     # ---- generators (issue 16) -----------------------------------------------------------
     def _generative_metrics(self) -> GenerativeScores:
         if self._generative_scores is None:
@@ -353,8 +360,8 @@ class LevelLoop:
         return self._generative_scores
 
     def _generative_level(self, level: int, mask: Mask, particles: list[StateDict],
-                          members: list[int], results: list[ParticleResult], scored: Any,
-                          score_states: list[StateDict] | None, t0: float
+                          members: list[int], results: list[ParticleResult],
+                          scored: ScoreLevel | None, t0: float
                           ) -> tuple[dict[str, Any], StateDict]:
         """A generator's level: the solution as for any model, scored by MMD^2 and the
         Frechet distance (`GenerativeScores`; lower is better) instead of accuracy (NaN in
@@ -368,12 +375,9 @@ class LevelLoop:
 
         per = [scores(p) for p in particles]
         particle_val = [-v["mmd"] for _, v in per]      # selections: higher is better
-        if scored is not None:
-            mask, combined = scored.combine(score_states)
-            solution = self._refit(scored.solution(results, mask))
-        else:
-            solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
-                                                    lambda st: -scores(st)[1]["mmd"])
+        solution, combined, mask = self._solution(particles, particle_val, mask,
+                                                  lambda st: -scores(st)[1]["mmd"], scored,
+                                                  results)
         test, val = scores(solution)
         seconds = time.perf_counter() - t0
         mmds = [per[i][0]["mmd"] for i in members]

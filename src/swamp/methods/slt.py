@@ -58,16 +58,13 @@ class ScoreLevel:
         self.ctx = TrainContext(self.net, ctx.data, schedule, t, ctx.objective)
         self.start: StateDict = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
-    def particles(self, results: Sequence[ParticleResult]
-                  ) -> tuple[list[StateDict], list[StateDict]]:
-        """Each particle's ticket (frozen weights times its own mask, its buffers) and its
-        scores."""
-        tickets, scores = [], []
+    def particles(self, results: Sequence[ParticleResult]) -> list[StateDict]:
+        """Each particle's ticket: frozen weights times its own mask, with its buffers."""
+        tickets = []
         for r in results:
-            model_state, s = self.net.parts(r.state)
-            tickets.append(self.ticket(model_state, self.mask_of(s)))
-            scores.append(s)
-        return tickets, scores
+            model_state, scores = self.net.parts(r.state)
+            tickets.append(self.ticket(model_state, self.mask_of(scores)))
+        return tickets
 
     def mask_of(self, scores: StateDict) -> Mask:
         ranked = {n: scores[n].detach().abs() for n in self.net.names}
@@ -76,8 +73,12 @@ class ScoreLevel:
     def ticket(self, model_state: StateDict, mask: Mask) -> StateDict:
         return mask.apply_to_state_dict({k: v.detach().clone() for k, v in model_state.items()})
 
-    def combine(self, scores: Sequence[StateDict]) -> tuple[Mask, dict[str, Any]]:
-        """The level's mask from its particles' scores, and a record of how."""
+    def combine(self, results: Sequence[ParticleResult]) -> tuple[Mask, dict[str, Any]]:
+        """The level's mask from its trained particles' scores, and a record of how."""
+        return self.combine_scores([self.net.parts(r.state)[1] for r in results])
+
+    def combine_scores(self, scores: Sequence[StateDict]) -> tuple[Mask, dict[str, Any]]:
+        """The mask of several particles' scores (`slt_combine`), and a record of how."""
         how = self.settings.method.slt_combine
         if len(scores) == 1:
             return self.mask_of(scores[0]), {"solution": "single particle"}
