@@ -367,3 +367,18 @@ def test_an_interrupted_slt_run_resumes_to_the_same_tickets(tiny, tmp_path):
     for level in range(3):
         a, b = whole.solution(level), resumed.solution(level)
         assert all(torch.equal(a[k], b[k]) for k in a), level
+
+
+def test_posthoc_tools_refuse_generator_runs_in_one_line(tiny):
+    from swamp.posthoc.lmc import connectivity
+    from swamp.posthoc.pools import lottery_pools
+    from swamp.reader import RunReader
+
+    s = tiny(method="imp", dataset="gaussian-mixture", data_size=200, particles=1, levels=1,
+             epochs=1, batch_size=50, engine="sequential", optimizer="adam", lr=0.01)
+    result = run(s, model=_generator())
+    reader = RunReader(result.run_dir, model=_generator())
+    for tool in (lottery_pools, connectivity):
+        with pytest.raises(SwampError, match="scores classifiers by accuracy") as e:
+            tool(reader)
+        assert "\n" not in str(e.value)
