@@ -123,8 +123,9 @@ def test_stacked_score_particles_keep_weights_bitwise_every_step(tiny):
 
 def test_vectorised_scores_equal_sequential(tiny):
     """Stacked score particles train like one at a time: the trained scores agree to float
-    tolerance (rtol 1e-5: the batched kernels may sum in another order; on this CPU they
-    agree bitwise, which the test does not require), masks and solutions exactly."""
+    tolerance, not bitwise (the batched kernels sum in another order: they differ by about
+    1e-8 on the development machine), and the masks and solutions they give are identical
+    (a flip would need two scores within that distance at the threshold)."""
     from swamp.engines import make_engine
 
     out = {}
