@@ -19,6 +19,7 @@
             particle_<i>.safetensors   each particle's solution (optional)
             solution.safetensors the level's solution, zero wherever the mask is off
             next_mask.safetensors   the next level's mask, for methods that combine masks
+                                 (slt: the candidates of the next level, all weights)
             samples.png          generators: samples of the level's solution vs real data
             metrics.json         written last: its presence marks the level finished
             checkpoint_<i>.safetensors  particles in training or trained before a stop (a

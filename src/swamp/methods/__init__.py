@@ -14,7 +14,10 @@ run (`Method.plan`), the questions on which the methods differ:
 - how the next mask is made (`NextMask`): prune the solution; draw it at random with the
   same density; prune the dense level-0 solution straight to the level's density (oneshot);
   or let each particle prune its own weights and combine the masks (colt: overlap;
-  mask-vote: a share of votes), see `swamp.core.combine`.
+  mask-vote: a share of votes), see `swamp.core.combine`;
+- whether the weights train at all (`ScoreTickets`, slt): strong lottery tickets train a
+  score per weight with the weights frozen, each level at its own density
+  (`swamp.methods.slt`); its next mask is the candidate set (`CandidateMask`).
 
 Nothing here trains and nothing imports the settings module: settings are read duck-typed.
 The registry imports no torch (`swamp --help` and `swamp list` read it): the strategies
