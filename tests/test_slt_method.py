@@ -383,3 +383,20 @@ def test_posthoc_tools_refuse_generator_runs_in_one_line(tiny):
         with pytest.raises(SwampError, match="scores classifiers by accuracy") as e:
             tool(reader)
         assert "\n" not in str(e.value)
+
+
+def test_a_run_made_before_the_slt_settings_still_resumes(tiny):
+    """settings.json of a run made before a setting existed lacks it: it counts as the
+    default, so the run is found again (resumed, reused by compare) instead of refused."""
+    s = tiny(method="imp", particles=1, levels=1, epochs=1)
+    first = run(s)
+    store = RunStore(first.run_dir)
+    saved = json.loads(store.settings_path.read_text())
+    for k in ("slt_init", "slt_combine"):
+        del saved["method"][k]
+    store.write_record(store.settings_path, saved)
+    again = run(s)
+    assert again.run_dir == first.run_dir and len(again.levels) == 2
+    changed = tiny(method="imp", particles=1, levels=1, epochs=1, lr=0.2)
+    with pytest.raises(SwampError, match="different settings"):
+        run(changed, run_dir=first.run_dir)

@@ -88,6 +88,11 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             theirs = _comparable(saved)
         except AttributeError:
             raise SwampError(f"{store.settings_path} is not a swamp settings file") from None
+        # A setting added since the run was made (e.g. `slt_init`) is missing from its file;
+        # the run used what the setting's default does (a new setting's default must keep
+        # the old behaviour), so it counts as the default.
+        for k, v in _comparable(Settings().to_dict()).items():
+            theirs.setdefault(k, v)
         diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if diff:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff[:3])
