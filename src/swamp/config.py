@@ -182,6 +182,14 @@ class MethodSettings:
                                              "this sparsity (default: every level's density "
                                              "of the schedule, each pruned from the dense "
                                              "solution)")
+    # ---- strong lottery tickets (issue 16: method slt) ----
+    slt_init: str = _setting("signed-constant", "slt: the frozen weights: signed-constant | "
+                             "kaiming (edge-popup's, scaled by 1/sqrt(density)) | model (the "
+                             "model's own initialisation)")
+    slt_combine: str = _setting("average", "slt: how a level's score particles make its mask: "
+                                "average (the mask of the mean score) | vote (the particles' "
+                                "masks vote; a majority passes) | overlap (all must keep it); "
+                                "exact counts either way")
 
 
 @dataclass
@@ -440,7 +448,8 @@ def validate(s: Settings) -> None:
         (s.run.checkpoint_every < 0,
          f"`checkpoint_every` must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
-        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
+        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs
+         and method.scores is None,           # slt trains no weights: no rewind point
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),

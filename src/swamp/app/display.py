@@ -22,6 +22,9 @@ from swamp.store import RunStore
 ROW_FORMAT = "{:>5}  {:>8}  {:>9}  {:>9}  {:>13}  {:>9}  {:>8}"
 HEADER = ROW_FORMAT.format("level", "density", "sparsity", "solution", "particle mean",
                            "ensemble", "time")
+# generators (issue 16): the solution's and the particles' mean MMD^2 to the test split
+GENERATIVE_HEADER = ROW_FORMAT.format("level", "density", "sparsity", "MMD²", "particle MMD²",
+                                      "", "time")
 
 
 def pct(x: float | None) -> str:
@@ -72,6 +75,7 @@ class RunDisplay:
             last = event.rows[-1]
             score = (f"test perplexity {last['test_ppl']:.3g} (token accuracy "
                      f"{100 * last['test_acc']:.2f}%)" if "test_ppl" in last
+                     else f"test MMD² {last['test_mmd']:.4f}" if "test_mmd" in last
                      else f"test accuracy {100 * last['test_acc']:.2f}%")
             self.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
                       f"{score}; metrics in {RunStore(event.run_dir).metrics_csv}")
@@ -125,12 +129,15 @@ class RunDisplay:
         self._started.clear()
         if self.quiet:
             return
+        generative = "test_mmd" in row
         if not self._header_shown:
-            self.console.print(HEADER, style="bold")
+            self.console.print(GENERATIVE_HEADER if generative else HEADER, style="bold")
             self._header_shown = True
+        scores = ((f"{row['test_mmd']:.4f}", f"{row['particle_mmd_mean']:.4f}", "")
+                  if generative else (pct(row["test_acc"]), pct(row["particle_acc_mean"]),
+                                      pct(row["ensemble_acc"])))
         self.console.print(ROW_FORMAT.format(
-            row["level"], pct(row["density"]), pct(row["sparsity"]), pct(row["test_acc"]),
-            pct(row["particle_acc_mean"]), pct(row["ensemble_acc"]),
+            row["level"], pct(row["density"]), pct(row["sparsity"]), *scores,
             f"{row['train_seconds']:.1f}s"))
 
     def close(self) -> None:
