@@ -546,7 +546,7 @@ def _finetune_checks(s: Settings, method: Any) -> list[tuple[bool, str]]:
         (p.mask_from is not None and (p.nm is not None or p.block is not None),
          "`mask_from` starts from another run's unstructured mask; it does not combine with "
          "`nm` or `block`"),
-        (gradual and p.scorer == "random",
+        (gradual and p.scorer not in ("magnitude", "lamp"),
          "`prune_schedule` gradual prunes by weight scores; use `scorer` magnitude or lamp"),
         (not gradual and (p.prune_start is not None or p.prune_end is not None
                           or p.prune_every != 0 or p.ramp != "cubic"),
