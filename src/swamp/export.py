@@ -50,7 +50,7 @@ from safetensors import SafetensorError, safe_open
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
 from swamp.reader import RunReader
-from swamp.store import RunStore, atomic_write_bytes, save_state
+from swamp.store import RunStore, atomic_write_bytes, safetensors_bytes
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
@@ -231,16 +231,13 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     layers = [LayerStats(n, tuple(mask[n].shape), int(mask[n].sum()), mask[n].numel(),
                          format) for n in mask]
     check: dict[str, float] = {}
-    if format == "swamp":
-        layers = _write_swamp(path, solution, mask, DTYPES[dtype], provenance)
-    elif format == "dense":
-        state = {k: _cast(t, DTYPES[dtype]) for k, t in solution.items()}
-        save_state(path, state, _meta(DENSE_FORMAT, provenance))
-    elif format == "torch-prune":
-        save_state(path, torch_prune_state(solution, mask, DTYPES[dtype]),
-                   _meta(PRUNE_FORMAT, provenance))
-    else:
+    if format == "onnx":
         check = _write_onnx(path, reader, solution, provenance)
+    else:
+        if format == "swamp":
+            layers = _swamp_tensors(solution, mask, DTYPES[dtype])[1]
+        atomic_write_bytes(path, format_bytes(format, solution, mask, DTYPES[dtype],
+                                              provenance=provenance))
     return ExportSummary(path, level, mask.density, dense_bytes, path.stat().st_size,
                          layers, provenance, format, check)
 
@@ -253,8 +250,8 @@ def _meta(fmt: str, provenance: dict[str, Any]) -> dict[str, str]:
     return {"format": fmt, "source": json.dumps(provenance, default=str)}
 
 
-def _write_swamp(path: Path, solution: StateDict, mask: Mask, dtype: torch.dtype,
-                 provenance: dict[str, Any]) -> list[LayerStats]:
+def _swamp_tensors(solution: StateDict, mask: Mask, dtype: torch.dtype
+                   ) -> tuple[StateDict, list[LayerStats], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     layers, entries = [], {}
     for name, t in solution.items():
@@ -266,8 +263,30 @@ def _write_swamp(path: Path, solution: StateDict, mask: Mask, dtype: torch.dtype
             tensors[name] = _cast(t, dtype)
             stats = LayerStats(name, tuple(t.shape), t.numel(), t.numel(), "dense")
         entries[name] = {"shape": list(stats.shape), "encoding": stats.encoding}
-    save_state(path, tensors, {**_meta(FORMAT, provenance), "tensors": json.dumps(entries)})
-    return layers
+    return tensors, layers, entries
+
+
+def format_bytes(format: str, solution: StateDict, mask: Mask, dtype: torch.dtype, *,
+                 provenance: dict[str, Any] | None = None, model: torch.nn.Module | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> bytes:
+    """The bytes of the file `format` holds for a solution ("onnx" needs the `model` and its
+    `input_shape`, and is not checked here: `export_level` checks what it writes)."""
+    provenance = provenance or {}
+    if format == "swamp":
+        tensors, _, entries = _swamp_tensors(solution, mask, dtype)
+        return safetensors_bytes(tensors, {**_meta(FORMAT, provenance),
+                                           "tensors": json.dumps(entries)})
+    if format == "dense":
+        return safetensors_bytes({k: _cast(t, dtype) for k, t in solution.items()},
+                                 _meta(DENSE_FORMAT, provenance))
+    if format == "torch-prune":
+        return safetensors_bytes(torch_prune_state(solution, mask, dtype),
+                                 _meta(PRUNE_FORMAT, provenance))
+    if format == "onnx" and model is not None and input_shape is not None:
+        model = copy.deepcopy(model).to("cpu").eval()
+        model.load_state_dict({k: v.to("cpu") for k, v in solution.items()})
+        return onnx_model(model, torch.zeros(1, *input_shape)).SerializeToString()
+    raise SwampError(f"cannot encode `format` {format!r} here; choose one of {', '.join(FORMATS)}")
 
 
 def torch_prune_state(solution: StateDict, mask: Mapping[str, torch.Tensor],
