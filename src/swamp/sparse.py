@@ -91,9 +91,10 @@ class SparseConv(nn.Module):
                  blocksize: int | None = None):
         super().__init__()
         self.one_d = isinstance(conv, nn.Conv1d)
-        as2d = (lambda v: (1, v[0])) if self.one_d else tuple
+        # a Conv1d runs as a Conv2d of kernel (1, k) over a (C, 1, L) view
+        as2d = (lambda v, one=1: (one, v[0])) if self.one_d else (lambda v, one=1: tuple(v))
         self.kernel, self.stride = as2d(conv.kernel_size), as2d(conv.stride)
-        self.padding, self.dilation = as2d(conv.padding), as2d(conv.dilation)
+        self.padding, self.dilation = as2d(conv.padding, 0), as2d(conv.dilation)
         self.out_channels = conv.out_channels
         weight = conv.weight.detach() * keep.to(conv.weight.device, conv.weight.dtype)
         self.register_buffer("weight", _to_sparse(weight.reshape(conv.out_channels, -1),
