@@ -127,17 +127,18 @@ def main() -> int:
     return 0
 
 
-def crossover(rows: list[dict], model: str, form: str, batch: int) -> str:
-    """The lowest sparsity from which `form` beats dense at `batch` (speed-up > 1 at every
-    sparsity from there on), or 'never'."""
-    pts = sorted((r["sparsity"], r["speedup"]) for r in rows
+def crossover(rows: list[dict], model: str, form: str, batch: int, key: str) -> str:
+    """The lowest sparsity from which `form` beats dense at `batch` at every sparsity
+    measured from there on: by its median speed-up (key "speedup") or in every round
+    ("speedup_min"); else 'never'."""
+    pts = sorted((r["sparsity"], r[key]) for r in rows
                  if r["model"] == model and r["form"] == form and r["batch"] == batch)
     if not pts:
         return "not measured"
     for i, (sp, _) in enumerate(pts):
         if all(s > 1.0 for _, s in pts[i:]):
             return f"from {100 * sp:.0f}%"
-    return "never (to 98%)"
+    return f"never (to {100 * pts[-1][0]:.0f}%)"
 
 
 def write(rows, sizes, args, out: Path, load_before, load_after) -> None:
@@ -158,13 +159,36 @@ def write(rows, sizes, args, out: Path, load_before, load_after) -> None:
              "`csr`/`bsr` = `swamp.sparsify` (Linear layers as torch.sparse CSR / BSR); "
              "`csr+conv` = convolutions too, as im2col + CSR; `ort` = the ONNX graph "
              "(dense, zeros included) in onnxruntime. Speed-up > 1 = faster than dense.", "",
-             "## Where sparse kernels beat dense", "",
-             "| model | form | batch 1 | batch 256 |", "|---|---|---|---|"]
+             "## Where each form beats dense", "",
+             "The sparsity from which a form is faster than the masked dense model at every "
+             "higher sparsity measured: by the median of the paired speed-ups, and in every "
+             "round (the range's low end above 1).", "",
+             "| model | form | batch 1: median | batch 1: every round | batch 256: median | "
+             "batch 256: every round |", "|---|---|---|---|---|---|"]
     for m in models:
         for form in ("csr", "csr+conv", "bsr", "ort"):
-            b1, b256 = crossover(rows, m, form, 1), crossover(rows, m, form, 256)
-            if b1 != "not measured":
-                lines.append(f"| {m} | {form} | {b1} | {b256} |")
+            cells = [crossover(rows, m, form, b, k) for b in (1, 256)
+                     for k in ("speedup", "speedup_min")]
+            if cells[0] != "not measured":
+                lines.append(f"| {m} | {form} | " + " | ".join(cells) + " |")
+    lines += ["", "## The goal: MLP batch-1 latency at least 2x lower than dense at 95% "
+              "sparsity or more", ""]
+    for sp in sorted({r["sparsity"] for r in rows if r["sparsity"] >= 0.95 - 1e-9
+                      and r["model"] == "mlp (magnitude)"}):
+        got = {r["form"]: r for r in rows if r["model"] == "mlp (magnitude)"
+               and r["batch"] == 1 and abs(r["sparsity"] - sp) < 1e-9 and r["form"] != "dense"}
+        lines.append(f"- {100 * sp:.0f}%: " + "; ".join(
+            f"{f} {r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})"
+            f"{' - reached' if r['speedup_min'] >= 2 else ''}" for f, r in got.items()))
+    dense0 = {r["form"]: r["speedup"] for r in rows if r["model"] == "mlp (magnitude)"
+              and r["batch"] == 1 and r["sparsity"] == 0.0}
+    if "ort" in dense0:
+        lines.append(f"- ONNX Runtime's gain is there at 0% sparsity too ({dense0['ort']:.2f}x): "
+                     f"it runs the dense graph with less overhead per call than PyTorch's "
+                     f"eager modules, and the zeros play no part in it. PyTorch's CSR kernel "
+                     f"has a fixed cost per call that this model's small layers (at most "
+                     f"256x256) never earn back at batch 1; the `mlp-wide` rows show it "
+                     f"paying from larger layers and higher sparsity on.")
     lines += ["", "GPU rows (2:4 semi-structured at fp16): not measured (no GPU was lent to "
               "this task).", "", "## Every measurement", ""]
     for m in models:

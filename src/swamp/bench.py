@@ -206,7 +206,8 @@ def bench_run(run_dir: str | Path, *, level: int | None = None, out: str | Path 
               repeats: int = 20, warmup: int = 5, threads: int | None = 1,
               device: str = "cpu") -> dict[str, Any]:
     """Time every finished level (or `level`) of a run in each form at batch 1 and `batch`,
-    with each format's file size; writes bench.json, bench.md and bench.png into `out`
+    with each format's file size (onnx: when the "ort" form is timed, from the graph it
+    times); writes bench.json, bench.md and bench.png into `out`
     (default: the run's bench folder) and returns the results."""
     from swamp.export import DTYPES, format_bytes
     from swamp.reader import RunReader
@@ -298,7 +299,8 @@ def size_table(sizes: Sequence[Mapping[str, Any]], key: str = "level") -> str:
 
 def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "",
          group: str | None = None) -> None:
-    """Speed-up against dense over sparsity: one line per (form, batch[, group])."""
+    """Speed-up against dense over sparsity, one panel per batch size, one line per form
+    (and `group`, e.g. the model), with the range over rounds shaded."""
     import io
 
     import matplotlib
@@ -308,27 +310,32 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "",
 
     from swamp.store import atomic_write_bytes
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    keys = sorted({(r.get(group, "") if group else "", r["form"], r["batch"]) for r in rows
-                   if r["form"] != "dense"}, key=str)
-    for g, form, batch in keys:
-        pts = sorted((r["sparsity"], r["speedup"], r["speedup_min"], r["speedup_max"])
-                     for r in rows if r["form"] == form and r["batch"] == batch
-                     and (not group or r.get(group) == g))
-        xs = [100 * p[0] for p in pts]
-        label = f"{g + ' ' if g else ''}{form}, batch {batch}"
-        line, = ax.plot(xs, [p[1] for p in pts], marker="o", label=label,
-                        linestyle="-" if batch == 1 else "--")
-        ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.15,
-                        color=line.get_color())
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("sparsity of the pruned layers (%)")
-    ax.set_ylabel("speed-up against the masked dense model")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False,
+                             sharey=True)
+    for ax, batch in zip(axes[0], batches):
+        keys = sorted({(str(r.get(group, "")) if group else "", r["form"]) for r in rows
+                       if r["form"] != "dense" and r["batch"] == batch})
+        colours = plt.cm.tab20.colors if len(keys) > 10 else plt.cm.tab10.colors
+        for i, (g, form) in enumerate(keys):
+            pts = sorted((r["sparsity"], r["speedup"], r["speedup_min"], r["speedup_max"])
+                         for r in rows if r["form"] == form and r["batch"] == batch
+                         and (not group or str(r.get(group, "")) == g))
+            xs = [100 * p[0] for p in pts]
+            line, = ax.plot(xs, [p[1] for p in pts], marker="o", markersize=3,
+                            color=colours[i % len(colours)],
+                            label=f"{g + ': ' if g else ''}{form}")
+            ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], alpha=0.12,
+                            color=line.get_color())
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("sparsity of the pruned layers (%)")
+        ax.set_title(f"batch {batch}")
+        ax.legend(fontsize=6, loc="upper left")
+    axes[0][0].set_ylabel("speed-up against the masked dense model")
+    fig.suptitle(title)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
