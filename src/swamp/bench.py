@@ -215,6 +215,8 @@ def bench_run(run_dir: str | Path, *, level: int | None = None, out: str | Path 
 
     if batch < 1:
         raise SwampError(f"`batch` must be >= 1, got {batch}")
+    if threads is not None and threads < 1:
+        raise SwampError(f"`threads` must be >= 1, got {threads}")
     reader = RunReader(run_dir, device=device)      # checks the run's checksums
     if level is not None and level not in reader.levels:
         raise SwampError(f"level {level} of {reader.root} is not finished (finished: "
