@@ -119,10 +119,22 @@ def test_bench_command_prints_and_writes_its_table(finished_run, tmp_path, capsy
 
 
 def test_bench_refuses_bad_input_before_writing(finished_run, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", str(finished_run), "--level", "5", "--out", str(out)]) == 2
+    assert "not finished" in capsys.readouterr().err
+    assert main(["bench", str(finished_run), "--forms", "dense,coo", "--out", str(out)]) == 2
+    assert "unknown form" in capsys.readouterr().err
+    assert main(["bench", str(finished_run), "--threads", "0", "--out", str(out)]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_writes_into_the_runs_bench_folder_by_default(finished_run, capsys):
     from swamp.store import RunStore
 
-    assert main(["bench", str(finished_run), "--level", "5"]) == 2
-    assert "not finished" in capsys.readouterr().err
-    assert main(["bench", str(finished_run), "--forms", "dense,coo"]) == 2
-    assert "unknown form" in capsys.readouterr().err
-    assert not RunStore(finished_run).bench_dir.exists()
+    assert main(["bench", str(finished_run), "--level", "0", "--forms", "dense,bsr",
+                 "--batch", "4", "--rounds", "1", "--repeats", "1", "--warmup", "0"]) == 0
+    folder = RunStore(finished_run).bench_dir
+    rows = json.loads((folder / "bench.json").read_text())["rows"]
+    assert {(r["level"], r["form"]) for r in rows} == {(0, "dense"), (0, "bsr")}
+    assert str(folder / "bench.md") in capsys.readouterr().out

@@ -7,12 +7,14 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    exp = sub.add_parser("export", help="write a level's solution as a compact sparse file",
+    exp = sub.add_parser("export", help="write a level's solution as a compact sparse file "
+                                        "or in a standard format",
                          description="Write the solution of one level of a finished run as "
                                      "a sparse safetensors file (kept values plus a bitmap "
-                                     "or indices per pruned tensor) and print its per-layer "
-                                     "density and size. Load it with "
-                                     "swamp.load_exported(PATH).")
+                                     "or indices per pruned tensor; load it with "
+                                     "swamp.load_exported(PATH)), or with --format as a "
+                                     "plain state dict, in torch.nn.utils.prune's layout, or "
+                                     "as ONNX; print its per-layer density and size.")
     exp.add_argument("run", metavar="RUN", help="run directory (or Lottery Pools output)")
     which = exp.add_mutually_exclusive_group()
     which.add_argument("--level", type=int, help="level to export (default: the last one)")
