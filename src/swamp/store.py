@@ -12,7 +12,10 @@
                                  metrics, engine), with a digest of itself; checked by every
                                  command that reads the run
         posthoc.json             only in post-hoc output (Lottery Pools, ensembles): its method
-        exports/level_<n>.safetensors   `swamp export` output (default place)
+        exports/level_<n>.safetensors   `swamp export` output (default place; other formats:
+                                 level_<n>-dense.safetensors, level_<n>-torch-prune.safetensors,
+                                 level_<n>.onnx)
+        bench/                   `swamp bench` output (default place): bench.json, .md, .png
         connectivity/            `swamp connectivity` output (default place)
         level_<n>/
             mask.safetensors     bool mask per prunable tensor used to train this level
@@ -298,8 +301,15 @@ class RunStore:
         """Where Lottery Pools over this run go by default: a sibling directory."""
         return self.root.with_name(self.root.name + "-pools")
 
-    def export_path(self, level: int) -> Path:
-        return self.root / "exports" / f"level_{level}.safetensors"
+    def export_path(self, level: int, format: str = "swamp") -> Path:
+        """Where `swamp export --format FORMAT` writes a level by default."""
+        names = {"swamp": f"level_{level}.safetensors", "onnx": f"level_{level}.onnx"}
+        return self.root / "exports" / names.get(format, f"level_{level}-{format}.safetensors")
+
+    @property
+    def bench_dir(self) -> Path:
+        """`swamp bench` output (default place): bench.json, bench.md, bench.png."""
+        return self.root / "bench"
 
     def level_dir(self, level: int) -> Path:
         return self.root / f"level_{level}"
