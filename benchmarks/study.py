@@ -8,7 +8,8 @@ For each model (the default CNN `conv1d` and an `mlp`) it runs one `swamp compar
 
 with 3 seeds, and writes the report (summary.csv, accuracy_vs_sparsity.png, report.md) to
 `benchmarks/results/study/<model>/`, then `benchmarks/results/study/README.md` with the
-commands, the wall time and SWAMP vs IMP at every density for both models.
+commands, the wall time and the paired difference of SWAMP (and of the ensemble and Lottery
+Pools) from IMP at every density for both models.
 
 Settings (chosen for 2 shared CPU cores; nothing was selected on the test split):
 MNIST-1D with its default size (10000: 7200 train / 800 validation / 2000 test), 10 epochs
@@ -90,32 +91,60 @@ def pct(x: str) -> str:
     return f"{100 * float(x):.2f}"
 
 
+def read_paired(path: Path) -> dict[tuple[str, str, float], dict[str, str]]:
+    """(metric, method, rounded density) -> the row of compare's paired.csv (vs imp)."""
+    with open(path) as fh:
+        return {(r["metric"], r["method"], round(float(r["density"]), 4)): r
+                for r in csv.DictReader(fh)}
+
+
+def paired_cell(r: dict[str, str] | None) -> str:
+    if r is None:
+        return "–"
+    mean, lo, hi = (100 * float(r[k]) for k in ("mean_diff", "ci_low", "ci_high"))
+    word = r["verdict"] if r["verdict"] in ("better", "worse") else "no clear diff."
+    return f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}] {word}"
+
+
 def model_section(model: str) -> list[str]:
     rows = read_summary(RESULTS / model / "summary.csv")
+    paired = read_paired(RESULTS / model / "paired.csv")
     levels = sorted({lv for (m, lv) in rows if m == "imp"})
     head = ["imp", "swamp", "imp-ensemble", "lottery-pools", "sms", "colt", "random"]
+    compared = ["swamp", "imp-ensemble", "lottery-pools"]
     lines = [f"### {model}", "",
              f"Full report: [{model}/report.md]({model}/report.md) "
-             f"(plot: [{model}/accuracy_vs_sparsity.png]({model}/accuracy_vs_sparsity.png)).",
+             f"(plot: [{model}/accuracy_vs_sparsity.png]({model}/accuracy_vs_sparsity.png); "
+             f"every paired difference: [{model}/paired.csv]({model}/paired.csv)).",
              "", "Test accuracy (%), mean ± std over 3 seeds:", "",
-             "| sparsity | " + " | ".join(head) + " | swamp − imp |",
-             "|---:|" + "---:|" * (len(head) + 1)]
-    behind = []
+             "| sparsity | " + " | ".join(head) + " |", "|---:|" + "---:|" * len(head)]
     for lv in levels:
-        imp = rows[("imp", lv)]
         cells = []
         for m in head:
             r = rows.get((m, lv))
             cells.append(f"{pct(r['test_acc_mean'])} ± {pct(r['test_acc_std'])}" if r else "–")
-        diff = 100 * (float(rows[("swamp", lv)]["test_acc_mean"]) - float(imp["test_acc_mean"]))
-        sparsity = f"{100 * (1 - round(float(imp['density']), 4)):.1f}%"
-        if diff <= 0:
-            behind.append(sparsity)
-        lines.append(f"| {sparsity} | " + " | ".join(cells) + f" | {diff:+.2f} |")
-    lines += ["", ("SWAMP's mean test accuracy is above IMP's at every density."
-                   if not behind else
-                   f"SWAMP does **not** beat IMP (mean test accuracy) at sparsity "
-                   f"{', '.join(behind)}."), ""]
+        sparsity = f"{100 * (1 - round(float(rows[('imp', lv)]['density']), 4)):.1f}%"
+        lines.append(f"| {sparsity} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired difference from imp in test accuracy (points): runs of one seed share "
+              "initialisation and data split; mean over the 3 seeds [95% t-interval]; "
+              "*better*/*worse* only where the interval leaves out 0:", "",
+              "| sparsity | " + " | ".join(f"{m} − imp" for m in compared) + " |",
+              "|---:|" + "---:|" * len(compared)]
+    verdicts: dict[str, list[str]] = {m: [] for m in compared}
+    for lv in levels:
+        density = round(float(rows[("imp", lv)]["density"]), 4)
+        found = [paired.get(("test_acc", m, density)) for m in compared]
+        for m, r in zip(compared, found):
+            if r is not None:
+                verdicts[m].append(r["verdict"])
+        lines.append(f"| {100 * (1 - density):.1f}% | " + " | ".join(map(paired_cell, found))
+                     + " |")
+    said = []
+    for m, vs in verdicts.items():
+        counts = {v: vs.count(v) for v in ("better", "worse", "no clear difference") if v in vs}
+        said.append(f"{m} vs imp: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                    + f" (of {len(vs)} densities)")
+    lines += ["", "; ".join(said) + ".", ""]
     return lines
 
 
