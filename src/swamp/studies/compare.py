@@ -65,6 +65,33 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
     return s
 
 
+def check_study(methods: Sequence[str], seeds: Sequence[int], base: Settings) -> None:
+    """Refuse a study that cannot run, in one line, before anything is written."""
+    check_methods(methods)
+    if not seeds:
+        raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise SwampError("a seed is listed twice in `seeds`; list each once")
+    for p in (POSTHOC[m] for m in methods if m in POSTHOC):
+        if len(seeds) < p.min_seeds:
+            raise SwampError(f"{p.name} {p.seeds_hint}")
+        if p.needs_validation and base.data.val_fraction == 0:
+            raise SwampError(f"{p.name} selects on the validation split and `val_fraction` 0 "
+                             f"leaves none; use `val_fraction` > 0 or leave {p.name} out")
+
+
+def planned_runs(methods: Sequence[str], seeds: Sequence[int], base: Settings
+                 ) -> dict[tuple[str, int], Settings]:
+    """(method, seed) -> the settings of every run a compare trains (the pseudo-methods'
+    source runs included), in the order it trains them."""
+    trained = [m for m in methods if m in METHODS]
+    for p in methods:
+        source = POSTHOC[p].source if p in POSTHOC else None
+        if source is not None and source not in trained:
+            trained.append(source)        # the pseudo-methods are made from its runs
+    return {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
+
+
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
@@ -81,26 +108,12 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     events = events or Events()
     info = events.info
 
-    check_methods(methods)
-    if not seeds:
-        raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
-    if len(set(seeds)) != len(seeds):
-        raise SwampError("a seed is listed twice in `seeds`; list each once")
+    check_study(methods, seeds, base)
     posthoc = [POSTHOC[m] for m in methods if m in POSTHOC]
-    for p in posthoc:
-        if len(seeds) < p.min_seeds:
-            raise SwampError(f"{p.name} {p.seeds_hint}")
-        if p.needs_validation and base.data.val_fraction == 0:
-            raise SwampError(f"{p.name} selects on the validation split and `val_fraction` 0 "
-                             f"leaves none; use `val_fraction` > 0 or leave {p.name} out")
     out = check_out_dir(out)
     runs_root = (check_out_dir(runs_dir, "`runs_dir`") if runs_dir is not None
                  else check_out_dir(out / "runs"))
-    trained = [m for m in methods if m in METHODS]
-    for p in posthoc:
-        if p.source not in trained:
-            trained.append(p.source)      # the pseudo-methods are made from its runs
-    settings = {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
+    settings = planned_runs(methods, seeds, base)
     run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
 
     # One compare per report directory (each run is locked on its own as well).
