@@ -24,6 +24,7 @@ from swamp.errors import SwampError
 
 # Settings that a run command never passes: the run directory is given exactly instead.
 _NOT_PASSED = {"out"}
+_ALWAYS = {"method", "seed"}    # shown even at their defaults: each command names its run
 
 
 def settings_flags(settings: Settings) -> list[str]:
@@ -33,7 +34,7 @@ def settings_flags(settings: Settings) -> list[str]:
     defaults = {name: value for _, name, value in Settings().items()}
     argv: list[str] = []
     for _, name, value in settings.items():
-        if name in _NOT_PASSED or value == defaults[name]:
+        if name in _NOT_PASSED or (value == defaults[name] and name not in _ALWAYS):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -71,7 +72,7 @@ def run_commands(runs: dict[tuple[str, int], Settings], runs_root: str | Path
     for (method, seed), s in runs.items():
         run_dir = root / s.run_name()
         out.append(RunCommand(method, seed, run_dir,
-                              ["run", *settings_flags(s), "--run-dir", str(run_dir), "--quiet"]))
+                              ["run", *settings_flags(s), "--run-dir", str(run_dir)]))
     return out
 
 
@@ -158,11 +159,22 @@ def submit(commands: Sequence[RunCommand], settings: LauncherSettings, *,
         try:
             job.result()
         except Exception as exc:   # submitit raises its own failure types
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-            failed.append(f"{command.method} seed {command.seed} (job {job.job_id}: {first}; "
-                          f"log {job.paths.stderr})")
+            failed.append(f"{command.method} seed {command.seed} (job {job.job_id}: "
+                          f"{_reason(job, exc)}; log {job.paths.stderr})")
     if failed:
         raise SwampError(f"{len(failed)} of {len(jobs)} job(s) failed: {failed[0]}; re-run "
                          f"the same command to resubmit (finished runs are reused)")
     info(f"{len(jobs)} job(s) finished")
     return jobs
+
+
+def _reason(job: Any, exc: Exception) -> str:
+    """The job's own one-line error (`swamp: error: ...` in its log), else submitit's."""
+    try:
+        lines = Path(job.paths.stderr).read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    ours = [line for line in lines if line.startswith("swamp: error: ")]
+    if ours:
+        return ours[-1][len("swamp: error: "):]
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
