@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 from swamp.methods import get_method
 
 
@@ -39,7 +39,9 @@ class DataSettings:
 
 @dataclass
 class ModelSettings:
-    model: str = _setting("conv1d", "model name (see `swamp list`)")
+    model: str | None = _setting(None, "model name (see `swamp list`; default: the dataset's: "
+                                 "conv1d for mnist1d, mlp for digits and MNIST, resnet20 for "
+                                 "CIFAR)")
 
 
 @dataclass
@@ -165,15 +167,18 @@ class Settings:
                 for sub, v in value.items():
                     sub = sub.replace("-", "_")
                     if owners.get(sub) != key:
-                        raise SwampError(f"{source}: unknown setting {key + '.' + sub!r}; "
-                                         f"see `swamp run --help` for the settings")
+                        known = [n for n, sec in owners.items() if sec == key]
+                        raise SwampError(f"{source}: unknown setting {key + '.' + sub!r};"
+                                         f"{did_you_mean(sub, known, key + '.')} see "
+                                         f"`swamp run --help` for the settings")
                     setattr(section, sub, _coerce(sub, v, section, source))
             elif key in owners:
                 section = getattr(self, owners[key])
                 setattr(section, key, _coerce(key, value, section, source))
             else:
-                raise SwampError(f"{source}: unknown setting {key!r}; "
-                                 f"see `swamp run --help` for the settings")
+                raise SwampError(f"{source}: unknown setting {key!r};"
+                                 f"{did_you_mean(key, [*owners, *SECTIONS])} see "
+                                 f"`swamp run --help` for the settings")
 
     # ---- views --------------------------------------------------------------------------
     def items(self) -> Iterator[tuple[str, str, Any]]:
@@ -191,6 +196,10 @@ class Settings:
         out = dataclasses.replace(
             self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
         method = get_method(out.method.method)
+        if out.model.model is None:   # the dataset's default model (issue 14)
+            from swamp.data import default_model
+
+            out.model.model = default_model(out.data.dataset)
         if out.method.particles is None:
             out.method.particles = method.particles
         if out.method.swa is None:
@@ -206,6 +215,9 @@ class Settings:
         """Stable hash of the settings that differ from the defaults (OpenLTH-style), and of
         the fingerprints of a model or data passed through the Python API (`inputs`)."""
         defaults = {(s, n): v for s, n, v in Settings().items()}
+        # The model default became the dataset's; the default dataset's model (conv1d) stays
+        # out of the hash as it did, so run names made before are found again.
+        defaults[("model", "model")] = Settings().resolved().model.model
         changed: dict[str, Any] = {f"{s}.{n}": v for s, n, v in self.resolved().items()
                                    if n not in UNHASHED and v != defaults[(s, n)]}
         if inputs:

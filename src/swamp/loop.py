@@ -414,15 +414,21 @@ class LevelLoop:
 
 def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         data: DataBundle | None = None, run_dir: str | Path | None = None,
-        events: Events | None = None, objective: Objective | None = None) -> RunResult:
+        events: Events | None = None, objective: Objective | None = None,
+        progress: bool | None = None) -> RunResult:
     """Run (or resume) a pruning study. `model` and `data` replace the built-in ones;
     `objective` replaces classification cross-entropy.
+
+    `progress=True` prints plain progress lines to stderr (swamp.progress.TextProgress: a
+    line per trained particle, a table row per level); the default (None) does so when
+    stderr is a terminal, and stays silent in notebooks, pipes and tests; False never
+    prints. Any other display subscribes to `events`.
 
     Under torchrun, ranks above 0 serve rank 0's levels (they never build a level loop or
     open the run directory) and return rank 0's level rows when it is done.
     """
     settings = settings or Settings()
-    if model is not None and settings.model.model == "conv1d":
+    if model is not None and settings.model.model in (None, "conv1d"):
         settings = copy.deepcopy(settings)
         settings.model.model = "custom"
     if data is not None and settings.data.dataset == "mnist1d":
@@ -430,6 +436,20 @@ def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         settings.data.dataset = data.name
     if world.launched() and world.env_rank() > 0:
         return serve(settings, model=model, data=data, objective=objective)
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    if progress:
+        from swamp.progress import TextProgress
+
+        events = events or Events()
+        unsubscribe = events.subscribe(TextProgress())
+        try:
+            return LevelLoop(settings, model=model, data=data, run_dir=run_dir,
+                             events=events, objective=objective).run()
+        finally:
+            unsubscribe()   # the caller's bus is left as it was given
     return LevelLoop(settings, model=model, data=data, run_dir=run_dir, events=events,
                      objective=objective).run()
 

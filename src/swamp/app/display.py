@@ -7,7 +7,6 @@ logs stay short.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -19,13 +18,7 @@ from swamp.events import (Event, Info, LevelFinished, LevelStarted, ParticleProg
                           RunFinished, RunStarted)
 from swamp.store import RunStore
 
-ROW_FORMAT = "{:>5}  {:>8}  {:>9}  {:>9}  {:>13}  {:>9}  {:>8}"
-HEADER = ROW_FORMAT.format("level", "density", "sparsity", "solution", "particle mean",
-                           "ensemble", "time")
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+from swamp.progress import HEADER, ROW_FORMAT, level_row, pct  # noqa: F401 (one row format)
 
 
 def make_console() -> Console:
@@ -126,10 +119,7 @@ class RunDisplay:
         if not self._header_shown:
             self.console.print(HEADER, style="bold")
             self._header_shown = True
-        self.console.print(ROW_FORMAT.format(
-            row["level"], pct(row["density"]), pct(row["sparsity"]), pct(row["test_acc"]),
-            pct(row["particle_acc_mean"]), pct(row["ensemble_acc"]),
-            f"{row['train_seconds']:.1f}s"))
+        self.console.print(level_row(row))
 
     def close(self) -> None:
         if self._progress is not None:

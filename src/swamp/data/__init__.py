@@ -12,9 +12,9 @@ from typing import Callable
 from swamp.data.augment import CropFlip
 from swamp.data.bundle import Augment, DataBundle, Split, from_tensors, split_validation
 from swamp.data import sources
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 
-__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "Split",
+__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "Split", "default_model",
            "from_tensors", "list_datasets", "load_dataset", "split_validation"]
 
 
@@ -24,13 +24,15 @@ class DatasetInfo:
     description: str
     loader: Callable[[str | None, int | None, bool], sources.Raw]
     needs_files: bool = False  # read from data_dir / SWAMP_DATA_DIR
+    default_model: str = "mlp"  # the model a run uses when none is given (issue 14)
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("mnist1d", "MNIST-1D, generated offline (size=10000: 8000 train/2000 test), "
-                "shape (1, 40), 10 classes [default]", sources.load_mnist1d),
+                "shape (1, 40), 10 classes [default]", sources.load_mnist1d,
+                default_model="conv1d"),
     DatasetInfo("synthetic", "Gaussian class clusters for tests (size=512, 80/20), shape (1, 32), "
-                "10 classes", sources.load_synthetic),
+                "10 classes", sources.load_synthetic, default_model="conv1d"),
     DatasetInfo("synthetic-image", "smooth symmetric image clusters for tests (size=512, 80/20), "
                 "shape (3, 8, 8), 10 classes, crop(1)+flip", sources.load_synthetic_image),
     DatasetInfo("digits", "scikit-learn 8x8 digits (1437 train/360 test), shape (1, 8, 8), "
@@ -40,9 +42,10 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("fashion-mnist", "Fashion-MNIST from IDX files, shape (1, 28, 28), 10 classes",
                 sources.load_fashion_mnist, True),
     DatasetInfo("cifar10", "CIFAR-10 python batches, shape (3, 32, 32), 10 classes, crop(4)+flip",
-                sources.load_cifar10, True),
+                sources.load_cifar10, True, default_model="resnet20"),
     DatasetInfo("cifar100", "CIFAR-100 python batches (fine labels), shape (3, 32, 32), "
-                "100 classes, crop(4)+flip", sources.load_cifar100, True),
+                "100 classes, crop(4)+flip", sources.load_cifar100, True,
+                default_model="resnet20"),
 ]}
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
@@ -52,6 +55,14 @@ _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
 
 def list_datasets() -> list[str]:
     return list(DATASETS)
+
+
+def default_model(dataset: str) -> str:
+    """The model a run of `dataset` uses unless one is given: conv1d for 1-D signals, an MLP
+    for small images, ResNet-20 for CIFAR; data of the Python API (not registered): conv1d,
+    as before datasets had defaults."""
+    info = DATASETS.get(_ALIASES.get(dataset.lower(), dataset.lower()))
+    return info.default_model if info is not None else "conv1d"
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
@@ -66,7 +77,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     key = _ALIASES.get(name.lower(), name.lower())
     info = DATASETS.get(key)
     if info is None:
-        raise SwampError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} "
+        raise SwampError(f"unknown dataset {name!r};{did_you_mean(name, DATASETS)} known: "
+                         f"{', '.join(DATASETS)} "
                          "(see `swamp list`)")
     if not 0.0 <= float(val_fraction) < 1.0:  # fail before any slow loading
         raise SwampError(f"val_fraction must be in [0, 1), got {val_fraction}; "

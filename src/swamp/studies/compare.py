@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from swamp.config import MethodSettings, Settings
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 from swamp.events import Events
 from swamp.methods import METHODS, get_method
 from swamp.posthoc.methods import POSTHOC
@@ -40,7 +40,8 @@ def parse_list(text: str, what: str) -> list[str]:
 def check_methods(methods: Sequence[str]) -> None:
     for m in methods:
         if m not in METHODS and m not in POSTHOC:
-            raise SwampError(f"unknown method '{m}'; known: "
+            raise SwampError(f"unknown method '{m}';{did_you_mean(m, [*METHODS, *POSTHOC])} "
+                             f"known: "
                              f"{', '.join([*METHODS, *POSTHOC])}")
     if len(set(methods)) != len(methods):
         raise SwampError("a method is listed twice in `methods`; list each once")
