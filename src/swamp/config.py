@@ -116,7 +116,10 @@ class RunSettings:
     processes: int = _setting(0, "processes on this machine that train particles "
                               "(0: --engine auto decides; K > 1: start K ranks, as "
                               "--engine distributed); for several machines use torchrun")
-    threads: int = _setting(0, "torch threads per process (0: match the free cores)")
+    threads: int = _setting(0, "torch threads per process (0: the cores this process may "
+                            "use, divided among this machine's processes, at most torch's "
+                            "current count or OMP_NUM_THREADS; fixed, not following the "
+                            "load; on a busy machine try 1)")
     save_particles: bool = _setting(True, "save every particle's weights in the level folder")
     checkpoint_every: int = _setting(1000, "iterations between checkpoints of a particle in "
                                      "training (0: only on SIGINT/SIGTERM and when it "

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from swamp import __version__
-from swamp.app import export, posthoc, run, studies
+from swamp.app import completion, export, posthoc, run, show, studies
 from swamp.app.flags import render_error
 from swamp.methods import METHODS
 from swamp.errors import SwampError, did_you_mean
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     studies.add_parsers(sub)
     posthoc.add_parsers(sub)
+    show.add_parser(sub)          # issue 14: swamp show RUN
+    completion.add_parser(sub)    # issue 14: swamp completion bash|zsh
     return parser
 
 
