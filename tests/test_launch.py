@@ -2,6 +2,7 @@
 
 import builtins
 import shlex
+import shutil
 
 import pytest
 
@@ -150,3 +151,73 @@ def test_bad_launcher_settings_are_one_line(tmp_path, capsys, flags, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+# ---- torchrun's elastic restarts (docs/distributed.md) ----------------------------------
+RESTART_WRAPPER = '''
+import os, sys
+from swamp.app.cli import main
+
+attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+if os.environ["RANK"] == "1" and attempt == "0":
+    import swamp.engines.sequential as sequential
+
+    original = sequential.train_group
+
+    def dying(replicas, task, *args, **kwargs):
+        if task.level == 1:
+            os._exit(17)             # a rank lost in level 1 (killed, out of memory)
+        return original(replicas, task, *args, **kwargs)
+
+    sequential.train_group = dying
+if os.environ["RANK"] == "0":
+    from swamp.loop import LevelLoop
+
+    run_level = LevelLoop.run_level
+
+    def recording(self, level, start, mask):
+        with open(os.environ["LEVELS_LOG"], "a") as log:
+            log.write(f"{attempt} {level}\\n")
+        return run_level(self, level, start, mask)
+
+    LevelLoop.run_level = recording
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs a POSIX shell")
+def test_torchrun_max_restarts_resumes_the_run_from_its_directory(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from swamp.loop import RunResult
+
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    flags = ["run", *TINY, "--levels", "2", "--lr", "0.05", "--threads", "1"]
+    reference = tmp_path / "sequential"
+    assert main([*flags, "--engine", "sequential", "--run-dir", str(reference),
+                 "--quiet"]) == 0
+    script = tmp_path / "wrapper.py"
+    script.write_text(RESTART_WRAPPER)
+    log = tmp_path / "levels.log"
+    env = {**os.environ, "LEVELS_LOG": str(log), "OMP_NUM_THREADS": "1",
+           "SWAMP_DIST_TIMEOUT": "60"}
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "--max-restarts=1", "--monitor-interval=0.2", str(script), *flags,
+         "--engine", "distributed", "--run-dir", str(run_dir), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # attempt 0 finished level 0 and lost a rank in level 1; attempt 1 resumed at level 1
+    assert log.read_text().split("\n")[:-1] == ["0 0", "0 1", "1 1", "1 2"]
+    a, b = RunResult(reference, None), RunResult(run_dir, None)
+    for level in range(3):
+        assert a.mask(level) == b.mask(level)
+        sa, sb = a.solution(level), b.solution(level)
+        for k in sa:
+            assert torch.allclose(sa[k], sb[k], atol=1e-6), k
