@@ -246,3 +246,50 @@ def test_text_progress_reports_a_long_level_on_the_way():
     progress(ParticleProgress(3, 0, 110))
     assert stream.getvalue().splitlines()[0] == "  level 3 · particle 1/2: 50/100 iterations (50%)"
     assert "level 3 · particle 1/2 trained" in stream.getvalue().splitlines()[1]
+
+
+# ---- --steps: a budget in iterations ----------------------------------------------------
+def test_steps_replace_epochs_as_the_training_length(tiny):
+    from swamp.events import LevelStarted
+    from swamp.train.schedule import Schedule
+
+    s = tiny(steps=7, epochs=2).resolved()          # 320 * 0.9 // 64 = 4 iterations/epoch
+    schedule = Schedule.build(s.train, 288, True)
+    assert schedule.total == 7 and schedule.steps_per_epoch == 4
+    # SWA from 75% of the budget, averaged at epoch ends and at the last iteration
+    assert schedule.swa_start == 5
+    assert [t for t in range(7) if schedule.averages_after(t)] == [6]
+    events = Events()
+    seen = []
+    events.subscribe(seen.append)
+    from swamp.loop import LevelLoop
+
+    loop = LevelLoop(tiny(steps=7, levels=1, particles=2), events=events)
+    result = loop.run()
+    assert loop.schedule.total == 7
+    assert {e.last_iteration for e in seen if isinstance(e, LevelStarted)} == {7}
+    details = json.loads((result.run_dir / "level_0" / "metrics.json").read_text())
+    averaged = sum(loop.schedule.averages_after(t) for t in range(7))
+    assert details["swa_snapshots"] == [averaged, averaged] and averaged >= 1
+    # a different budget is a different run
+    assert tiny(steps=7).run_hash() != tiny(steps=8).run_hash() != tiny().run_hash()
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"steps": 0}, "`steps` must be at least 1"),
+    ({"steps": 3, "rewind_iters": 3}, "the rewind point (3 iterations) is not before"),
+])
+def test_bad_steps_are_one_line(tiny, values, message):
+    from swamp.loop import LevelLoop
+
+    with pytest.raises(SwampError) as err:
+        LevelLoop(tiny(**values))
+    assert message in str(err.value)
+
+
+def test_steps_flag_and_short_budget_with_rewind_in_iterations(tmp_path):
+    out = tmp_path / "runs"
+    assert main(["run", *TINY, "--steps", "5", "--rewind-iters", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    (run,) = out.iterdir()
+    assert json.loads((run / "settings.json").read_text())["train"]["steps"] == 5

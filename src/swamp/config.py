@@ -72,6 +72,10 @@ class TrainSettings:
     rewind_optimizer: bool = _setting(False, "also restore the optimiser state (momentum) "
                                       "saved at the rewind point; by default every particle "
                                       "starts with zero momentum, as in OpenLTH")
+    # issue 14: a training budget in iterations beside whole epochs
+    steps: int | None = _setting(None, "training iterations per level (from initialisation, "
+                                 "including the rewind segment); when given it replaces "
+                                 "--epochs (default: --epochs x iterations per epoch)")
 
 
 @dataclass
@@ -334,7 +338,8 @@ def validate(s: Settings) -> None:
         (s.run.checkpoint_every < 0,
          f"`checkpoint_every` must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
-        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
+        (t.steps is not None and t.steps < 1, f"`steps` must be at least 1 (got {t.steps})"),
+        (t.steps is None and t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
@@ -370,6 +375,7 @@ LIMITS = {"data_size": (10**8, "generated datasets are held in memory"),
           "batch_size": (10**7, "a batch is held in memory at once"),
           "particles": (1024, "each particle is a copy of the model trained in full"),
           "epochs": (10**6, "every level trains this many epochs"),
+          "steps": (10**10, "every level trains this many iterations"),
           "threads": (4096, "more threads than any machine has cores"),
           "processes": (4096, "one process per core or GPU at most")}
 

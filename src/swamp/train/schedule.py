@@ -28,7 +28,7 @@ class Schedule:
     @classmethod
     def build(cls, t: TrainSettings, n_train: int, swa: bool) -> "Schedule":
         spe = max(1, n_train // t.batch_size)
-        total = t.epochs * spe
+        total = t.steps if t.steps is not None else t.epochs * spe   # `steps`: a budget
         rewind = t.rewind_iters or int(round(t.rewind_epochs * spe))
         if rewind >= total:
             raise SwampError(f"the rewind point ({rewind} iterations) is not before the end of "
