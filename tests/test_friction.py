@@ -47,7 +47,7 @@ def test_digits_runs_with_default_settings_but_size(tmp_path):
     assert main(["run", "--dataset", "digits", "--epochs", "2", "--levels", "0",
                  "--particles", "1", "--method", "imp", "--device", "cpu", "--out", str(out),
                  "--quiet"]) == 0
-    (run,) = out.iterdir()
+    (run,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     saved = json.loads((run / "settings.json").read_text())
     assert saved["model"]["model"] == "mlp"
 
@@ -123,7 +123,7 @@ def test_threads_help_says_what_the_count_follows():
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("show") / "runs"
     assert main(["run", *TINY, "--lr", "0.05", "--out", str(out), "--quiet"]) == 0
-    (run,) = out.iterdir()
+    (run,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     return run
 
 
@@ -291,5 +291,5 @@ def test_steps_flag_and_short_budget_with_rewind_in_iterations(tmp_path):
     out = tmp_path / "runs"
     assert main(["run", *TINY, "--steps", "5", "--rewind-iters", "1", "--out", str(out),
                  "--quiet"]) == 0
-    (run,) = out.iterdir()
+    (run,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert json.loads((run / "settings.json").read_text())["train"]["steps"] == 5

@@ -95,7 +95,7 @@ def test_submitit_local_executor_runs_the_study(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "submitted 1 job(s) through submitit (local)" in printed
-    (run,) = (out / "runs").iterdir()
+    (run,) = [p for p in (out / "runs").iterdir() if not p.name.startswith(".")]
     assert (run / "level_1" / "metrics.json").is_file()   # trained by the job
     assert (out / "report.md").is_file()
     assert list((out / "submitit").glob("*_log.out"))       # submitit's job logs

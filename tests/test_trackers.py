@@ -113,5 +113,5 @@ def test_tracker_follows_each_run_of_a_compare(tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "--methods", "imp,swamp", "--seeds", "0", *TINY,
                  "--out", str(out), "--log", "tensorboard"]) == 0
-    runs = sorted(p.name for p in (out / "runs").iterdir())
+    runs = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith("."))
     assert sorted(p.name for p in (out / "tensorboard").iterdir()) == runs

@@ -128,6 +128,11 @@ class RunSettings:
     checkpoint_every: int = _setting(1000, "iterations between checkpoints of a particle in "
                                      "training (0: only on SIGINT/SIGTERM and when it "
                                      "finishes); a killed run resumes from the last one")
+    # issue 14: dense work done once (swamp/dense_cache.py)
+    share_dense: bool = _setting(True, "reuse the initial weights, rewind point and level 0 "
+                                 "of an earlier run in the same folder whose settings they "
+                                 "depend on are equal (checked by checksums; --no-share-dense "
+                                 "trains them anew)")
 
 
 SECTIONS: dict[str, type] = {
@@ -142,6 +147,7 @@ SECTIONS: dict[str, type] = {
 # Settings that do not change what a run computes; they stay out of the run hash.
 UNHASHED = {"data_dir", "device", "out", "engine", "processes", "threads", "save_particles",
             "checkpoint_every"}
+UNHASHED |= {"share_dense"}   # issue 14: whether dense work is shared changes no result
 
 
 @dataclass

@@ -32,8 +32,9 @@ from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
 from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
-from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
-                         save_state)
+from swamp.dense_cache import DenseCache, level0_depends, start_depends
+from swamp.store import (RunStore, atomic_write_bytes, is_temporary, load_state, read_json,
+                         remove_temporary, safetensors_bytes, save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
 from swamp.train import stop as stops
 from swamp.train.checkpoint import CheckpointFile
@@ -134,6 +135,11 @@ class LevelLoop:
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
+        # Dense work shared with earlier runs beside this one (dense_cache.py); not with a
+        # given objective or context, which the settings do not describe.
+        self.cache = (DenseCache(self.store.root.parent / ".dense", self.events.info)
+                      if s.run.share_dense and objective is None and context is None
+                      else None)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -146,6 +152,58 @@ class LevelLoop:
             self.engine = make_engine(s.run.engine, self.ctx, s, info=self.events.info,
                                       recorded=recorded, particles=particles)
         return self.engine
+
+    # ---- dense work shared with earlier runs (issue 14) ---------------------------------
+    def _start_files(self) -> list[Path]:
+        files = [self.store.init_path, self.store.rewind_path]
+        if self.settings.train.rewind_optimizer:
+            files.append(self.store.rewind_optimizer_path)
+        return files
+
+    def _depends(self, kind: str) -> dict[str, Any]:
+        make = start_depends if kind == "start" else level0_depends
+        return make(self.settings.to_dict(), UNHASHED, self.inputs)
+
+    def _reuse_start(self) -> None:
+        """Copy the initial weights and rewind point of an identical earlier run, if any."""
+        files = self._start_files()
+        if self.cache is None or any(p.is_file() for p in files):
+            return
+        hit = self.cache.load("start", self._depends("start"))
+        if hit is None or not all((hit[0] / p.name).is_file() for p in files):
+            return
+        for path in files:
+            atomic_write_bytes(path, (hit[0] / path.name).read_bytes())
+        self.store.record_checksums(*files)
+        self.events.info(f"reusing the initial weights and rewind point of an identical "
+                         f"earlier run ({hit[0]})")
+
+    def _keep_start(self) -> None:
+        if self.cache is not None and all(p.is_file() for p in self._start_files()):
+            self.cache.save("start", self._depends("start"),
+                            {p.name: p for p in self._start_files()})
+
+    def _reuse_level0(self, task: LevelTask) -> list[ParticleResult] | None:
+        if self.cache is None or task.level != 0:
+            return None
+        hit = self.cache.load("level0", self._depends("level0"))
+        if hit is None or len(hit[1].get("particles", [])) != len(task.jobs):
+            return None
+        folder, extra = hit
+        self.events.info(f"level 0: reusing the particles of an identical earlier run "
+                         f"({folder}); settings after level 0 may differ")
+        return [ParticleResult(load_state(folder / f"particle_{i}.safetensors", self.device),
+                               int(p["averaged"]), float(p["train_loss"]))
+                for i, p in enumerate(hit[1]["particles"])]
+
+    def _keep_level0(self, task: LevelTask, results: list[ParticleResult]) -> None:
+        if self.cache is None or task.level != 0:
+            return
+        self.cache.save("level0", self._depends("level0"),
+                        {f"particle_{i}.safetensors": safetensors_bytes(r.state)
+                         for i, r in enumerate(results)},
+                        {"particles": [{"averaged": r.averaged, "train_loss": r.train_loss}
+                                       for r in results]})
 
     # ---- artefacts before level 0 -------------------------------------------------------
     def _init_state(self) -> StateDict:
@@ -236,9 +294,14 @@ class LevelLoop:
         """The level's particles, in job order. Each group of particles trained together is
         checkpointed into the level's folder as it trains and when it finishes, so a stop
         loses at most `checkpoint_every` iterations and no finished particle."""
-        return self._engine().train_particles(
+        reused = self._reuse_level0(task)
+        if reused is not None:
+            return reused
+        results = self._engine().train_particles(
             task, self.ctx,
             lambda index, it: self.events.emit(ParticleProgress(task.level, index, it)))
+        self._keep_level0(task, results)
+        return results
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
@@ -372,6 +435,8 @@ class LevelLoop:
             # last: marks a run directory
             self.store.write_record(self.store.settings_path, s.to_dict())
         self.store.verify_checksums()   # a damaged file is found now, not levels later
+        self._reuse_start()
+        made_start = not all(p.is_file() for p in self._start_files())
         init = self._init_state()
         finished = self.store.finished_levels()
         if len(finished) <= self.plan.levels:   # work left: the weights must fit the model
@@ -379,6 +444,8 @@ class LevelLoop:
             # before the rewind segment: processes `auto` starts get ready meanwhile
             self._engine(len(finished))
         rewind = self._rewind_state(init)
+        if made_start:          # (a finished run is only read: nothing is published)
+            self._keep_start()
         rows = self.store.level_metrics()
         if finished:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop
