@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     posthoc.add_parsers(sub)
     show.add_parser(sub)          # issue 14: swamp show RUN
     completion.add_parser(sub)    # issue 14: swamp completion bash|zsh
+    parser.set_defaults(root_parser=parser)   # the completion script is made from it
     return parser
 
 

@@ -108,7 +108,5 @@ def script(shell: str, parser: argparse.ArgumentParser) -> str:
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
-    from swamp.app.cli import build_parser
-
-    print(script(args.shell, build_parser()), end="")
+    print(script(args.shell, args.root_parser), end="")   # (cli sets root_parser)
     return 0
