@@ -293,3 +293,32 @@ def test_steps_flag_and_short_budget_with_rewind_in_iterations(tmp_path):
                  "--quiet"]) == 0
     (run,) = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert json.loads((run / "settings.json").read_text())["train"]["steps"] == 5
+
+
+# ---- a short run works with the default rewind point -------------------------------------
+def test_epochs_1_adapts_the_default_rewind_point_and_says_so(tiny):
+    from swamp.loop import LevelLoop
+
+    events = Events()
+    lines = []
+    events.subscribe(lambda e: lines.append(getattr(e, "message", None)))
+    loop = LevelLoop(tiny(epochs=1, rewind_epochs=1.0, levels=0, particles=1, method="imp",
+                          steps=None), events=events)
+    assert loop.schedule.rewind == int(loop.schedule.total * 0.1) < loop.schedule.total
+    loop.run()
+    assert any(m and "default rewind point" in m and "short training" in m for m in lines)
+
+
+def test_an_explicit_rewind_point_after_training_is_still_refused(tiny):
+    from swamp.loop import LevelLoop
+
+    with pytest.raises(SwampError, match="`rewind_epochs` 2.0 is not before the end"):
+        LevelLoop(tiny(epochs=2, rewind_epochs=2.0))
+    with pytest.raises(SwampError, match="not before the end of training"):
+        LevelLoop(tiny(epochs=1, rewind_iters=100))
+
+
+def test_steps_alone_work_with_the_default_rewind_point(tmp_path):
+    out = tmp_path / "runs"
+    flags = [f for f in TINY if f not in ("--rewind-epochs", "0")]
+    assert main(["run", *flags, "--steps", "3", "--out", str(out), "--quiet"]) == 0

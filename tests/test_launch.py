@@ -221,3 +221,12 @@ def test_torchrun_max_restarts_resumes_the_run_from_its_directory(tmp_path):
         sa, sb = a.solution(level), b.solution(level)
         for k in sa:
             assert torch.allclose(sa[k], sb[k], atol=1e-6), k
+
+
+def test_printed_commands_keep_the_tracker(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--methods", "imp", "--seeds", "0", *TINY, "--out", str(out),
+                 "--log", "tensorboard", "--print-commands"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    args = _parse(line)
+    assert args.log == "tensorboard" and args.log_dir == str((out / "tensorboard").absolute())

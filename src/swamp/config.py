@@ -345,7 +345,8 @@ def validate(s: Settings) -> None:
          f"`checkpoint_every` must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
         (t.steps is not None and t.steps < 1, f"`steps` must be at least 1 (got {t.steps})"),
-        (t.steps is None and t.rewind_iters == 0 and t.rewind_epochs >= t.epochs,
+        (t.steps is None and t.rewind_iters == 0 and t.rewind_epochs >= t.epochs
+         and t.rewind_epochs != 1.0,     # the default adapts to short runs (train/schedule.py)
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),

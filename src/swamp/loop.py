@@ -411,6 +411,9 @@ class LevelLoop:
         self.events.emit(RunStarted(
             self.store.root, s.method.method, s.model.model, s.data.dataset, s.method.particles,
             s.prune.levels, s.prune.prune_fraction, str(self.device), s.run.engine))
+        adapted = self.schedule.adapted_rewind(s.train)
+        if adapted is not None:
+            self.events.info(adapted)
         if self.store.posthoc_path.is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another run directory")

@@ -115,7 +115,9 @@ def _launch(args: argparse.Namespace, methods: list[str], seeds: list[int], base
     check_study(methods, seeds, base)
     out = check_out_dir(base.run.out)
     runs_root = check_out_dir(args.runs_dir or out / "runs", "`runs_dir`").absolute()
-    commands = launch.run_commands(planned_runs(methods, seeds, base), runs_root)
+    tracking = ["--log", args.log, "--log-dir",
+                str(Path(args.log_dir or out / args.log).absolute())] if args.log else []
+    commands = launch.run_commands(planned_runs(methods, seeds, base), runs_root, tracking)
     if args.print_commands:
         for command in commands:
             print(command.text())

@@ -63,16 +63,17 @@ class RunCommand:
         return " ".join([program, *map(shlex.quote, self.argv)])
 
 
-def run_commands(runs: dict[tuple[str, int], Settings], runs_root: str | Path
-                 ) -> list[RunCommand]:
+def run_commands(runs: dict[tuple[str, int], Settings], runs_root: str | Path,
+                 extra: Sequence[str] = ()) -> list[RunCommand]:
     """One `swamp run` per planned run (`compare.planned_runs`), in its run directory under
-    `runs_root` (hash-named: the same settings always land in the same directory)."""
+    `runs_root` (hash-named: the same settings always land in the same directory), with the
+    `extra` flags that change no result (e.g. `--log tensorboard`)."""
     root = Path(runs_root)
     out = []
     for (method, seed), s in runs.items():
         run_dir = root / s.run_name()
         out.append(RunCommand(method, seed, run_dir,
-                              ["run", *settings_flags(s), "--run-dir", str(run_dir)]))
+                              ["run", *settings_flags(s), "--run-dir", str(run_dir), *extra]))
     return out
 
 
