@@ -13,6 +13,12 @@ TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epo
         "--particles", "2", "--quiet"]
 
 
+def settings_of(run):
+    from swamp.config import Settings
+
+    return Settings.from_dict(json.loads((run / "settings.json").read_text()))
+
+
 def _run_dir(out):
     (run,) = [p for p in out.iterdir() if p.name.startswith("swamp-")]
     return run
@@ -42,9 +48,14 @@ def test_tensorboard_event_file_holds_every_level_and_layer(tmp_path):
         assert last.value == pytest.approx(layer["density"])
     assert "level/particle_train_loss_mean" in tags
     # progress reaches the last iteration of each level
+    from swamp.loop import LevelLoop
+
+    schedule = LevelLoop(settings_of(run)).schedule
     for level in (0, 1):
-        steps = [e.step for e in acc.Scalars(f"progress/level_{level}")]
-        assert steps and steps[-1] == max(steps)
+        events = acc.Scalars(f"progress/level_{level}")
+        assert events[-1].step == events[-1].value == schedule.total   # the last iteration
+        for e in acc.Scalars(f"progress/lr_level_{level}"):
+            assert e.value == pytest.approx(schedule.lr_at(e.step - 1))
     assert "engine" in acc.Tags()["tensors"] or "engine/text_summary" in acc.Tags()["tensors"]
 
 

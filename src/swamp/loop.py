@@ -299,7 +299,8 @@ class LevelLoop:
             return reused
         results = self._engine().train_particles(
             task, self.ctx,
-            lambda index, it: self.events.emit(ParticleProgress(task.level, index, it)))
+            lambda index, it: self.events.emit(ParticleProgress(
+                task.level, index, it, self.schedule.lr_at(it - 1) if it > 0 else None)))
         self._keep_level0(task, results)
         return results
 

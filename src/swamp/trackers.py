@@ -14,7 +14,8 @@ and configured with its settings. Logged, with the level as the step:
 - `layer_density/<tensor>`: the realised density of every prunable tensor;
 - `level/particle_train_loss_mean`: the particles' mean training loss of the level;
 - `engine`: how the level was trained (text: the engine's choice, e.g. "vectorised (4 ...)");
-- `progress/level_<n>`: iterations reached by the level's first particle (step: iteration).
+- `progress/level_<n>`, `progress/lr_level_<n>`: iterations reached by the level's first
+  particle and its learning rate (step: iteration).
 
 The trackers are optional extras; a missing one is one line naming it. Nothing here talks
 to a server unless the tracker is configured to (TensorBoard writes event files; W&B obeys
@@ -161,8 +162,10 @@ class Tracker:
             if event.index == 0 and (now - self._last_progress >= PROGRESS_EVERY_S
                                      or event.iteration == self._last_iteration):
                 self._last_progress = now
-                self._open().scalars({f"progress/level_{event.level}": event.iteration},
-                                     event.iteration, "iteration")
+                values = {f"progress/level_{event.level}": float(event.iteration)}
+                if event.lr is not None:
+                    values[f"progress/lr_level_{event.level}"] = event.lr
+                self._open().scalars(values, event.iteration, "iteration")
         elif isinstance(event, LevelFinished):
             self._level_finished(event.row)
         elif isinstance(event, RunFinished):
