@@ -103,6 +103,7 @@ def test_compare_help_lists_no_flag_that_does_nothing_there():
     assert "--methods" in text and "--seeds" in text and "--print-commands" in text
     assert "--method " not in text and "--method\n" not in text
     assert "--seed " not in text and "--seed\n" not in text
+    assert "--swa " not in text and "--no-swa" not in text     # each method's own
 
 
 def test_compare_names_its_own_flags_for_method_and_seed(tmp_path, capsys):

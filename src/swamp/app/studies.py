@@ -27,7 +27,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Run every method for every seed on the same run settings "
                                    "(finished runs are reused by their settings hash), then "
                                    "write summary.csv, accuracy_vs_sparsity.png and report.md "
-                                   "into --out. Methods: " + known + ".")
+                                   "into --out (the runs go to --out/runs unless --runs-dir "
+                                   "is given). The run settings below apply to every method "
+                                   "that reads them. Methods: " + known + ".")
     p.add_argument("--methods", required=True, metavar="A,B",
                    help="comma-separated methods, e.g. imp,imp-swa,swamp")
     p.add_argument("--seeds", default="0,1,2", metavar="0,1,2", help="run seeds (default 0,1,2)")
@@ -36,7 +38,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--command-text", help=argparse.SUPPRESS)
     _add_launch_flags(p)
     add_tracking_flags(p)
-    add_settings_flags(p, hidden=("method", "seed"))   # --methods and --seeds instead
+    # --methods and --seeds instead; SWA is each method's own (refused with a clear line)
+    add_settings_flags(p, hidden=("method", "seed", "swa"))
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="summary table, plot and report.md from finished runs",
