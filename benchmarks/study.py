@@ -63,8 +63,9 @@ READING = [
     "- `colt`: 2 particles on disjoint halves of the training split make the mask (their "
     "overlap, topped up to the exact count by mean |w|); the reported network is a third "
     "particle trained on the whole split with that mask;",
-    "- `lottery-pools`: imp's levels interpolated with their neighbours (window 2, "
-    "coefficients 0.1..0.5), kept only where validation accuracy rises; no training;",
+    "- `lottery-pools`: imp's levels interpolated with the other levels (the authors' search: "
+    "every level, coefficients 0.05..0.95), kept only where validation accuracy rises; no "
+    "training;",
     "- `imp-ensemble`: output ensemble of two imp runs (seed pairs (0,1), (1,2), (2,0)): "
     "2x the inference cost, the reference SWAMP's claim is measured against;",
     "- std is over 3 seeds (the imp-ensemble pairs share runs, so their spread is not "

@@ -43,7 +43,7 @@ def test_compare_runs_what_is_missing_and_reuses_finished_runs(tmp_path, trainin
         assert (out / name).is_file()
     md = (out / "report.md").read_text()
     assert "compare --methods imp,swamp" in md
-    assert "lottery-pools (Lottery Pools over imp, window 2)" in md
+    assert "lottery-pools (Lottery Pools over imp, all levels, coefficients 0.05-0.95)" in md
     assert "imp-ensemble (output ensemble of 2 imp runs)" in md
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert len([r for r in runs if r.startswith("swamp-")]) == 2

@@ -484,3 +484,16 @@ def test_a_crafted_cifar_batch_runs_nothing_and_is_one_line(tmp_path):
                         b"labels": [0]}, fh, protocol=2)
     with pytest.raises(SwampError, match="cannot read"):
         load_dataset("cifar10", data_dir=str(tmp_path))
+
+
+def test_mnist1d_noisy_is_the_same_task_with_more_noise():
+    from swamp.data import load_dataset
+
+    kw = dict(data_dir=None, val_fraction=0.1, split_seed=0, size=600, augment=False)
+    clean, noisy = load_dataset("mnist1d", **kw), load_dataset("mnist1d-noisy", **kw)
+    assert noisy.input_shape == clean.input_shape and noisy.num_classes == clean.num_classes
+    assert torch.equal(noisy.train.y, clean.train.y)            # the same examples' labels
+    assert not torch.allclose(noisy.train.x, clean.train.x)
+    # more point-to-point noise: larger first differences along the signal
+    rough = lambda x: x.diff(dim=-1).abs().mean()               # noqa: E731
+    assert rough(noisy.train.x) > 1.3 * rough(clean.train.x)   # both scaled to unit std

@@ -80,6 +80,7 @@ def test_printed_commands_run_and_compare_then_only_reports(tmp_path, capsys, tr
      "clip_grad_norm": 1.5, "rewind_optimizer": True, "threads": 2},
     {"method": "mask-vote", "vote_share": 1 / 3, "scorer": "lamp", "seed": 7,
      "engine": "sequential", "data_dir": "/tmp/some dir"},
+    {"model": "mlp", "hidden": [64, 32], "residual": True, "steps": 40},
 ])
 def test_settings_flags_round_trip_through_the_run_parser(values):
     s = Settings.from_dict(values)

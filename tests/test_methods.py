@@ -134,7 +134,7 @@ def test_every_method_lands_on_the_exact_density_schedule(tiny):
     reference = counts(run(tiny(method="imp", particles=1)), 2)
     for method, extra in [("colt", {}), ("mask-vote", {"particles": 3}),
                           ("random", {"particles": 1}), ("oneshot", {"particles": 1}),
-                          ("sms", {}), ("swamp+", {})]:
+                          ("sms", {}), ("sms-paper", {}), ("swamp+", {})]:
         result = run(tiny(method=method, **extra))
         assert counts(result, 2) == reference, method
         masks = [result.mask(level) for level in range(3)]
@@ -174,6 +174,42 @@ def test_sms_starts_each_level_from_the_previous_solution(tiny, rewind_epochs):
         # the level's full schedule T0..T again, from the rewind point's schedule position
         assert task.start_step == t0
     assert loop.engine.tasks[0].start_step == t0
+
+
+def test_sms_paper_prunes_one_dense_model_then_soups_from_it(tiny):
+    loop, result = run_recorded(tiny(method="sms-paper", particles=2, levels=2,
+                                     schedule="linear", warmup=0.25))
+    assert [len(t.jobs) for t in loop.engine.tasks] == [1, 2, 2]
+    assert [r["particles"] for r in result.levels] == [1, 2, 2]
+    level1 = loop.engine.tasks[1]
+    dense = result.solution(0)
+    for k, v in level1.start_state.items():   # copies of the pruned dense model
+        expected = dense[k] * level1.mask[k] if k in level1.mask.names else dense[k]
+        assert torch.equal(v, expected)
+
+
+def test_linear_schedule_with_warmup_by_hand():
+    from swamp.config import TrainSettings
+    from swamp.train import Schedule
+
+    s = Schedule.build(TrainSettings(epochs=10, batch_size=10, lr=0.1, schedule="linear",
+                                     warmup=0.2), 100, swa=False)
+    assert s.total == 100 and s.warmup == 20
+    # warm-up: (t + 1) / 20 of the rate the decay would give; then from 0.1 down to 0 at T
+    assert s.lr_at(0) == pytest.approx(0.1 / 20)
+    assert s.lr_at(9) == pytest.approx(0.1 * 10 / 20)
+    assert s.lr_at(20) == pytest.approx(0.1)
+    assert s.lr_at(60) == pytest.approx(0.1 * (1 - 40 / 80))
+    assert s.lr_at(99) == pytest.approx(0.1 * (1 - 79 / 80))
+    with_swa = Schedule.build(TrainSettings(epochs=10, batch_size=10, lr=0.1, schedule="linear",
+                                            swa_start=0.5, swa_lr=0.02), 100, swa=True)
+    assert with_swa.lr_at(25) == pytest.approx(0.1 + (0.02 - 0.1) * 25 / 50)
+    assert with_swa.lr_at(50) == with_swa.lr_at(99) == 0.02
+    cosine = Schedule.build(TrainSettings(epochs=10, batch_size=10, lr=0.1), 100, swa=False)
+    warm = Schedule.build(TrainSettings(epochs=10, batch_size=10, lr=0.1, warmup=0.1), 100,
+                          swa=False)
+    assert [warm.lr_at(t) for t in range(10, 100)] == [cosine.lr_at(t) for t in range(10, 100)]
+    assert warm.lr_at(4) == pytest.approx(cosine.lr_at(4) * 5 / 10)
 
 
 def test_swamp_plus_uses_one_particle_before_its_level(tiny):
@@ -245,6 +281,9 @@ def test_target_counts_follow_the_pruning_recurrence():
     ({"method": "random", "scorer": "lamp"}, "random masks"),
     ({"method": "random", "particles": 2}, "one particle"),
     ({"method": "sms", "soup": "greedy", "val_fraction": 0.0}, "`val_fraction` 0 leaves none"),
+    ({"warmup": 1.0}, "`warmup` must be in"),
+    ({"method": "swamp", "warmup": 0.8}, "lasts into SWA"),
+    ({"schedule": "exponential"}, "use cosine, step, linear or constant"),
 ])
 def test_method_settings_that_do_not_apply_are_refused(values, fragment):
     with pytest.raises(SwampError, match=fragment):

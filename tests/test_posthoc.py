@@ -121,6 +121,12 @@ def test_connectivity_between_particles_and_between_levels(runs, tmp_path):
     mid, ends = result["points"][1], result["points"][::2]
     expected = max(0.0, mid["test_nll"] - (ends[0]["test_nll"] + ends[1]["test_nll"]) / 2)
     assert result["test_loss_barrier"] == pytest.approx(expected)
+    nll = [p["test_nll"] for p in result["points"]]
+    acc = [p["test_acc"] for p in result["points"]]
+    assert result["test_loss_barrier_mean_ends"] == pytest.approx(
+        max(0.0, max(nll) - (nll[0] + nll[-1]) / 2))
+    assert result["test_error_barrier_mean_ends"] == pytest.approx(
+        max(0.0, (acc[0] + acc[-1]) / 2 - min(acc)))
     for name in ("connectivity.csv", "connectivity.json", "connectivity.png"):
         assert (tmp_path / "lmc" / name).is_file()
     levels = connectivity(src, levels=(0, 1), points=2)
@@ -166,6 +172,23 @@ def test_cli_commands_print_and_write(runs, tmp_path, capsys):
     assert not math.isnan(float(rows(tmp_path / "p" / "metrics.csv")[0]["test_acc"]))
 
 
+def test_lottery_pools_search_the_authors_grid_over_all_levels_by_default(runs, tmp_path):
+    from swamp.posthoc.pools import DEFAULT_GRID, neighbours
+
+    assert DEFAULT_GRID == tuple(round(0.05 * i, 2) for i in range(1, 20))
+    assert DEFAULT_GRID[0] == 0.05 and DEFAULT_GRID[-1] == 0.95 and len(DEFAULT_GRID) == 19
+    levels = list(range(6))
+    assert neighbours(2, levels, 0) == [1, 3, 0, 4, 5]            # all, nearest first
+    assert neighbours(2, levels, 1) == [1, 3]
+    assert main(["lottery-pools", str(runs["imp"][0]), "--out", str(tmp_path / "a")]) == 0
+    record = json.loads((tmp_path / "a" / "posthoc.json").read_text())
+    assert record["window"] == 0 and record["grid"] == list(DEFAULT_GRID)
+    assert main(["lottery-pools", str(runs["imp"][0]), "--narrow", "--out",
+                 str(tmp_path / "n")]) == 0
+    record = json.loads((tmp_path / "n" / "posthoc.json").read_text())
+    assert record["window"] == 2 and record["grid"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
 def test_swamp_run_refuses_to_resume_inside_a_pools_directory(runs, tmp_path):
     from swamp.config import Settings
     from swamp.loop import LevelLoop
@@ -209,3 +232,18 @@ def test_posthoc_out_on_a_file_is_one_clear_line(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--out needs a directory" in err and err.count("\n") == 1
     assert target.read_text() == "mine"
+
+
+def test_the_two_barrier_forms_by_hand():
+    from swamp.posthoc.lmc import _barrier, _barrier_mean_ends
+
+    ts = [0.0, 0.5, 1.0]
+    # Loss 1.0 -> 1.2 -> 2.0: under the line between the ends, above their mean.
+    assert _barrier([1.0, 1.2, 2.0], ts, True) == 0.0
+    assert _barrier_mean_ends([1.0, 1.2, 2.0], True) == pytest.approx(0.5)
+    # Equal ends: both forms are the height of the worst point.
+    assert _barrier([1.0, 1.7, 1.0], ts, True) == pytest.approx(0.7)
+    assert _barrier_mean_ends([1.0, 1.7, 1.0], True) == pytest.approx(0.7)
+    # Accuracy 0.9 -> 0.6 -> 0.8: the line at 0.5 is 0.85, the mean of the ends 0.85.
+    assert _barrier([0.9, 0.6, 0.8], ts, False) == pytest.approx(0.25)
+    assert _barrier_mean_ends([0.9, 0.6, 0.8], False) == pytest.approx(0.25)

@@ -15,7 +15,7 @@ def parse(*argv):
 
 
 def test_preset_sets_the_recipe_and_flags_override_it(tmp_path):
-    s = parse("--preset", "resnet20")
+    s = parse("--preset", "resnet20", "--method", "imp")
     assert (s.model.model, s.train.epochs, s.train.weight_decay, s.train.schedule,
             s.train.rewind_iters) == ("resnet20", 160, 1e-4, "step", 2000)
     s = parse("--preset", "resnet20", "--epochs", "30")
@@ -59,13 +59,51 @@ def test_every_preset_is_documented():
         assert f"`{name}`" in doc, name
 
 
-def test_vgg_preset_with_swa_jumps_back_up_as_documented():
-    # The LTH step recipe under an SWA method: 0.1, 0.01 from 50%, then swa_lr (0.05 = lr/2)
-    # from 75%, which is why docs/paper.md adds --schedule cosine for the VGG rows.
-    s = parse("--preset", "vgg16", "--method", "swamp").resolved()
+def test_step_schedule_asked_for_with_swa_jumps_back_up_as_documented():
+    # The LTH step recipe under an SWA method, when asked for by flag: 0.1, 0.01 from 50%,
+    # then swa_lr (0.05 = lr/2) from 75% (docs/presets.md says so).
+    s = parse("--preset", "vgg16", "--method", "swamp", "--schedule", "step",
+              "--swa-lr", "0.05").resolved()
     sched = Schedule.build(s.train, 45_000, swa=True)
     assert sched.total == 56_160 and sched.rewind == 2000  # 351 iterations x 160 epochs
     assert [round(sched.lr_at(i), 6) for i in (0, 28_080, 42_120)] == [0.1, 0.01, 0.05]
     c = parse("--preset", "vgg16", "--schedule", "cosine", "--swa-lr", "0.05").resolved()
     lrs = [Schedule.build(c.train, 45_000, swa=True).lr_at(i) for i in range(0, 56_160, 500)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == 0.05
+
+
+def test_cifar_presets_give_swa_methods_the_papers_cosine_recipe(tmp_path):
+    imp = parse("--preset", "vgg16", "--method", "imp")
+    assert (imp.train.schedule, imp.train.swa_lr) == ("step", None)      # plain LTH for IMP
+    swamp = parse("--preset", "vgg16", "--method", "swamp")
+    assert (swamp.train.schedule, swamp.train.swa_lr) == ("cosine", 0.05)
+    forced = parse("--preset", "resnet20", "--method", "imp", "--swa")
+    assert forced.train.schedule == "cosine"
+    # A flag or a settings file still wins over the SWA recipe.
+    assert parse("--preset", "vgg16", "--method", "swamp", "--schedule", "step") \
+        .train.schedule == "step"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[train]\nswa_lr = 0.02\n")
+    s = parse("--preset", "vgg16", "--method", "imp-swa", "--config", str(cfg))
+    assert (s.train.schedule, s.train.swa_lr) == ("cosine", 0.02)
+    # With the recipe the lr never rises: cosine annealing into the constant SWA rate.
+    sched = Schedule.build(swamp.resolved().train, 45000, swa=True)
+    lrs = [sched.lr_at(i) for i in range(0, sched.total, 97)]
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] == pytest.approx(0.05)
+
+
+def test_compare_gives_each_method_its_own_preset_recipe(tmp_path, monkeypatch):
+    import swamp.studies.compare as cmp
+
+    seen = {}
+
+    def fake_compare(methods, seeds, base, out, *, method_bases=None, **kw):
+        for m in ("imp", "swamp", "imp-swa"):
+            seen[m] = cmp.method_settings(method_bases.get(m, base), m, 0).train.schedule
+        return tmp_path
+
+    monkeypatch.setattr(cmp, "compare", fake_compare)
+    assert main(["compare", "--methods", "imp,swamp,lottery-pools", "--seeds", "0",
+                 "--preset", "resnet20", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    assert seen == {"imp": "step", "swamp": "cosine", "imp-swa": "cosine"}

@@ -48,7 +48,11 @@ def test_report_on_hand_made_metrics_gives_the_expected_table(tmp_path):
     out = build_report(runs, tmp_path / "report", command="swamp report ...")
     rows = read(out / "summary.csv")
     assert list(rows[0]) == ["method", "level", "density", "sparsity", "seeds",
-                             "test_acc_mean", "test_acc_std", "test_nll_mean", "test_nll_std"]
+                             "test_acc_mean", "test_acc_std", "test_nll_mean", "test_nll_std",
+                             "test_ece_mean", "test_ece_std", "test_nll_ts_mean",
+                             "test_nll_ts_std"]
+    # tables without calibration columns (older runs): empty fields, "–" cells, no ECE table
+    assert rows[0]["test_ece_mean"] == "" and rows[0]["test_nll_ts_std"] == ""
     table = {(r["method"], int(r["level"])): r for r in rows}
     assert [(r["method"], r["level"]) for r in rows] == [
         ("imp", "0"), ("imp", "1"), ("swamp", "0"), ("swamp", "1"),
@@ -67,18 +71,46 @@ def test_report_on_hand_made_metrics_gives_the_expected_table(tmp_path):
     assert "| sparsity | density | imp | swamp | lottery-pools |" in md
     assert "| 20.0% | 80.00% | 82.00 ± 2.83 | 87.00 ± 1.41 | 90.00 |" in md
     assert "| 0.0% | 100.00% | 91.00 ± 1.41 | 92.00 ± 1.41 | 95.00 |" in md
-    assert "| 20.0% | +5.00 | yes |" in md                       # SWAMP vs IMP
-    assert "higher mean test accuracy than imp at every density" in md
+    # paired by seed: level 1 differences 0.06, 0.04 -> mean 5.00 points, half-width
+    # t(0.975, 1) * sd / sqrt(2) = 12.706 * 1.414 / 1.414 points
+    assert ("| 20.0% | swamp | 2 | +5.00 | [-7.71, +17.71] | 0.126 | no clear difference | – |"
+            in md)
+    assert "| 20.0% | lottery-pools | 1 | +10.00 | – | – | n<2: no interval | 1 |" in md
+    assert "Test ECE" not in md
     assert "swamp report ..." in md
     png = (out / "accuracy_vs_sparsity.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_report_names_the_densities_where_swamp_does_not_beat_imp(tmp_path):
-    runs = [fake_run(tmp_path, "imp", 0, [0.90, 0.85, 0.70]),
-            fake_run(tmp_path, "swamp", 0, [0.91, 0.85, 0.60])]
+def test_report_counts_the_verdicts_of_each_method_against_the_baseline(tmp_path):
+    runs = [fake_run(tmp_path, "imp", s, a) for s, a in
+            enumerate([[0.90, 0.85, 0.70], [0.92, 0.84, 0.72], [0.91, 0.86, 0.71]])]
+    runs += [fake_run(tmp_path, "swamp", s, a) for s, a in
+             enumerate([[0.95, 0.83, 0.60], [0.96, 0.86, 0.61], [0.95, 0.84, 0.62]])]
     md = (build_report(runs, tmp_path / "r") / "report.md").read_text()
-    assert "does **not** beat imp (mean test accuracy) at sparsity 20.0%, 36.0%" in md
+    acc = md.split("### test accuracy")[1].split("###")[0]
+    assert "| 0.0% | swamp | 3 | +4.33 |" in acc and "**better**" in acc
+    assert "| 36.0% | swamp | 3 | -10.00 |" in acc and "**worse**" in acc
+    assert "| 20.0% | swamp | 3 | -0.67 |" in acc
+    assert "- swamp vs imp: 1 better, 1 worse, 1 no clear difference (of 3 densities)" in acc
+    # the same runs paired with swamp instead: the signs turn over
+    md = (build_report(runs, tmp_path / "r2", baseline="swamp") / "report.md").read_text()
+    assert "| 36.0% | imp | 3 | +10.00 |" in md
+
+
+def test_an_unknown_baseline_or_format_is_refused_before_anything_is_written(tmp_path, capsys):
+    runs = [fake_run(tmp_path, "imp", 0, [0.9, 0.8]), fake_run(tmp_path, "swamp", 0, [0.9, 0.8])]
+    with pytest.raises(SwampError, match="`baseline` sms is not among the methods reported"):
+        build_report(runs, tmp_path / "out", baseline="sms")
+    with pytest.raises(SwampError, match="unknown figure format 'jpg'"):
+        build_report(runs, tmp_path / "out", formats=["jpg"])
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "out"), "--baseline",
+                 "colt"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+    # no imp and no baseline: no paired table, and the report says how to get one
+    md = (build_report(runs[1:], tmp_path / "r") / "report.md").read_text()
+    assert "pass `--baseline METHOD`" in md
 
 
 @pytest.mark.parametrize("second,fragment", [
@@ -131,7 +163,7 @@ def test_sparsity_labels_are_rounded_once(tmp_path):
     out = build_report(runs, tmp_path / "r")
     md = (out / "report.md").read_text()
     assert "| 82.1% | 17.85% | 80.00 | 85.00 |" in md          # not 82.2% (via 0.1785)
-    assert "| 82.1% | +5.00 | yes |" in md
+    assert "| 82.1% | swamp | 1 | +5.00 | – | – | n<2: no interval | – |" in md
     assert "82.2%" not in md
     row = [r for r in read(out / "summary.csv") if r["level"] == "1"][0]
     assert (row["density"], row["sparsity"]) == ("0.17851", "0.82149")

@@ -14,11 +14,12 @@ from torch import nn
 
 from swamp.config import Settings
 from swamp.core.seeds import derive_seed
-from swamp.data import DataBundle, load_dataset
+from swamp.data import DataBundle, FileOptions, is_file_dataset, load_dataset
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.models import build_model
 from swamp.train import CrossEntropy, Objective, Schedule
+from swamp.train.lm import TokenCrossEntropy
 
 
 def prepare_data(settings: Settings, data: DataBundle | None = None,
@@ -29,17 +30,36 @@ def prepare_data(settings: Settings, data: DataBundle | None = None,
     if data is None:
         data = load_dataset(s.data.dataset, data_dir=s.data.data_dir,
                             val_fraction=s.data.val_fraction, split_seed=s.run.seed,
-                            size=s.data.data_size, augment=s.data.augment)
+                            size=s.data.data_size, augment=s.data.augment,
+                            file_options=file_options(s))
     return data.to(device)
 
 
+def file_options(settings: Settings) -> FileOptions | None:
+    """The settings of a dataset read from the user's files (data/files.py); a model given
+    as hf:DIR lends its tokenizer when `tokenizer` is not set."""
+    if not is_file_dataset(settings.data.dataset):
+        return None
+    model = settings.model.model
+    tokenizer = settings.data.tokenizer or (model if model.startswith("hf:") else None)
+    return FileOptions.from_settings(settings.data, tokenizer=tokenizer)
+
+
 def prepare_model(settings: Settings, data: DataBundle, model: nn.Module | None = None,
-                  device: torch.device | str = "cpu") -> nn.Module:
+                  device: torch.device | str = "cpu", pretrained: bool = True) -> nn.Module:
     """The run's model on `device`: a copy of `model` if given, else the registered model
-    initialised from the run seed."""
+    initialised from the run seed (and loaded with `weights` unless `pretrained` is False:
+    a reader of a finished run loads the run's own weight files instead)."""
     if model is None:
         torch.manual_seed(derive_seed(settings.run.seed, "init"))
-        model = build_model(settings.model.model, data.input_shape, data.num_classes)
+        m = settings.model
+        model = build_model(m.model, data.input_shape, data.num_classes,
+                            vocab_size=data.vocab_size, hidden=tuple(m.hidden),
+                            residual=m.residual, channels=tuple(m.channels))
+        if settings.model.weights and pretrained:   # issue 12: pretrained weights
+            from swamp.models.sources import load_weights
+
+            load_weights(model, settings.model.weights)
     else:
         model = copy.deepcopy(model)
     return model.to(device)
@@ -55,13 +75,50 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
 
     data = prepare_data(settings, data, device)
     check_data(data)
+    bn_augment(settings, data)          # refused before anything is written
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
     schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
-    ctx = TrainContext(model, data, schedule, settings.train, objective or CrossEntropy())
+    task_loss = objective or (TokenCrossEntropy() if data.task == "lm" else CrossEntropy())
+    objective = distill_objective(settings, model, task_loss)
+    ctx = TrainContext(model, data, schedule, settings.train, objective)
     prepare(ctx)
     ctx.initial_state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
     return ctx
+def distill_objective(settings: Settings, model: nn.Module, task: Objective) -> Objective:
+    """`task`, or with `distill` set, the task loss plus distillation (issue 12): the layers
+    SquareHead matches are the modules `distill_layers` names (fnmatch patterns), else the
+    default of `train.objective.default_distill_layers`; the choice is refused early if a
+    pattern matches no module."""
+    import fnmatch
+
+    from swamp.core.masks import select_prunable
+    from swamp.train.objective import Distill, default_distill_layers
+
+    t = settings.train
+    if t.distill == "none":
+        return task
+    layers: tuple[str, ...] = ()
+    if t.distill == "squarehead":
+        names = [n for n, _ in model.named_modules() if n]
+        if t.distill_layers:
+            for pattern in t.distill_layers:
+                if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                    raise SwampError(f"`distill_layers` pattern {pattern!r} matches no module "
+                                     f"of the model; see model.named_modules()")
+            layers = tuple(n for n in names
+                           if any(fnmatch.fnmatchcase(n, p) for p in t.distill_layers))
+        else:
+            prunable = select_prunable(model, settings.prune.include, settings.prune.exclude)
+            layers = default_distill_layers(model, prunable)
+        if not layers:
+            raise SwampError("`distill` squarehead found no layers to match in this model; "
+                             "name them with `distill_layers`")
+    return Distill(t.distill, task=task, task_weight=t.task_weight,
+                   distill_weight=t.distill_weight, temperature=t.kd_temperature,
+                   layers=layers)
+
+
 def resolve_device(name: str) -> torch.device:
     """The torch device the `device` setting names (auto: cuda, then mps, then cpu)."""
     if name == "auto":
@@ -80,6 +137,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def bn_augment(settings: Settings, data: DataBundle):
+    """The augmentation BatchNorm statistics are recomputed through (`bn_augment`), or None
+    for the un-augmented training data."""
+    if not settings.train.bn_augment:
+        return None
+    if data.augment is None:
+        raise SwampError(f"`bn_augment` recomputes BatchNorm through the training "
+                         f"augmentation, and {data.name} has none here (or `augment` is "
+                         f"off); drop `bn_augment`")
+    return data.augment
+
+
 def check_data(data: DataBundle) -> None:
     """Refuse data a run cannot learn from or score, before anything is written: NaN or
     infinite inputs (they give nan metrics to the end of the run)."""
@@ -95,10 +164,12 @@ def check_data(data: DataBundle) -> None:
 
 
 def check_model_fits(model: nn.Module, data: DataBundle) -> None:
-    """Run the model on two training inputs: its output must be one score per class. A
-    model that cannot take the data, or has another number of outputs than the data has
-    classes, is one line before anything is written (not an error levels later)."""
+    """Run the model on two training inputs: its output must be one score per class (per
+    position, for language-model data). A model that cannot take the data, or has another
+    number of outputs than the data has classes, is one line before anything is written
+    (not an error levels later)."""
     x = data.train.x[:2]
+    positions = tuple(int(d) for d in data.train.y.shape[1:])    # () for classification
     was_training = model.training
     model.eval()                       # no BatchNorm statistics move
     try:
@@ -111,8 +182,12 @@ def check_model_fits(model: nn.Module, data: DataBundle) -> None:
                          f"{text[0] if text else ''}"[:300]) from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != data.num_classes:
+    wanted = (len(x), *positions, data.num_classes)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        what = (f"a vocabulary of {data.num_classes} tokens" if data.task == "lm"
+                else f"{data.num_classes} classes")
         raise SwampError(f"the model gives outputs of shape {shape} for a batch of 2, but "
-                         f"the data has {data.num_classes} classes: it must give "
-                         f"(batch, {data.num_classes}) scores")
+                         f"the data has {what}: it must give "
+                         f"({', '.join(['batch', *map(str, positions), str(data.num_classes)])}) "
+                         f"scores")

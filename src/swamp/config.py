@@ -29,12 +29,33 @@ def _setting(default: Any, help: str, **kw: Any) -> Any:
 class DataSettings:
     dataset: str = _setting("mnist1d", "dataset name (see `swamp list`)")
     data_dir: str | None = _setting(None, "directory holding the dataset files (CIFAR, MNIST); "
-                                    "default: $SWAMP_DATA_DIR")
+                                    "default: $SWAMP_DATA_DIR (KIND:PATH datasets: the "
+                                    "folder relative paths start from; default: here)")
     data_size: int | None = _setting(None, "number of samples for generated datasets "
                                      "(mnist1d: 10000, synthetic: 512)")
     val_fraction: float = _setting(0.1, "fraction of the training data held out for validation "
                                    "(selection never uses the test split)")
     augment: bool = _setting(True, "use the dataset's training augmentation, if it has one")
+    # ---- datasets from the user's files (issue 12; data/files.py): `dataset` imagefolder:DIR,
+    # csv:FILE, jsonl:FILE (text classification) or text:FILE (causal language modelling)
+    test_path: str | None = _setting(None, "file datasets: the test split's own folder or file "
+                                     "(default: DIR/test or DIR/val next to DIR/train, else "
+                                     "a fixed `test_fraction` of the data)")
+    test_fraction: float = _setting(0.2, "file datasets without `test_path`: the share held "
+                                    "out as the test split (fixed, seed 0)")
+    image_size: int | None = _setting(None, "imagefolder: resize every image to SIZE x SIZE "
+                                      "(default: keep the size; all images must share it)")
+    image_mode: str = _setting("RGB", "imagefolder: RGB (3 channels) | L (grey, 1 channel)")
+    image_normalize: str = _setting("train", "imagefolder: per-channel normalisation: train "
+                                    "(statistics of the training pixels) | imagenet | none")
+    text_column: str = _setting("text", "csv/jsonl: the column of the text")
+    label_column: str = _setting("label", "csv/jsonl: the column of the label (integers are "
+                                 "class indices; other values are class names)")
+    tokenizer: str | None = _setting(None, "csv/jsonl/text: a local tokenizer: a "
+                                     "tokenizer.json file or hf:DIR (default: the model's, "
+                                     "for a model hf:DIR)")
+    max_length: int = _setting(128, "csv/jsonl: tokens per example (truncated or padded)")
+    block_size: int = _setting(128, "text: tokens per training block")
 
 
 @dataclass
@@ -42,6 +63,19 @@ class ModelSettings:
     model: str | None = _setting(None, "model name (see `swamp list`; default: the dataset's: "
                                  "conv1d for mnist1d, mlp for digits and MNIST, resnet20 for "
                                  "CIFAR)")
+    # Model size (issue 14): empty / off keeps each model's built-in size, so the run hash of
+    # every existing run is unchanged.
+    hidden: list[int] = _setting([], "mlp: widths of the hidden layers, e.g. 500,500 "
+                                 "(default: 256,256)")
+    residual: bool = _setting(False, "mlp: add a skip connection around every hidden layer "
+                              "whose input and output widths match")
+    channels: list[int] = _setting([], "conv1d: channels of the convolutions, e.g. 32,64,64 "
+                                   "(default: 32,32,32; strides 1, then 2)")
+    # model sources (issue 12): pretrained weights for any model (timm:NAME,
+    # torchvision:NAME, hf:DIR or a built-in name as `model`)
+    weights: str | None = _setting(None, "weights file loaded into the model before training "
+                                   "(safetensors, or a torch state dict read with "
+                                   "weights_only=True); default: the model's initialisation")
 
 
 @dataclass
@@ -54,7 +88,10 @@ class TrainSettings:
     momentum: float = _setting(0.9, "SGD momentum (Adam: beta1)")
     weight_decay: float = _setting(5e-4, "L2 weight decay")
     schedule: str = _setting("cosine", "learning-rate schedule: cosine | step (lr / 10 at 50%% "
-                             "and 75%% of training) | constant")
+                             "and 75%% of training) | linear (decay to 0 after the warm-up; "
+                             "Sparse Model Soups) | constant")
+    warmup: float = _setting(0.0, "fraction of training over which the lr rises linearly to "
+                             "the schedule's value (0: no warm-up)")
     # Rewinding to initialisation leaves particles of one ticket in different basins on
     # MNIST-1D (a 2.35-point barrier between two particles); one epoch in, they average well.
     rewind_epochs: float = _setting(1.0, "rewind point in epochs; 0 rewinds to initialisation")
@@ -69,9 +106,27 @@ class TrainSettings:
                               "(autocast; fp16 with a gradient scaler); weights stay fp32")
     clip_grad_norm: float | None = _setting(None, "clip each particle's gradient norm to this "
                                             "value before every step (default: no clipping)")
+    bn_augment: bool = _setting(False, "recompute BatchNorm statistics of every average "
+                                "through the training augmentation, as the SWA reference "
+                                "does (default: on the un-augmented training data)")
     rewind_optimizer: bool = _setting(False, "also restore the optimiser state (momentum) "
                                       "saved at the rewind point; by default every particle "
                                       "starts with zero momentum, as in OpenLTH")
+    # ---- distillation against the dense starting model (issue 12) ----
+    distill: str = _setting("none", "distillation loss added to the task loss: none | "
+                            "squarehead (normalised per-layer feature MSE) | kd (KL of the "
+                            "logits at --kd-temperature)")
+    distill_weight: float = _setting(1.0, "weight of the distillation loss")
+    task_weight: float = _setting(1.0, "weight of the task loss when distilling")
+    kd_temperature: float = _setting(2.0, "temperature T of --distill kd (the loss is "
+                                     "scaled by T^2)")
+    distill_layers: list[str] = _setting([], "module name patterns whose outputs squarehead "
+                                         "matches (default: the blocks of the model's "
+                                         "largest ModuleList, else every prunable layer "
+                                         "but the head)")
+    teacher: str = _setting("dense", "the frozen teacher: dense (the level-0 solution; "
+                            "level 0 trains on the task loss alone) | init (the weights the "
+                            "run starts from, e.g. a pretrained model)")
     # issue 14: a training budget in iterations beside whole epochs
     steps: int | None = _setting(None, "training iterations per level (from initialisation, "
                                  "including the rewind segment); when given it replaces "
@@ -84,10 +139,35 @@ class PruneSettings:
                            "(density after the last one: (1 - prune_fraction)^levels)")
     prune_fraction: float = _setting(0.2, "fraction of the remaining weights removed per level")
     scorer: str = _setting("magnitude", "pruning score: magnitude | lamp | random")
-    scope: str = _setting("global", "ranking scope: global | layerwise")
+    scope: str = _setting("global", "ranking scope: global | layerwise | nm (N:M groups, "
+                          "with --nm)")
     include: list[str] = _setting([], "name patterns of prunable tensors (default: conv and "
                                   "linear weights)")
     exclude: list[str] = _setting([], "name patterns excluded from pruning")
+    # structured sparsity (issue 13; swamp.core.patterns)
+    nm: str | None = _setting(None, "N:M sparsity with --scope nm, e.g. 2:4: every M "
+                              "consecutive weights along the input dimension keep exactly "
+                              "N at the last level (default: unset)")
+    block: str | None = _setting(None, "block sparsity RxC, e.g. 4x4: whole tiles of the weight "
+                                 "matrix pruned, ranked by tile norm, counted in tiles "
+                                 "(default: unset)")
+    # ---- gradual pruning within a level, and ticket transfer (issue 12) ----
+    prune_schedule: str = _setting("levels", "levels (prune between levels, IMP) | gradual "
+                                   "(each level >= 1 prunes while it trains, from its start "
+                                   "mask to its density, along --ramp)")
+    ramp: str = _setting("cubic", "sparsity ramp of gradual pruning: cubic (Zhu & Gupta) | "
+                         "linear | harmonic (half cosine)")
+    prune_start: int | None = _setting(None, "gradual: iteration the ramp starts at "
+                                       "(default: the level's start, the rewind point)")
+    prune_end: int | None = _setting(None, "gradual: iteration the ramp reaches the level's "
+                                     "sparsity (default: the SWA start with SWA, else 3/4 "
+                                     "of training)")
+    prune_every: int = _setting(0, "gradual: iterations between pruning steps (0: a tenth "
+                                "of the ramp)")
+    mask_from: str | None = _setting(None, "RUN[:LEVEL]: start from the mask another run "
+                                     "found (default level: its last); same architecture, "
+                                     "a head of another size is re-initialised and kept "
+                                     "dense")
 
 
 @dataclass
@@ -233,6 +313,10 @@ class Settings:
         defaults[("model", "model")] = Settings().resolved().model.model
         changed: dict[str, Any] = {f"{s}.{n}": v for s, n, v in self.resolved().items()
                                    if n not in UNHASHED and v != defaults[(s, n)]}
+        if self.model.weights:
+            # The weights file is named by its content as well as its path: another file at
+            # the same path is another starting point, so another run.
+            inputs = {**(inputs or {}), "weights": weights_digest(self.model.weights)}
         if inputs:
             changed["inputs"] = inputs
         blob = json.dumps(changed, sort_keys=True, separators=(",", ":"))
@@ -240,6 +324,26 @@ class Settings:
 
     def run_name(self, inputs: dict[str, str] | None = None) -> str:
         return f"{self.method.method}-{self.run_hash(inputs)}"
+
+
+_WEIGHT_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def weights_digest(path: str) -> str:
+    """SHA-256 (16 hex digits) of a weights file's bytes, cached by (path, size, mtime)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise SwampError(f"weights file {path} does not exist (`weights`); check the path")
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHT_DIGESTS:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _WEIGHT_DIGESTS[key] = h.hexdigest()[:16]
+    return _WEIGHT_DIGESTS[key]
 
 
 def field_owners() -> dict[str, str]:
@@ -263,15 +367,32 @@ def _coerce(name: str, value: Any, section: Any, source: str) -> Any:
         value = float(value) if ok else value
     elif kind.startswith("str"):
         ok = isinstance(value, str)
+    elif kind.startswith("list[int]"):
+        if isinstance(value, str):
+            parts = [v.strip() for v in value.split(",") if v.strip()]
+            value = [int(v) for v in parts] if all(_is_int(v) for v in parts) else value
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                             for v in value)
     elif kind.startswith("list"):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
     else:  # pragma: no cover - a new field type must be added above
         raise TypeError(f"unsupported settings type {kind}")
+    if not ok and name == "nm" and isinstance(value, int):    # structured sparsity (issue 13)
+        raise SwampError(f"{source}: setting 'nm' is text such as \"2:4\"; quote it (YAML "
+                         f"reads an unquoted 2:4 as the number {value})")
     if not ok:
         raise SwampError(f"{source}: setting '{name}' expects {kind}, got {value!r}")
     return value
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_settings_file(path: str | Path) -> dict[str, Any]:
@@ -350,12 +471,17 @@ def validate(s: Settings) -> None:
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
-        (t.schedule not in ("cosine", "step", "constant"),
-         f"unknown schedule '{t.schedule}'; use cosine, step or constant"),
+        (t.schedule not in ("cosine", "step", "linear", "constant"),
+         f"unknown schedule '{t.schedule}'; use cosine, step, linear or constant"),
+        (not 0.0 <= t.warmup < 1.0, f"`warmup` must be in [0, 1) (got {t.warmup})"),
+        (bool(s.method.swa) and t.warmup >= t.swa_start > 0,
+         f"`warmup` {t.warmup} lasts into SWA (`swa_start` {t.swa_start}); use a shorter "
+         f"warm-up"),
         (p.scorer not in ("magnitude", "lamp", "random"),
          f"unknown scorer '{p.scorer}'; use magnitude, lamp or random"),
-        (p.scope not in ("global", "layerwise"),
-         f"unknown scope '{p.scope}'; use global or layerwise"),
+        (p.scope not in ("global", "layerwise", "nm"),
+         f"unknown scope '{p.scope}'; use global, layerwise or nm"),
+        *_structured(s),
         (not 0.0 <= s.data.val_fraction < 1.0,
          f"`val_fraction` must be in [0, 1) (got {s.data.val_fraction})"),
         (s.data.data_size is not None and s.data.data_size < 10,
@@ -365,14 +491,112 @@ def validate(s: Settings) -> None:
         (s.run.processes < 0, f"`processes` must be 0 (auto) or more (got {s.run.processes})"),
         *_limits(s),
         (s.run.threads < 0, f"`threads` must be 0 (auto) or more (got {s.run.threads})"),
+        *_model_size_checks(s.model),
+        *_file_data_checks(s),
         (s.run.processes > 1 and s.run.engine in ("sequential", "vectorised"),
          f"`processes` {s.run.processes} trains in several processes; use `engine` "
          f"distributed or auto, not {s.run.engine}"),
     ]
+    checks += _finetune_checks(s, method)
     for bad, message in checks:
         if bad:
             raise SwampError(message)
     method.check(s)
+
+
+def _model_size_checks(m: ModelSettings) -> list[tuple[bool, str]]:
+    name = m.model.lower()
+    return [
+        (bool(m.hidden) and name != "mlp",
+         f"`hidden` sets the widths of model mlp, not {m.model}; for a wider ResNet use "
+         f"wrn-D-K, or drop `hidden`"),
+        (m.residual and name != "mlp",
+         f"`residual` adds skip connections to model mlp, not {m.model}; drop `residual`"),
+        (bool(m.channels) and name != "conv1d",
+         f"`channels` sets the convolutions of model conv1d, not {m.model}; drop `channels`"),
+        (any(w < 1 for w in [*m.hidden, *m.channels]),
+         f"layer widths must be at least 1 (got `hidden` {m.hidden}, `channels` {m.channels})"),
+        (any(w > 2**16 for w in [*m.hidden, *m.channels]),
+         f"layer widths above {2**16:,} do not fit any machine's memory as dense layers "
+         f"(got `hidden` {m.hidden}, `channels` {m.channels})"),
+        (len(m.hidden) > 64, f"`hidden` has {len(m.hidden)} layers; use at most 64"),
+        (len(m.channels) > 8,
+         f"`channels` {m.channels}: conv1d halves the length at every layer after the first; "
+         f"use at most 8 layers"),
+    ]
+
+
+def _file_data_checks(s: Settings) -> list[tuple[bool, str]]:
+    """The settings of datasets from the user's files (issue 12)."""
+    d = s.data
+    return [
+        (not 0.0 < d.test_fraction < 1.0,
+         f"`test_fraction` must be in (0, 1) (got {d.test_fraction})"),
+        (d.image_size is not None and d.image_size < 1,
+         f"`image_size` must be at least 1 (got {d.image_size})"),
+        (d.image_mode not in ("RGB", "L"), f"unknown `image_mode` '{d.image_mode}'; use RGB or L"),
+        (d.image_normalize not in ("train", "imagenet", "none"),
+         f"unknown `image_normalize` '{d.image_normalize}'; use train, imagenet or none"),
+        (d.max_length < 1, f"`max_length` must be at least 1 (got {d.max_length})"),
+        (d.block_size < 1, f"`block_size` must be at least 1 (got {d.block_size})"),
+    ]
+
+
+def _finetune_checks(s: Settings, method: Any) -> list[tuple[bool, str]]:
+    """Gradual pruning, distillation and ticket transfer (issue 12)."""
+    t, p = s.train, s.prune
+    gradual = p.prune_schedule == "gradual"
+    # gradual pruning replaces "prune the solution between levels": methods with another
+    # next-mask rule (mask combinations, random or one-shot masks) do not apply
+    plain = type(method.next_mask).__name__ == "NextMask" and not method.next_mask.random
+    return [
+        (p.prune_schedule not in ("levels", "gradual"),
+         f"unknown `prune_schedule` '{p.prune_schedule}'; use levels or gradual"),
+        (p.ramp not in ("cubic", "linear", "harmonic"),
+         f"unknown `ramp` '{p.ramp}'; use cubic, linear or harmonic"),
+        (gradual and not plain,
+         f"`prune_schedule` gradual prunes each level's own particles; method "
+         f"{method.name} makes its masks otherwise (use imp, imp-swa, imp-wa, swamp, "
+         f"swamp+ or sms)"),
+        (gradual and (p.nm is not None or p.block is not None or p.scope == "nm"),
+         "`prune_schedule` gradual keeps counts per tensor; N:M and block patterns "
+         "(`nm`, `block`) prune between levels only: use `prune_schedule` levels"),
+        (p.mask_from is not None and (p.nm is not None or p.block is not None),
+         "`mask_from` starts from another run's unstructured mask; it does not combine with "
+         "`nm` or `block`"),
+        (gradual and p.scorer == "random",
+         "`prune_schedule` gradual prunes by weight scores; use `scorer` magnitude or lamp"),
+        (not gradual and (p.prune_start is not None or p.prune_end is not None
+                          or p.prune_every != 0 or p.ramp != "cubic"),
+         "`ramp`, `prune_start`, `prune_end` and `prune_every` apply to `prune_schedule` "
+         "gradual only"),
+        (p.prune_start is not None and p.prune_start < 0,
+         f"`prune_start` must be 0 or more (got {p.prune_start})"),
+        (p.prune_every < 0, f"`prune_every` must be 0 or more (got {p.prune_every})"),
+        (p.prune_start is not None and p.prune_end is not None
+         and p.prune_end <= p.prune_start,
+         f"`prune_end` {p.prune_end} must be after `prune_start` {p.prune_start}"),
+        (p.mask_from is not None and not p.mask_from.strip(),
+         "`mask_from` is empty; give RUN or RUN:LEVEL"),
+        (t.distill not in ("none", "squarehead", "kd"),
+         f"unknown `distill` '{t.distill}'; use none, squarehead or kd"),
+        (t.teacher not in ("dense", "init"),
+         f"unknown `teacher` '{t.teacher}'; use dense or init"),
+        (t.distill_weight < 0 or t.task_weight < 0,
+         "`distill_weight` and `task_weight` must be >= 0"),
+        (t.distill != "none" and t.distill_weight == 0 and t.task_weight == 0,
+         "`distill_weight` and `task_weight` are both 0: nothing to train on"),
+        (t.kd_temperature <= 0, f"`kd_temperature` must be positive (got {t.kd_temperature})"),
+        (t.distill == "none" and (t.distill_weight != 1.0 or t.task_weight != 1.0
+                                  or t.kd_temperature != 2.0 or bool(t.distill_layers)
+                                  or t.teacher != "dense"),
+         "`distill_weight`, `task_weight`, `kd_temperature`, `distill_layers` and `teacher` "
+         "apply to `distill` squarehead or kd only"),
+        (t.distill == "kd" and bool(t.distill_layers),
+         "`distill_layers` applies to `distill` squarehead only (kd compares the logits)"),
+        (t.distill == "squarehead" and t.kd_temperature != 2.0,
+         "`kd_temperature` applies to `distill` kd only"),
+    ]
 
 
 # Beyond these a run cannot work on any machine; refused at once instead of failing (or
@@ -402,3 +626,32 @@ def _limits(s: Settings) -> list[tuple[bool, str]]:
 
 
 ENGINES = ("auto", "sequential", "vectorised", "distributed")
+
+
+# ---- structured sparsity (issue 13) ----------------------------------------------------------
+def _structured(s: Settings) -> list[tuple[bool, str]]:
+    """N:M and block patterns: the combinations that are refused (docs/structured.md)."""
+    from swamp.core.patterns import nm_levels, parse_block, parse_nm
+
+    p, target = s.prune, s.method.target_sparsity
+    if p.block is not None:
+        parse_block(p.block)                                  # its one-line error
+        return [(p.scope == "nm", "`block` and `scope` nm are two patterns; use `scope` "
+                                  "global or layerwise with `block`, or unset `block`")]
+    if p.nm is None:
+        return [(p.scope == "nm", "`scope` nm needs the pattern: `nm` N:M, e.g. `nm` 2:4")]
+    nm = parse_nm(p.nm)
+    if p.scope != "nm":
+        return [(True, f"`nm` {nm} applies with `scope` nm (got `scope` {p.scope}); use "
+                       f"`scope` nm")]
+    reach = nm_levels(nm, p.prune_fraction) if 0 < p.prune_fraction < 1 else p.levels
+    return [
+        (p.scorer == "lamp", "`scorer` lamp ranks layers against each other; with `scope` nm "
+                             "every group keeps the same count, so it equals magnitude; use "
+                             "`scorer` magnitude"),
+        (target is not None, f"`target_sparsity` does not apply with `scope` nm: {nm} fixes "
+                             f"the sparsity at {1 - nm.n / nm.m:g}; unset `target_sparsity`"),
+        (p.levels != reach, f"`scope` nm {nm} with `prune_fraction` {p.prune_fraction:g} "
+                            f"reaches {nm} at level {reach}; use `levels` {reach} (got "
+                            f"{p.levels})"),
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -17,22 +18,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from swamp import world
-from swamp.assemble import build_context, resolve_device
-from swamp.config import UNHASHED, Settings
+from swamp import finetune, world
+from swamp.assemble import bn_augment, build_context, prepare_data, resolve_device
+from swamp.config import UNHASHED, Settings, weights_digest
 from swamp.core.averaging import recompute_batchnorm
-from swamp.core.masks import Mask, select_prunable
+from swamp.core.masks import Mask
+from swamp.core.patterns import check_pattern, pattern_of
 from swamp.core.seeds import derive_seed
-from swamp.data import DataBundle
+from swamp.data import DataBundle, is_file_dataset
 from swamp.engines import Engine, LevelTask, ParticleJob, engine_device, make_engine
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
-from swamp.evaluation import evaluate, evaluate_ensemble, log_probs
+from swamp.evaluation import (calibrate, ensemble_log_probs, evaluate, evaluate_ensemble,
+                              log_probs, score_split)
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
 from swamp.dense_cache import DenseCache, level0_depends, start_depends
+from swamp.oneshot import run_prunable
 from swamp.store import (RunStore, atomic_write_bytes, is_temporary, load_state, read_json,
                          remove_temporary, safetensors_bytes, save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
@@ -127,18 +131,47 @@ class LevelLoop:
         # by the settings.
         self.inputs = {**(model_fingerprints(model) if model is not None else {}),
                        **(data_fingerprint(data) if data is not None else {})}
+        if data is None and is_file_dataset(s.data.dataset):
+            # The user's files (data/files.py) name the run by their contents too, as data
+            # passed in does: read (and checked) now, before the run directory is opened.
+            data = context.data if context is not None else prepare_data(s)
+            self.inputs.update(data_fingerprint(data))
         self.store = open_run_dir(s, run_dir, self.inputs)
         self.ctx = context or build_context(s, model=model, data=data, device=self.device,
                                             objective=objective)
         self.data, self.model, self.schedule = self.ctx.data, self.ctx.model, self.ctx.schedule
-        self.prunable = select_prunable(self.model, s.prune.include, s.prune.exclude)
+        # model sources (issue 12): a timm/torchvision/hf model's head stays dense by default
+        self.prunable = run_prunable(self.model, s.model.model, s.prune.include,
+                                     s.prune.exclude)
+        check_pattern(pattern_of(s.prune), {n: self.model.get_parameter(n).shape
+                                            for n in self.prunable})   # N:M, blocks fit?
         # Made when there is training to do (a finished run starts no processes).
         self.engine: Engine | None = engine
         self.plan = get_method(s.method.method).plan(s, len(self.data.train), self.device)
+        # issue 12: gradual pruning's window and a transferred mask are checked now, before
+        # anything is written (the mask is read again only by a run with no finished level)
+        self._transfer: Mask | None = None
+        self._notes: list[str] = []          # told when the run starts
+        if s.prune.prune_schedule == "gradual":
+            a, b, every = finetune.gradual_window(s, self.schedule)
+            self._notes.append(f"gradual pruning: {s.prune.ramp} ramp from iteration {a} to "
+                               f"{b}, every {every} iterations")
+        if s.train.distill != "none":
+            layers = getattr(self.ctx.objective, "layers", ())
+            teacher = "level-0 solution" if s.train.teacher == "dense" else "starting weights"
+            self._notes.append(f"distilling ({s.train.distill}"
+                               + (f" on {', '.join(layers)}" if layers else "")
+                               + f") from the {teacher}")
+        if s.prune.mask_from is not None and not self.store.finished_levels():
+            self._transfer, line = finetune.transferred_mask(
+                s.prune.mask_from, self.model, self.prunable, self.device)
+            self._notes.append(line)
         # Dense work shared with earlier runs beside this one (dense_cache.py); not with a
-        # given objective or context, which the settings do not describe.
+        # given objective or context, which the settings do not describe, nor when level 0
+        # already prunes (gradual pruning, a transferred mask).
         self.cache = (DenseCache(self.store.root.parent / ".dense", self.events.info)
                       if s.run.share_dense and objective is None and context is None
+                      and s.prune.prune_schedule == "levels" and s.prune.mask_from is None
                       else None)
 
     def _engine(self, first_level: int = 0) -> Engine:
@@ -162,7 +195,10 @@ class LevelLoop:
 
     def _depends(self, kind: str) -> dict[str, Any]:
         make = start_depends if kind == "start" else level0_depends
-        return make(self.settings.to_dict(), UNHASHED, self.inputs)
+        inputs = dict(self.inputs)
+        if self.settings.model.weights:   # a weights file counts by its content
+            inputs["weights"] = weights_digest(self.settings.model.weights)
+        return make(self.settings.to_dict(), UNHASHED, inputs)
 
     def _reuse_start(self) -> None:
         """Copy the initial weights and rewind point of an identical earlier run, if any."""
@@ -283,7 +319,8 @@ class LevelLoop:
     def _refit(self, state: StateDict) -> StateDict:
         """`state` with BatchNorm statistics recomputed on the training data."""
         self.model.load_state_dict(state)
-        recompute_batchnorm(self.model, self.data.train)
+        recompute_batchnorm(self.model, self.data.train, augment=bn_augment(self.settings,
+                                                                             self.data))
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _val_acc(self, state: StateDict) -> float:
@@ -312,10 +349,12 @@ class LevelLoop:
                   ) -> tuple[dict[str, Any], StateDict]:
         """Train, combine, evaluate and save one level; returns its row and solution."""
         s = self.settings
+        gradual = finetune.gradual_step(s, self.schedule, self._target_density(level), mask)
         task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
                          self._jobs(level), checkpoint_dir=self.store.level_dir(level),
                          checkpoint_every=s.run.checkpoint_every,
-                         optimizer_state=self._rewind_optimizer())
+                         optimizer_state=self._rewind_optimizer(), gradual=gradual,
+                         teacher_state=self._teacher(level))
         t0 = time.perf_counter()
         self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
         results = self._train(task)
@@ -324,25 +363,36 @@ class LevelLoop:
                 self.store.read_record(self.store.engine_path) != record:
             self.store.write_record(self.store.engine_path, record)
         particles = [self._finish_particle(r) for r in results]
+        if gradual is not None:      # the level's mask: made from its particles' weights
+            mask = finetune.gradual_level_mask(particles, mask, gradual)
 
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
-        test_lp, particle_scores, particle_val = [], [], []
+        test_lp, val_lp, particle_scores, particle_val = [], [], [], []
         for state in particles:
             self.model.load_state_dict(state)
-            lp = log_probs(self.model, self.data.test)
-            test_lp.append(lp)
-            particle_scores.append(evaluate(self.model, self.data.test))
-            particle_val.append(evaluate(self.model, self.data.val).acc)
+            test_lp.append(log_probs(self.model, self.data.test))
+            particle_scores.append(score_split(test_lp[-1], self.data.test))
+            val_lp.append(log_probs(self.model, self.data.val))
+            particle_val.append(score_split(val_lp[-1], self.data.val).acc)
         members = self.plan.members(len(particles))
         ensemble = evaluate_ensemble([test_lp[i] for i in members], self.data.test)
+        # calibration (evaluation.py): temperature fitted on validation only, test NLL at it
+        ensemble_cal = calibrate(ensemble_log_probs([val_lp[i] for i in members]),
+                                 self.data.val.y,
+                                 ensemble_log_probs([test_lp[i] for i in members]),
+                                 self.data.test.y)
 
         # The level's solution (methods.py): by default the particles' average, masked, BN
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
         solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
                                                 self._val_acc)
         self.model.load_state_dict(solution)
-        test, val = evaluate(self.model, self.data.test), evaluate(self.model, self.data.val)
+        solution_val = log_probs(self.model, self.data.val)
+        solution_test = log_probs(self.model, self.data.test)
+        test = score_split(solution_test, self.data.test)
+        val = score_split(solution_val, self.data.val)
+        cal = calibrate(solution_val, self.data.val.y, solution_test, self.data.test.y)
         seconds = time.perf_counter() - t0
 
         accs = [particle_scores[i].acc for i in members]
@@ -350,7 +400,7 @@ class LevelLoop:
             "level": level,
             "density": mask.density,
             "sparsity": 1.0 - mask.density,
-            "target_density": self.plan.target_density(level),
+            "target_density": self._target_density(level),
             "test_acc": test.acc, "test_nll": test.nll,
             "val_acc": val.acc, "val_nll": val.nll,
             "particle_acc_mean": statistics.fmean(accs),
@@ -359,10 +409,17 @@ class LevelLoop:
             "ensemble_acc": ensemble.acc, "ensemble_nll": ensemble.nll,
             "particles": len(particles),
             "train_seconds": seconds,
+            # calibration, after the columns older runs have (their records lack these)
+            "test_ece": test.ece, "test_nll_ts": cal.nll, "temperature": cal.temperature,
+            "ensemble_ece": ensemble.ece, "ensemble_nll_ts": ensemble_cal.nll,
         }
+        if self.data.task == "lm":   # language models: accuracies are per token; perplexity
+            row["test_ppl"] = math.exp(test.nll) if math.isfinite(test.nll) else math.nan
         details = {
             **row,
-            "particle_test": [{"acc": p.acc, "nll": p.nll} for p in particle_scores],
+            "particle_test": [{"acc": p.acc, "nll": p.nll, "ece": p.ece}
+                              for p in particle_scores],
+            "ensemble_temperature": ensemble_cal.temperature,
             "particle_val_acc": particle_val,
             "combined": combined,
             "particle_train_loss": [r.train_loss for r in results],
@@ -382,8 +439,12 @@ class LevelLoop:
                 save_state(written[-1], state)
         if level < self.plan.levels:
             # Made now, while the particles are in memory (mask combinations vote with them).
-            following, record = self.plan.next_mask(
-                level, solution, [particles[i] for i in members], mask, self._dense_solution)
+            if s.prune.prune_schedule == "gradual":   # the next level prunes on from here
+                following, record = mask, None
+            else:
+                following, record = self.plan.next_mask(
+                    level, solution, [particles[i] for i in members], mask,
+                    self._dense_solution)
             if record is not None:
                 details["combined"]["next_mask"] = record
             written.append(self.store.next_mask_path(level))
@@ -402,6 +463,28 @@ class LevelLoop:
             self.store.verify_file(path, f"delete {self.store.level_dir(level)} to rerun it")
             return Mask.load(path, self.device)
         return self.plan.next_mask(level, solution, None, mask, self._dense_solution)[0]
+
+    # ---- issue 12: teacher, transferred mask, gradual targets ----------------------------
+    def _teacher(self, level: int) -> StateDict | None:
+        """The frozen teacher of a distilling run: the level-0 solution (from level 1 on), or
+        the weights the run starts from (`teacher` init)."""
+        t = self.settings.train
+        if t.distill == "none":
+            return None
+        if t.teacher == "init":
+            return load_state(self.store.init_path, self.device)
+        return self._dense_solution() if level > 0 else None
+
+    def _base_density(self) -> float:
+        """Density of level 0's mask: 1, or that of a transferred mask."""
+        if self.settings.prune.mask_from is None:
+            return 1.0
+        if self._transfer is not None:
+            return self._transfer.density
+        return Mask.load(self.store.mask_path(0)).density
+
+    def _target_density(self, level: int) -> float:
+        return self._base_density() * self.plan.target_density(level)
 
     def _dense_solution(self) -> StateDict:
         return load_state(self.store.solution_path(0), self.device)
@@ -427,6 +510,8 @@ class LevelLoop:
 
     def _run(self) -> RunResult:
         s = self.settings
+        for note in self._notes:
+            self.events.info(note)
         remove_temporary(self.store.root)          # left by writes a stop interrupted
         if self.store.checksums_missing():
             n = self.store.rebuild_checksums()
@@ -465,7 +550,8 @@ class LevelLoop:
             if last < self.plan.levels:
                 mask = self.next_mask(last, solution, mask)
         else:
-            mask = Mask.ones(self.model, self.prunable)
+            mask = (self._transfer if self._transfer is not None
+                    else Mask.ones(self.model, self.prunable))
             solution = None
         try:
             for level in range(len(finished), self.plan.levels + 1):

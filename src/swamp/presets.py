@@ -7,7 +7,7 @@ marks the values that are this project's choice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from swamp.errors import SwampError, did_you_mean
@@ -18,6 +18,9 @@ class Preset:
     name: str
     values: dict[str, Any]
     source: str
+    # Applied on top of `values` when the run's method keeps an SWA average, for each key
+    # that a settings file or flag does not set: the recipe the SWA papers train with.
+    swa_values: dict[str, Any] = field(default_factory=dict)
 
 
 # CIFAR ResNets and VGGs: the recipe of Frankle et al., "Linear Mode Connectivity and the
@@ -27,11 +30,12 @@ class Preset:
 # for ResNet-20 and VGG-16. On their 50k training images that is 62.5k iterations and 2000 is
 # about 3% of them; with swamp's default 10% validation hold-out, 160 epochs are 56,160
 # iterations (2000 is about 3.6%); --val-fraction 0 matches the paper's training set.
-# The preset sets no SWA values: SWA methods get the project defaults (last 25% at lr/2), and
-# with the step schedule the lr goes back up from 0.01 to swa_lr at swa_start (see
-# docs/presets.md); it is meant for the IMP baselines.
+# With an SWA method the step schedule would drop the lr to 0.01 at 50% and jump back up to
+# swa_lr at swa_start; the SWAMP paper instead anneals a cosine schedule into SWA at 0.05 over
+# the last 25%, so SWA methods get that (`_SWA_RECIPE`) unless a flag or file says otherwise.
 _LTH = dict(optimizer="sgd", lr=0.1, momentum=0.9, batch_size=128, epochs=160,
             schedule="step", weight_decay=1e-4, rewind_iters=2000)
+_SWA_RECIPE = dict(schedule="cosine", swa_lr=0.05)
 # Wide ResNets: Zagoruyko & Komodakis (BMVC 2016) use lr 0.1, momentum 0.9, weight decay 5e-4,
 # batch 128; SWAMP (Choi et al., ICLR 2024) trains its WRN/VGG tickets with a cosine schedule
 # that anneals into SWA over the tail of training. Our choices, not from a cited source:
@@ -46,12 +50,13 @@ _MNIST1D = dict(dataset="mnist1d", model="conv1d", optimizer="sgd", lr=0.1, mome
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("conv1d", _MNIST1D, "this project's default for MNIST-1D"),
-    *[Preset(m, {"model": m, **_LTH}, "Frankle et al. 2020 (LMC), OpenLTH cifar_resnet")
-      for m in ("resnet20", "resnet32", "resnet56")],
-    *[Preset(m, {"model": m, **_LTH}, "Frankle et al. 2020 (LMC), OpenLTH cifar_vgg")
-      for m in ("vgg11", "vgg13", "vgg16", "vgg19")],
+    *[Preset(m, {"model": m, **_LTH}, "Frankle et al. 2020 (LMC), OpenLTH cifar_resnet",
+             _SWA_RECIPE) for m in ("resnet20", "resnet32", "resnet56")],
+    *[Preset(m, {"model": m, **_LTH}, "Frankle et al. 2020 (LMC), OpenLTH cifar_vgg",
+             _SWA_RECIPE) for m in ("vgg11", "vgg13", "vgg16", "vgg19")],
     Preset("resnet18", {"model": "resnet18", **_LTH, "weight_decay": 5e-4},
-           "LTH recipe; weight decay 5e-4 is our choice (usual for CIFAR ResNet-18, uncited)"),
+           "LTH recipe; weight decay 5e-4 is our choice (usual for CIFAR ResNet-18, uncited)",
+           _SWA_RECIPE),
     Preset("wrn-28-2", {"model": "wrn-28-2", **_WRN}, "Zagoruyko & Komodakis 2016; SWAMP 2024; 160 epochs, swa_lr, rewind: our choice"),
     Preset("wrn-32-4", {"model": "wrn-32-4", **_WRN}, "Zagoruyko & Komodakis 2016; SWAMP 2024; 160 epochs, swa_lr, rewind: our choice"),
 ]}
@@ -63,3 +68,9 @@ def preset_values(name: str) -> dict[str, Any]:
                          f"{', '.join(PRESETS)} "
                          f"(see `swamp list`)")
     return dict(PRESETS[name].values)
+
+
+def swa_preset_values(name: str) -> dict[str, Any]:
+    """What preset `name` sets on top of its values for a method with SWA."""
+    preset_values(name)                                  # the same error for an unknown name
+    return dict(PRESETS[name].swa_values)

@@ -22,7 +22,8 @@ from torch import nn
 
 from swamp.assemble import prepare_data, prepare_model, resolve_device
 from swamp.config import Settings
-from swamp.data import DATASETS, DataBundle
+from swamp.data import DATASETS, DataBundle, is_file_dataset
+from swamp.inputs import data_fingerprint
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
 from swamp.store import RunStore, load_state
@@ -82,8 +83,16 @@ class RunReader:
 
     def _check_buildable(self) -> None:
         """The settings name the model and data only where they are registered ones."""
+        dataset = self.settings.data.dataset
+        own_files = self._data is None and is_file_dataset(dataset)
+        if own_files and self.settings.data.data_dir is None:
+            # the user's files (data/files.py): read only where the caller says, as data_dir
+            raise SwampError(f"{self.root} was trained on the files of {dataset}; pass "
+                             f"`data_dir` to say where to read them ('.' for the paths as "
+                             f"recorded; a path named by a run directory is not read "
+                             f"without your say-so)")
         if (self.settings.model.model == "custom" and self._model is None) or \
-                (self._data is None and self.settings.data.dataset not in DATASETS):
+                (self._data is None and not own_files and dataset not in DATASETS):
             raise SwampError(f"{self.root} was made with a model or data passed through the "
                              f"Python API; pass the same model= and data= to load it")
         info = DATASETS.get(self.settings.data.dataset)
@@ -98,13 +107,25 @@ class RunReader:
     def data(self) -> DataBundle:
         """The run's data and validation split, on the reader's device."""
         self._check_buildable()
-        return prepare_data(self.settings, self._data, self.device)
+        data = prepare_data(self.settings, self._data, self.device)
+        if self._data is None and is_file_dataset(self.settings.data.dataset):
+            saved = (self.store.read_record(self.store.inputs_path)
+                     if self.store.inputs_path.is_file() else {})
+            if saved.get("data") != data_fingerprint(data)["data"]:
+                raise SwampError(f"the files of {self.settings.data.dataset} read from "
+                                 f"{self.settings.data.data_dir} are not the ones {self.root} "
+                                 f"was trained on (fingerprints differ); restore them, or "
+                                 f"point `data_dir` at the original files")
+        return data
 
     @cached_property
     def model(self) -> nn.Module:
         """The run's architecture on the reader's device; load a state into it to evaluate."""
         self._check_buildable()
-        return prepare_model(self.settings, self.data, self._model, self.device)
+        # The run's own files hold every state a reader loads: the weights file it began
+        # from need not exist any more.
+        return prepare_model(self.settings, self.data, self._model, self.device,
+                             pretrained=False)
 
     def solution(self, level: int) -> StateDict:
         return load_state(self.store.solution_path(level), self.device)

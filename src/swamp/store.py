@@ -58,6 +58,8 @@ METRICS_COLUMNS = [
     "level", "density", "sparsity", "target_density", "test_acc", "test_nll", "val_acc",
     "val_nll", "particle_acc_mean", "particle_acc_std", "particle_nll_mean", "ensemble_acc",
     "ensemble_nll", "particles", "train_seconds",
+    # calibration (evaluation.py); runs made before have these columns empty
+    "test_ece", "test_nll_ts", "temperature", "ensemble_ece", "ensemble_nll_ts",
 ]
 LEVEL_DIR = re.compile(r"^level_(\d+)$")
 # checksums.json's digest of its own entries; its presence also says that every record of the

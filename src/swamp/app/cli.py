@@ -14,6 +14,7 @@ from typing import Sequence
 
 from swamp import __version__
 from swamp.app import completion, export, posthoc, run, show, studies
+from swamp.app import prune as prune_cmd   # one-shot pruning (issue 12)
 from swamp.app.flags import render_error
 from swamp.methods import METHODS
 from swamp.errors import SwampError, did_you_mean
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     studies.add_parsers(sub)
     posthoc.add_parsers(sub)
+    prune_cmd.add_parser(sub)
     show.add_parser(sub)          # issue 14: swamp show RUN
     completion.add_parser(sub)    # issue 14: swamp completion bash|zsh
     parser.set_defaults(root_parser=parser)   # the completion script is made from it
@@ -89,12 +91,15 @@ def command_options(parser: argparse.ArgumentParser, command: str | None) -> set
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from swamp.data import list_datasets
+    from swamp.data import FILE_DATASETS, list_datasets
     from swamp.models import list_models
     from swamp.posthoc.methods import POSTHOC
 
     print("datasets: " + ", ".join(list_datasets()))
+    print("your own files (--dataset KIND:PATH): " + ", ".join(FILE_DATASETS))
     print("models:   " + ", ".join(list_models()))
+    print("          timm:NAME, torchvision:NAME, hf:DIR (extras swamp[timm], "
+          "swamp[torchvision], swamp[hf]); --weights FILE for any model")
     print("methods:")
     for spec in METHODS.values():
         print(f"  {spec.name:<9} {spec.summary}")
@@ -104,7 +109,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("presets (--preset NAME):")
     for preset in PRESETS.values():
         shown = ", ".join(f"{k}={v}" for k, v in preset.values.items() if k != "model")
-        print(f"  {preset.name:<9} {shown}  [{preset.source}]")
+        swa = ", ".join(f"{k}={v}" for k, v in preset.swa_values.items())
+        print(f"  {preset.name:<9} {shown}" + (f"; with SWA: {swa}" if swa else "")
+              + f"  [{preset.source}]")
     return 0
 
 

@@ -63,9 +63,11 @@ class RunDisplay:
                 self._announce(event)
         elif isinstance(event, RunFinished) and self.announce and event.rows:
             last = event.rows[-1]
+            score = (f"test perplexity {last['test_ppl']:.3g} (token accuracy "
+                     f"{100 * last['test_acc']:.2f}%)" if "test_ppl" in last
+                     else f"test accuracy {100 * last['test_acc']:.2f}%")
             self.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
-                      f"test accuracy {100 * last['test_acc']:.2f}%; metrics in "
-                      f"{RunStore(event.run_dir).metrics_csv}")
+                      f"{score}; metrics in {RunStore(event.run_dir).metrics_csv}")
 
     def _announce(self, event: RunStarted) -> None:
         self.info(f"method [bold]{event.method}[/bold]: {event.model} on {event.dataset}, "

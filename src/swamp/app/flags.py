@@ -8,7 +8,7 @@ from dataclasses import MISSING, fields
 from typing import Iterable
 
 from swamp.config import SECTIONS, Settings, read_settings_file
-from swamp.presets import preset_values
+from swamp.presets import preset_values, swa_preset_values
 
 SETTING_NAMES = frozenset(f.name for cls in SECTIONS.values() for f in fields(cls))
 _QUOTED = re.compile(r"`([a-z][a-z0-9_]*)`")
@@ -76,12 +76,32 @@ def add_settings_flags(parser: argparse.ArgumentParser, hidden: Iterable[str] = 
                                    metavar=f.name.upper())
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace, method: str | None = None) -> Settings:
+    """The settings of preset, file and flags, in that order; `method` (compare: each of its
+    methods) decides whether a preset's SWA recipe applies, instead of the `method` setting."""
     settings = Settings()
-    if getattr(args, "preset", None):
-        settings.update(preset_values(args.preset), source=f"preset {args.preset}")
+    preset = getattr(args, "preset", None)
+    if preset:
+        settings.update(preset_values(preset), source=f"preset {preset}")
+    chosen: set[str] = set()          # settings named by the file or a flag
     if args.config:
-        settings.update(read_settings_file(args.config), source=args.config)
+        values = read_settings_file(args.config)
+        settings.update(values, source=args.config)
+        chosen |= {k.replace("-", "_") for k, v in values.items() if not isinstance(v, dict)}
+        chosen |= {k.replace("-", "_") for v in values.values() if isinstance(v, dict)
+                   for k in v}
     given = {k: v for k, v in vars(args).items() if k in SETTING_NAMES}
     settings.update(given, source="command line")
+    chosen |= set(given)
+    if preset and _keeps_swa(settings, method):
+        extra = {k: v for k, v in swa_preset_values(preset).items() if k not in chosen}
+        settings.update(extra, source=f"preset {preset} (SWA recipe)")
     return settings
+
+
+def _keeps_swa(settings: Settings, method: str | None) -> bool:
+    from swamp.methods import get_method
+
+    if settings.method.swa is not None:
+        return settings.method.swa
+    return get_method(method or settings.method.method).swa

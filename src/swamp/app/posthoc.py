@@ -21,10 +21,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "validation accuracy improves.")
     p.add_argument("run", metavar="RUN", help="run directory")
     p.add_argument("--out", metavar="DIR", help="output directory (default: <RUN>-pools)")
-    p.add_argument("--window", type=int, default=2,
-                   help="neighbouring levels on each side in the pool (default 2)")
-    p.add_argument("--grid", default="0.1,0.2,0.3,0.4,0.5",
-                   help="interpolation coefficients of the neighbour (default 0.1,...,0.5)")
+    p.add_argument("--window", type=int, default=None,
+                   help="neighbouring levels on each side in the pool (default 0: every "
+                        "level of the run, as the authors' code searches)")
+    p.add_argument("--grid", default=None,
+                   help="interpolation coefficients of the neighbour (default "
+                        "0.05,0.10,...,0.95, the authors' grid)")
+    p.add_argument("--narrow", action="store_true",
+                   help="the cheaper search: coefficients 0.1,...,0.5 over the 2 nearest "
+                        "levels on each side (--window and --grid override it)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP)
     p.set_defaults(handler=cmd_pools)
@@ -58,14 +63,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pools(args: argparse.Namespace) -> int:
-    from swamp.posthoc.pools import lottery_pools
+    from swamp.posthoc.pools import ALL_LEVELS, DEFAULT_GRID, NARROW, lottery_pools
     from swamp.studies.report import read_result
 
-    try:
-        grid = [float(c) for c in args.grid.split(",") if c.strip()]
-    except ValueError:
-        raise SwampError(f"--grid must be comma-separated numbers (got {args.grid})") from None
-    out = lottery_pools(args.run, args.out, window=args.window, grid=grid, device=args.device,
+    grid = list(NARROW["grid"] if args.narrow else DEFAULT_GRID)
+    window = NARROW["window"] if args.narrow else ALL_LEVELS
+    if args.grid is not None:
+        try:
+            grid = [float(c) for c in args.grid.split(",") if c.strip()]
+        except ValueError:
+            raise SwampError(f"--grid must be comma-separated numbers (got {args.grid})") from None
+    if args.window is not None:
+        window = args.window
+    out = lottery_pools(args.run, args.out, window=window, grid=grid, device=args.device,
                        data_dir=args.data_dir)
     for row in read_result(out).rows:
         print(f"level {int(row['level']):>2}  density {100 * row['density']:6.2f}%  "
@@ -101,5 +111,8 @@ def cmd_connectivity(args: argparse.Namespace) -> int:
         print(f"t={r['t']:.2f}  test accuracy {100 * r['test_acc']:.2f}%  "
               f"test NLL {r['test_nll']:.4f}")
     print(f"loss barrier (test) {result['test_loss_barrier']:.4f}, error barrier (test) "
-          f"{100 * result['test_error_barrier']:.2f} points; written to {out}")
+          f"{100 * result['test_error_barrier']:.2f} points, against the line between the "
+          f"ends")
+    print(f"against the mean of the ends: loss {result['test_loss_barrier_mean_ends']:.4f}, "
+          f"error {100 * result['test_error_barrier_mean_ends']:.2f} points; written to {out}")
     return 0

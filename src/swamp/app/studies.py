@@ -26,16 +26,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="run methods x seeds (reusing finished runs) and report",
                        description="Run every method for every seed on the same run settings "
                                    "(finished runs are reused by their settings hash), then "
-                                   "write summary.csv, accuracy_vs_sparsity.png and report.md "
-                                   "into --out (the runs go to --out/runs unless --runs-dir "
-                                   "is given). The run settings below apply to every method "
-                                   "that reads them. Methods: " + known + ".")
+                                   "write summary.csv, paired.csv (each method minus "
+                                   "--baseline, seed by seed, with a 95% interval), "
+                                   "accuracy_vs_sparsity.png and report.md into --out (the "
+                                   "runs go to --out/runs unless --runs-dir is given). The run "
+                                   "settings below apply to every method that reads them. "
+                                   "Methods: " + known + ".")
     p.add_argument("--methods", required=True, metavar="A,B",
                    help="comma-separated methods, e.g. imp,imp-swa,swamp")
     p.add_argument("--seeds", default="0,1,2", metavar="0,1,2", help="run seeds (default 0,1,2)")
     p.add_argument("--runs-dir", metavar="DIR", help="where the runs live (default: <out>/runs)")
     p.add_argument("--quiet", action="store_true", help="print nothing while running")
     p.add_argument("--command-text", help=argparse.SUPPRESS)
+    add_study_flags(p)
     _add_launch_flags(p)
     add_tracking_flags(p)
     # --methods and --seeds instead; SWA is each method's own (refused with a clear line)
@@ -43,16 +46,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="summary table, plot and report.md from finished runs",
-                       description="Build summary.csv, accuracy_vs_sparsity.png and report.md "
-                                   "from finished runs (and Lottery Pools / ensemble dirs).")
+                       description="Build summary.csv, paired.csv (each method minus "
+                                   "--baseline, seed by seed, with a 95% interval), "
+                                   "accuracy_vs_sparsity.png and report.md from finished runs "
+                                   "(and Lottery Pools / ensemble dirs).")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--out", required=True, metavar="DIR", help="where to write the report")
+    add_study_flags(p)
     p.set_defaults(handler=cmd_report)
+
+
+def add_study_flags(p: argparse.ArgumentParser) -> None:
+    """How a report states differences and writes its figure (not run settings)."""
+    p.add_argument("--baseline", metavar="METHOD",
+                   help="the method every other is paired with, seed by seed (default: imp "
+                        "where reported)")
+    p.add_argument("--format", default="png", metavar="png|pdf|svg",
+                   help="figure format, or a list (e.g. pdf,svg); default png")
+
+
+def study_options(args: argparse.Namespace) -> dict:
+    from swamp.studies.compare import parse_list
+
+    return {"baseline": args.baseline, "formats": parse_list(args.format, "format")}
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from swamp.app.display import RunDisplay, make_console
     from swamp.events import Events
+    from swamp.methods import METHODS
     from swamp.studies.compare import compare, parse_list
 
     for given, name in (("method", "--methods"), ("seed", "--seeds")):
@@ -67,15 +89,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise SwampError(f"--seeds must be integers, e.g. 0,1,2 (got {args.seeds})") from None
     base = settings_from_args(args)
+    # A preset's training recipe can depend on whether the method keeps an SWA average.
+    # (every method: a post-hoc method trains its source method too)
+    bases = {m: settings_from_args(args, method=m) for m in METHODS}
     if args.print_commands or args.launcher != "local":
-        return _launch(args, methods, seeds, base)
+        return _launch(args, methods, seeds, base, bases)
     display = RunDisplay(make_console(), quiet=args.quiet)
     events = Events()
     events.subscribe(display)
     tracker = attach_tracker(args, events, base)
     try:
         out = compare(methods, seeds, base, base.run.out, runs_dir=args.runs_dir,
-                      command=args.command_text or command_line(args), events=events)
+                      method_bases=bases,
+                      command=args.command_text or command_line(args), events=events,
+                      **study_options(args))
     finally:
         display.close()   # a live progress bar must not outlive an error
         if tracker is not None:
@@ -109,7 +136,8 @@ def _add_launch_flags(p: argparse.ArgumentParser) -> None:
                    help="at most N jobs at once on SLURM (default: 0, no limit)")
 
 
-def _launch(args: argparse.Namespace, methods: list[str], seeds: list[int], base) -> int:
+def _launch(args: argparse.Namespace, methods: list[str], seeds: list[int], base,
+            bases) -> int:
     from swamp.app.display import make_console
     from swamp.posthoc.runs import check_out_dir
     from swamp.studies import launch
@@ -120,7 +148,8 @@ def _launch(args: argparse.Namespace, methods: list[str], seeds: list[int], base
     runs_root = check_out_dir(args.runs_dir or out / "runs", "`runs_dir`").absolute()
     tracking = ["--log", args.log, "--log-dir",
                 str(Path(args.log_dir or out / args.log).absolute())] if args.log else []
-    commands = launch.run_commands(planned_runs(methods, seeds, base), runs_root, tracking)
+    commands = launch.run_commands(planned_runs(methods, seeds, base, bases), runs_root,
+                                   tracking)
     if args.print_commands:
         for command in commands:
             print(command.text())
@@ -141,6 +170,6 @@ def _launch(args: argparse.Namespace, methods: list[str], seeds: list[int], base
 def cmd_report(args: argparse.Namespace) -> int:
     from swamp.studies.report import build_report
 
-    out = build_report(args.runs, args.out, command=command_line(args))
+    out = build_report(args.runs, args.out, command=command_line(args), **study_options(args))
     print(f"report: {Path(out) / 'report.md'}")
     return 0

@@ -9,7 +9,7 @@ until recomputed, which `recompute_batchnorm` does with swa_utils.update_bn.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -88,12 +88,26 @@ def batches(split: Split, batch_size: int) -> Iterable[torch.Tensor]:
         yield split.x[i:i + batch_size]
 
 
+# The seed of the augmentation draws of a BatchNorm pass: one fixed draw, so that candidates
+# compared on it (Lottery Pools, greedy soups) see the same augmented batches.
+BN_AUGMENT_SEED = 0x5EED_B4
+
+
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, train: Split, batch_size: int = 512) -> None:
-    """Reset and re-estimate BatchNorm running statistics on the (un-augmented) training data.
+def recompute_batchnorm(model: nn.Module, train: Split, batch_size: int = 512,
+                        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+                        | None = None) -> None:
+    """Reset and re-estimate BatchNorm running statistics on the training data: un-augmented
+    (the default), or passed once through `augment` (as the SWA reference recomputes them,
+    through its augmented training loader).
 
     update_bn uses a cumulative moving average, so the result is the exact mean over batches
     and does not depend on the batch order.
     """
-    if has_batchnorm(model):
+    if not has_batchnorm(model):
+        return
+    if augment is None:
         update_bn(batches(train, batch_size), model)
+        return
+    generator = torch.Generator().manual_seed(BN_AUGMENT_SEED)
+    update_bn((augment(x, generator) for x in batches(train, batch_size)), model)

@@ -9,7 +9,9 @@ from typing import Mapping, Sequence
 import torch
 
 from swamp.core.masks import Mask
-from swamp.core.pruning import keep_exactly, keep_top, prune, target_counts
+from swamp.core.patterns import NM, Blocks, Pattern
+from swamp.core.pruning import (block_norms, from_blocks, keep_exactly, keep_groups, keep_top,
+                                prune, target_counts, to_blocks)
 
 
 def mean_magnitude(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask
@@ -54,7 +56,8 @@ def keep_top_voted(votes: Mapping[str, torch.Tensor], scores: Mapping[str, torch
 
 def combine_masks(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask, fraction: float,
                   share: float, *, scorer: str = "magnitude", scope: str = "global",
-                  generator: torch.Generator | None = None) -> tuple[Mask, dict]:
+                  generator: torch.Generator | None = None, pattern: Pattern = None
+                  ) -> tuple[Mask, dict]:
     """Each state prunes itself to the level target; keep a weight if at least
     ceil(share * N) states keep it (share 1: intersection, COLT; share <= 1/N: union).
 
@@ -65,17 +68,30 @@ def combine_masks(states: Sequence[Mapping[str, torch.Tensor]], mask: Mask, frac
     are removed; if it keeps too few (the usual case for an intersection), the removed
     weights with the most votes (among those, the largest mean |w|) are added back.
     Returns the mask and a record of what the adjustment did.
+
+    Patterns: with `Blocks` the whole combination runs on tiles (each state's tile norms,
+    the tile mask; counts in the record are tiles); with `NM` every member prunes itself to
+    the next group count and every group keeps exactly that count, ranked by votes, then
+    mean |w|, then index.
     """
-    masks = [prune(s, mask, fraction, scorer=scorer, scope=scope, generator=generator)
-             for s in states]
+    if isinstance(pattern, Blocks):
+        tiles, record = combine_masks([block_norms(s, mask, pattern) for s in states],
+                                      to_blocks(mask, pattern), fraction, share, scorer=scorer,
+                                      scope=scope, generator=generator)
+        return from_blocks(tiles, mask, pattern), {**record, "counted_in": f"{pattern} blocks"}
+    masks = [prune(s, mask, fraction, scorer=scorer, scope=scope, generator=generator,
+                   pattern=pattern) for s in states]
     need = max(1, math.ceil(share * len(states) - 1e-9))
     votes = {n: torch.stack([m[n] for m in masks]).sum(0) for n in mask.names}
     passed = Mask({n: (votes[n] >= need) & mask[n] for n in mask.names})
     # every particle's own mask has the exact target count (per layer: the same recurrence)
-    counts = target_counts(mask, fraction, 1, scope)[1]
+    counts = target_counts(mask, fraction, 1, scope, pattern)[1]
     target = masks[0].nnz
-    result = keep_exactly(mean_magnitude(states, mask), mask, counts, scope,
-                          keep=lambda s, m, k: keep_top_voted(votes, s, m, k))
+    if isinstance(pattern, NM):
+        result = keep_groups([votes, mean_magnitude(states, mask)], mask, counts[""], pattern)
+    else:
+        result = keep_exactly(mean_magnitude(states, mask), mask, counts, scope,
+                              keep=lambda s, m, k: keep_top_voted(votes, s, m, k))
     record = {"votes_needed": need, "voters": len(states), "passed": passed.nnz,
               "target": target, "added_back": max(0, target - passed.nnz),
               "removed_extra": max(0, passed.nnz - target)}

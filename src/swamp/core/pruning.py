@@ -11,7 +11,15 @@ Scorers (`SCORERS`) map one layer's weights and mask to non-negative float score
 - ``random``: uniform [0, 1) scores from an explicit `torch.Generator` (reproducible).
 
 Scopes: ``global`` ranks all prunable tensors together; ``layerwise`` removes the same fraction
-of each layer's own remaining weights.
+of each layer's own remaining weights; ``nm`` ranks each group of M consecutive weights along
+the input dimension on its own (N:M sparsity, with `pattern=NM(n, m)`).
+
+Patterns (`swamp.core.patterns`; every function here takes `pattern=`): with `Blocks(r, c)`
+the weight matrices are cut into r x c tiles, each tile becomes one "weight" whose value is
+its L2 norm, and everything below (scorers, scopes, exact counts, ties) runs on the tensors
+of tile norms, counting tiles; the tile mask is then expanded back. With `NM(n, m)` every
+group keeps the same count (`patterns.nm_counts`), chosen by score within the group, ties
+to the lower index like everywhere else.
 
 Exactness rules (shared by every path):
 
@@ -42,6 +50,7 @@ from torch import Tensor
 
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
+from swamp.core.patterns import NM, Blocks, Pattern, matrix_shape, nm_counts
 
 __all__ = [
     "SCORERS",
@@ -54,6 +63,12 @@ __all__ = [
     "keep_top",
     "keep_exactly",
     "target_counts",
+    "counts_like",
+    "to_blocks",
+    "from_blocks",
+    "block_norms",
+    "group_counts",
+    "keep_groups",
 ]
 
 Scorer = Callable[[Tensor, Tensor, "torch.Generator | None"], Tensor]
@@ -97,7 +112,7 @@ def random(weight: Tensor, mask: Tensor, generator: torch.Generator | None = Non
 
 
 SCORERS: dict[str, Scorer] = {"magnitude": magnitude, "lamp": lamp, "random": random}
-SCOPES = ("global", "layerwise")
+SCOPES = ("global", "layerwise", "nm")
 
 
 def _get_scorer(scorer: str | Scorer) -> Scorer:
@@ -130,10 +145,17 @@ def score(
     mask: Mask,
     scorer: str | Scorer = "magnitude",
     generator: torch.Generator | None = None,
+    pattern: Pattern = None,
 ) -> dict[str, Tensor]:
-    """Scores of every prunable tensor (only names in `mask` are read from `weights`)."""
+    """Scores of every prunable tensor (only names in `mask` are read from `weights`).
+
+    With a `Blocks` pattern the scores are those of the tiles (the scorer applied to the
+    tile norms under the tile mask), in the shape of the tile grid."""
     fn = _get_scorer(scorer)
     _check_weights(weights, mask)
+    if isinstance(pattern, Blocks):
+        return score(block_norms(weights, mask, pattern), to_blocks(mask, pattern), fn,
+                     generator)
     with torch.no_grad():
         return {n: fn(weights[n], mask[n], generator) for n in mask.names}
 
@@ -320,12 +342,15 @@ def prune(
     scorer: str | Scorer = "magnitude",
     scope: str = "global",
     generator: torch.Generator | None = None,
+    pattern: Pattern = None,
 ) -> Mask:
     """The next mask: remove `fraction` of the remaining weights, lowest scores first.
 
     `weights` may be a model's state dict; only the names in `mask` are read. Global scope
     removes `n_to_remove(fraction, mask.nnz)` weights in one ranking; layerwise scope removes
-    `n_to_remove(fraction, remaining in layer)` from each layer.
+    `n_to_remove(fraction, remaining in layer)` from each layer. With `pattern`: `Blocks`
+    counts tiles instead of weights; `NM` (scope nm) takes every group from its count to the
+    next one of `patterns.nm_counts` (a mask already at N:M comes back unchanged).
     """
     if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
         raise SwampError(
@@ -335,7 +360,15 @@ def prune(
     fn = _get_scorer(scorer)
     if scope not in SCOPES:
         raise SwampError(f"unknown pruning scope {scope!r}; known scopes: {', '.join(SCOPES)}")
+    _check_scope(scope, pattern)
     _check_weights(weights, mask)
+    if isinstance(pattern, Blocks):
+        tiles = to_blocks(mask, pattern)
+        return from_blocks(prune(block_norms(weights, mask, pattern), tiles, fraction, fn,
+                                 scope, generator), mask, pattern)
+    if isinstance(pattern, NM):
+        k = nm_counts(pattern, fraction, 1, group_counts(mask, pattern))[1]
+        return keep_groups([score(weights, mask, fn, generator)], mask, k, pattern)
     # |w| is recomputed per pass (no full copy of the weights); other scores are stored once.
     scores: Mapping[str, Tensor]
     if fn is magnitude:
@@ -346,11 +379,19 @@ def prune(
 
 
 def keep_exactly(scores: Mapping[str, Tensor], mask: Mask, counts: Mapping[str, int],
-                 scope: str, keep: Callable[[Mapping[str, Tensor], Mask, int], Mask] = keep_top
-                 ) -> Mask:
+                 scope: str, keep: Callable[[Mapping[str, Tensor], Mask, int], Mask] = keep_top,
+                 pattern: Pattern = None) -> Mask:
     """Keep exactly `counts` weights of `mask` by `scores`: globally (`counts['']`) or per
     layer (`counts[name]`), in the format of `target_counts`. `keep` ranks one group
-    (default `keep_top`; mask combination ranks by votes first)."""
+    (default `keep_top`; mask combination ranks by votes first). With `Blocks`, `scores`
+    and `counts` are of tiles (`score(..., pattern=)`, `target_counts(..., pattern=)`);
+    with `NM`, `counts['']` weights are kept in every group."""
+    _check_scope(scope, pattern)
+    if isinstance(pattern, Blocks):
+        return from_blocks(keep_exactly(scores, to_blocks(mask, pattern), counts, scope, keep),
+                           mask, pattern)
+    if isinstance(pattern, NM):
+        return keep_groups([scores], mask, counts[""], pattern)
     if scope == "global":
         return keep(scores, mask, counts[""])
     return Mask({n: keep(scores, Mask({n: mask[n]}), counts[n])[n] for n in mask.names})
@@ -366,10 +407,18 @@ def counts_at_density(mask: Mask, density: float, scope: str) -> dict[str, int]:
     return {n: max(1, math.floor(density * mask[n].numel() + 0.5)) for n in mask.names}
 
 
-def target_counts(mask: Mask, fraction: float, levels: int, scope: str) -> list[dict[str, int]]:
+def target_counts(mask: Mask, fraction: float, levels: int, scope: str,
+                  pattern: Pattern = None) -> list[dict[str, int]]:
     """Per-level kept counts per tensor of iterative pruning from `mask` (the exact recurrence
     of `prune`: remove `n_to_remove(fraction, remaining)` per level, globally or per layer).
-    For the global scope only the total is defined; it is stored under the key ''."""
+    For the global scope only the total is defined; it is stored under the key ''.
+    `Blocks`: the same, counting tiles; `NM`: the count of every group, under ''."""
+    _check_scope(scope, pattern)
+    if isinstance(pattern, Blocks):
+        return target_counts(to_blocks(mask, pattern), fraction, levels, scope)
+    if isinstance(pattern, NM):
+        return [{"": k} for k in nm_counts(pattern, fraction, levels,
+                                           group_counts(mask, pattern))]
     out = []
     if scope == "global":
         n = mask.nnz
@@ -382,3 +431,114 @@ def target_counts(mask: Mask, fraction: float, levels: int, scope: str) -> list[
         out.append(dict(counts))
         counts = {n: c - n_to_remove(fraction, c) for n, c in counts.items()}
     return out
+
+
+def counts_like(mask: Mask, pattern: Pattern = None) -> dict[str, int]:
+    """The kept counts of `mask` in the format of `target_counts` (both the global total ''
+    and every layer's; `Blocks`: tiles; `NM`: the count of every group)."""
+    if isinstance(pattern, NM):
+        return {"": group_counts(mask, pattern)}
+    if isinstance(pattern, Blocks):
+        mask = to_blocks(mask, pattern)
+    return {"": mask.nnz, **{n: int(mask[n].sum()) for n in mask.names}}
+
+
+# ---------------------------------------------------------------------------------------
+# structured patterns (issue 13; what they are: swamp.core.patterns)
+
+
+def _check_scope(scope: str, pattern: Pattern) -> None:
+    if (scope == "nm") != isinstance(pattern, NM):
+        raise SwampError("scope 'nm' goes with pattern=NM(n, m) and NM(n, m) with scope 'nm' "
+                         f"(got scope {scope!r}, pattern {pattern})")
+
+
+def _tiles(t: Tensor, pattern: Blocks) -> Tensor:
+    """(tile rows, tile cols, r * c): the tiles of `t`'s matrix view, one per row of the last
+    dimension (the shape is checked by `patterns.check_pattern`)."""
+    rows, cols = matrix_shape(t.shape)
+    r, c = pattern.rows, pattern.cols
+    if rows % r or cols % c:
+        raise SwampError(f"a {rows}x{cols} matrix does not divide into {pattern} blocks; "
+                         f"exclude the layer or choose another block")
+    return (t.reshape(rows // r, r, cols // c, c).permute(0, 2, 1, 3)
+            .reshape(rows // r, cols // c, r * c))
+
+
+def to_blocks(mask: Mask, pattern: Blocks) -> Mask:
+    """The tile mask: a tile is kept when all its weights are (so expanding it back never
+    revives a weight)."""
+    return Mask({n: _tiles(mask[n], pattern).all(-1) for n in mask.names})
+
+
+def from_blocks(tiles: Mask, like: Mask, pattern: Blocks) -> Mask:
+    """Expand a tile mask to weights of `like`'s shapes (and within `like`)."""
+    out = {}
+    for n in like.names:
+        rows, cols = matrix_shape(like[n].shape)
+        t = tiles[n].to(like[n].device)
+        full = t[:, None, :, None].expand(t.shape[0], pattern.rows, t.shape[1], pattern.cols)
+        out[n] = full.reshape(like[n].shape) & like[n]
+    return Mask(out)
+
+
+def block_norms(weights: Mapping[str, Tensor], mask: Mask, pattern: Blocks
+                ) -> dict[str, Tensor]:
+    """L2 norm of every tile of every tensor in `mask` (float32; the tile's "weight")."""
+    _check_weights(weights, mask)
+    with torch.no_grad():
+        return {n: _tiles(weights[n].detach().float(), pattern).square().sum(-1).sqrt()
+                for n in mask.names}
+
+
+def _groups(t: Tensor, pattern: NM) -> Tensor:
+    """(groups, M): consecutive M weights along each row of `t`'s matrix view."""
+    rows, cols = matrix_shape(t.shape)
+    if cols % pattern.m:
+        raise SwampError(f"rows of {cols} weights do not divide into groups of {pattern.m}; "
+                         f"exclude the layer or choose another M")
+    return t.reshape(-1, pattern.m)
+
+
+def group_counts(mask: Mask, pattern: NM) -> int:
+    """The kept count of every group of `mask` (one number: an N:M-made mask keeps the same
+    count in every group; another mask is refused)."""
+    seen = set()
+    for n in mask.names:
+        seen.update(_groups(mask[n], pattern).sum(1).unique().tolist())
+    if len(seen) != 1:
+        raise SwampError(f"the mask keeps {sorted(seen)} weights in different groups of "
+                         f"{pattern.m}; an {pattern} mask keeps the same count in every group "
+                         f"(start from a dense mask)")
+    return int(seen.pop())
+
+
+def keep_groups(keys: list[Mapping[str, Tensor]], mask: Mask, k: int, pattern: NM) -> Mask:
+    """Keep exactly `k` weights of `mask` in every group of M: ranked by `keys[0]`, then by
+    `keys[1]`, ... (higher = keep), then by index (the lower index is dropped first, as in
+    `keep_top`). Pruned weights rank below every kept one and are never revived."""
+    m = pattern.m
+    if not 0 <= k <= m:
+        raise SwampError(f"cannot keep {k} weights in groups of {m}")
+    out = {}
+    with torch.no_grad():
+        for n in mask.names:
+            live = _groups(mask[n], pattern)
+            if bool((live.sum(1) < k).any()):
+                raise SwampError(f"cannot keep {k} of every {m} weights in {n!r}: some groups "
+                                 f"keep fewer already")
+            # Least significant key first, then stable sorts by more significant keys: the
+            # final order is lexicographic (live, keys..., index), ascending.
+            order = torch.arange(m, device=live.device).expand(live.shape[0], m)
+            for key in [*reversed(keys), None]:
+                vals = live.float() if key is None else _groups(_flat_f32(key[n]).to(
+                    live.device), pattern)
+                if key is not None and bool(torch.isnan(vals[live]).any()):
+                    raise SwampError("pruning scores contain NaN (did training diverge?); "
+                                     "check the weights")
+                idx = torch.sort(vals.gather(1, order), dim=1, stable=True).indices
+                order = order.gather(1, idx)
+            keep = torch.ones_like(live)
+            keep.scatter_(1, order[:, :m - k], False)
+            out[n] = keep.view(mask[n].shape)
+    return Mask(out)

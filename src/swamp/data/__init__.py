@@ -11,11 +11,14 @@ from typing import Callable
 
 from swamp.data.augment import CropFlip
 from swamp.data.bundle import Augment, DataBundle, Split, from_tensors, split_validation
-from swamp.data import sources
+from swamp.data import files, sources
+from swamp.data.files import FileOptions, is_file_dataset
 from swamp.errors import SwampError, did_you_mean
 
-__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "Split", "default_model",
-           "from_tensors", "list_datasets", "load_dataset", "split_validation"]
+__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "FileOptions",
+           "Split", "default_model", "from_tensors", "is_file_dataset", "list_datasets",
+           "load_dataset", "split_validation"]
+
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("mnist1d", "MNIST-1D, generated offline (size=10000: 8000 train/2000 test), "
                 "shape (1, 40), 10 classes [default]", sources.load_mnist1d,
                 default_model="conv1d"),
+    DatasetInfo("mnist1d-noisy", "MNIST-1D with 4x the correlated and 10x the per-point noise "
+                "(a shifted distribution for transfer studies), shape (1, 40), 10 classes",
+                sources.load_mnist1d_noisy, default_model="conv1d"),
     DatasetInfo("synthetic", "Gaussian class clusters for tests (size=512, 80/20), shape (1, 32), "
                 "10 classes", sources.load_synthetic, default_model="conv1d"),
     DatasetInfo("synthetic-image", "smooth symmetric image clusters for tests (size=512, 80/20), "
@@ -57,34 +63,52 @@ def list_datasets() -> list[str]:
     return list(DATASETS)
 
 
+# The user's own files, named KIND:PATH (data/files.py): shown by `swamp list`.
+FILE_DATASETS = {
+    "imagefolder:DIR": "class sub-folders of images (ImageFolder layout; swamp[vision])",
+    "csv:FILE": "text classification: text and label columns, a local `tokenizer`",
+    "jsonl:FILE": "text classification, one JSON object per line, a local `tokenizer`",
+    "text:FILE": "causal language modelling on a text file: blocks of `block_size` tokens",
+}
+
+
 def default_model(dataset: str) -> str:
     """The model a run of `dataset` uses unless one is given: conv1d for 1-D signals, an MLP
-    for small images, ResNet-20 for CIFAR; data of the Python API (not registered): conv1d,
-    as before datasets had defaults."""
+    for small images, ResNet-20 for CIFAR; the user's files and data of the Python API:
+    conv1d, as before datasets had defaults."""
     info = DATASETS.get(_ALIASES.get(dataset.lower(), dataset.lower()))
     return info.default_model if info is not None else "conv1d"
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
-                 split_seed: int = 0, size: int | None = None, augment: bool = True) -> DataBundle:
+                 split_seed: int = 0, size: int | None = None, augment: bool = True,
+                 file_options: FileOptions | None = None) -> DataBundle:
     """Load a registered dataset into memory, normalised, with a seeded validation split.
 
     `size`: for generated data (mnist1d, synthetic*) the number of examples generated in all;
     for the others the number of training examples kept (the first ones); more than the
     dataset has is an error.
     `augment=False` drops the dataset's training augmentation.
+    `name` KIND:PATH reads the user's files (data/files.py) with `file_options`.
     """
+    if not 0.0 <= float(val_fraction) < 1.0:  # fail before any slow loading
+        raise SwampError(f"val_fraction must be in [0, 1), got {val_fraction}; "
+                         "use e.g. 0.1, or 0 for no validation split")
+    if is_file_dataset(name):
+        return _bundle(name, files.load(name, file_options or FileOptions(), size, augment),
+                       val_fraction, split_seed, augment)
     key = _ALIASES.get(name.lower(), name.lower())
     info = DATASETS.get(key)
     if info is None:
         raise SwampError(f"unknown dataset {name!r};{did_you_mean(name, DATASETS)} known: "
-                         f"{', '.join(DATASETS)} "
-                         "(see `swamp list`)")
-    if not 0.0 <= float(val_fraction) < 1.0:  # fail before any slow loading
-        raise SwampError(f"val_fraction must be in [0, 1), got {val_fraction}; "
-                         "use e.g. 0.1, or 0 for no validation split")
+                         f"{', '.join(DATASETS)}, {', '.join(FILE_DATASETS)} (see `swamp list`)")
     raw = info.loader(data_dir, size, augment)
+    return _bundle(info.name, raw, val_fraction, split_seed, augment)
+
+
+def _bundle(name: str, raw: sources.Raw, val_fraction: float, split_seed: int,
+            augment: bool) -> DataBundle:
     train, val = split_validation(raw.x_train, raw.y_train, val_fraction, split_seed)
-    return DataBundle(info.name, train, val, Split(raw.x_test, raw.y_test), raw.num_classes,
+    return DataBundle(name, train, val, Split(raw.x_test, raw.y_test), raw.num_classes,
                       tuple(int(s) for s in raw.x_train.shape[1:]),
-                      raw.augment if augment else None)
+                      raw.augment if augment else None, raw.task, raw.vocab_size)

@@ -42,6 +42,10 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     augment: Augment | None = None
+    # Token data from the user's files (data/files.py): "lm" = causal language modelling, y
+    # (n, block) the next token of every position and num_classes the vocabulary size.
+    task: str = "classification"
+    vocab_size: int | None = None       # of the token ids in x, when x holds token ids
 
     def to(self, device: torch.device | str) -> "DataBundle":
         """The bundle with every split on `device`.
@@ -57,7 +61,8 @@ class DataBundle:
                      if not _on(t, device))
         check_fits_on_device(self.name, moving, device)
         return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
-                          self.num_classes, self.input_shape, self.augment)
+                          self.num_classes, self.input_shape, self.augment, self.task,
+                          self.vocab_size)
 
     def __repr__(self) -> str:  # tensors would flood the repr
         return (f"DataBundle(name={self.name!r}, train={len(self.train)}, val={len(self.val)}, "

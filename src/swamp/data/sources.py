@@ -27,6 +27,8 @@ class Raw:
     y_test: torch.Tensor
     num_classes: int
     augment: Augment | None = None
+    task: str = "classification"        # or "lm": y holds each position's next token
+    vocab_size: int | None = None       # token inputs (data/files.py): the tokenizer's
 
 
 def _check_size(name: str, size: int | None, minimum: int) -> None:
@@ -63,11 +65,18 @@ def cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "swamp"
 
 
-def _generate_mnist1d(size: int, seed: int) -> dict[str, np.ndarray]:
+# A shifted distribution for transfer studies: the same ten templates, four times the
+# reference's correlated noise and ten times its per-point noise (mnist1d's own knobs).
+MNIST1D_NOISY = {"corr_noise_scale": 1.0, "iid_noise_scale": 0.2}
+
+
+def _generate_mnist1d(size: int, seed: int, **changes: float) -> dict[str, np.ndarray]:
     from mnist1d.data import get_dataset_args, make_dataset  # generated offline, never downloaded
 
     args = get_dataset_args()
     args.num_samples, args.seed = size, seed
+    for key, value in changes.items():
+        setattr(args, key, value)
     # make_dataset reseeds the global `random` and numpy RNGs; restore them so that loading
     # data never changes the caller's random streams.
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -107,17 +116,23 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
         pass  # an unwritable cache only costs regeneration next time
 
 
-def load_mnist1d(data_dir: str | None, size: int | None, augment: bool) -> Raw:
-    _check_size("mnist1d", size, 10)
+def load_mnist1d(data_dir: str | None, size: int | None, augment: bool,
+                 noisy: bool = False) -> Raw:
+    name = "mnist1d-noisy" if noisy else "mnist1d"
+    _check_size(name, size, 10)
     size = 10000 if size is None else size  # 8000 train / 2000 test
-    path = cache_dir() / f"mnist1d-{size}-{MNIST1D_SEED}.npz"
+    path = cache_dir() / f"{name}-{size}-{MNIST1D_SEED}.npz"
     arrays = _read_cache(path)
     if arrays is None:
-        arrays = _generate_mnist1d(size, MNIST1D_SEED)
+        arrays = _generate_mnist1d(size, MNIST1D_SEED, **(MNIST1D_NOISY if noisy else {}))
         _write_cache(path, arrays)
     t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     # make_dataset already centres and scales to unit std; add the channel dim: (n, 1, 40).
     return Raw(t["x"][:, None, :], t["y"], t["x_test"][:, None, :], t["y_test"], 10)
+
+
+def load_mnist1d_noisy(data_dir: str | None, size: int | None, augment: bool) -> Raw:
+    return load_mnist1d(data_dir, size, augment, noisy=True)
 
 
 # --------------------------------------------------------------------------- synthetic

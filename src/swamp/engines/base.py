@@ -55,6 +55,10 @@ class LevelTask:
     checkpoint_every: int = 0
     # per-replica optimiser state to start from (`rewind_optimizer`), by parameter name
     optimizer_state: StateDict | None = None
+    # issue 12: prune the mask gradually while training (a train.gradual.GradualStep), and
+    # the weights of the frozen teacher a distillation objective compares with
+    gradual: Any = None
+    teacher_state: StateDict | None = None
     _digest: str | None = field(default=None, repr=False)
 
     def digest(self) -> str:
@@ -66,7 +70,10 @@ class LevelTask:
                                      for p in (k, self.start_state[k])),
                                    *(p for k in sorted(mask) for p in (k, mask[k])),
                                    *(p for k in sorted(self.optimizer_state or {})
-                                     for p in (k, self.optimizer_state[k]))])
+                                     for p in (k, self.optimizer_state[k])),
+                                   *([repr(self.gradual)] if self.gradual is not None else []),
+                                   *(p for k in sorted(self.teacher_state or {})
+                                     for p in (k, self.teacher_state[k]))])
         return self._digest
 
 
@@ -139,12 +146,16 @@ def train_group(replicas: Any, task: LevelTask, ctx: TrainContext,
     """Train `jobs` of `task` together as `replicas` (one module for one job, or stacked
     copies), resuming from their checkpoint if one exists."""
     s = ctx.settings
+    objective = ctx.objective
+    if task.teacher_state is not None and hasattr(objective, "with_teacher"):
+        objective = objective.with_teacher(ctx.model, task.teacher_state)
     plan = TrainPlan(ctx.data.train, ctx.schedule, s, task.start_step, ctx.schedule.total,
                      order_seeds=[j.order_seed for j in jobs],
                      augment_seeds=[j.augment_seed for j in jobs],
                      subsets=[j.subset for j in jobs], labels=[label(j) for j in jobs],
-                     augment=ctx.data.augment, objective=ctx.objective,
-                     swa=ctx.schedule.swa, mask=task.mask, rng_seed=jobs[0].order_seed)
+                     augment=ctx.data.augment, objective=objective,
+                     swa=ctx.schedule.swa, mask=task.mask, rng_seed=jobs[0].order_seed,
+                     gradual=task.gradual)
     file = checkpoint_file(task, ctx, jobs)
     resume = file.load(ctx.model_device) if file is not None else None
     if resume is not None and info is not None:

@@ -151,10 +151,12 @@ class DistributedEngine:
         state_layout = layout_of(task.start_state)
         mask_layout = layout_of(dict(task.mask.items())) if task.mask is not None else None
         optim_layout = layout_of(task.optimizer_state) if task.optimizer_state else None
+        teacher_layout = layout_of(task.teacher_state) if task.teacher_state else None
         header = {"op": "train", "level": task.level, "start_step": task.start_step,
                   "jobs": [(j.level, j.index, j.order_seed, j.augment_seed,
                             None if j.subset is None else j.subset.cpu()) for j in task.jobs],
                   "state": state_layout, "mask": mask_layout, "optimizer": optim_layout,
+                  "teacher": teacher_layout, "gradual": task.gradual,
                   # each rank checkpoints its own particles into the level's folder (the
                   # same path on its machine)
                   "checkpoint_dir": None if task.checkpoint_dir is None
@@ -167,6 +169,8 @@ class DistributedEngine:
             self._broadcast_state(dict(task.mask.items()), mask_layout)
         if optim_layout is not None:
             self._broadcast_state(task.optimizer_state, optim_layout)
+        if teacher_layout is not None:
+            self._broadcast_state(task.teacher_state, teacher_layout)
         results = self._train_and_gather(task, ctx, progress)
         self._mid_level = False
         assert results is not None
@@ -205,6 +209,8 @@ class DistributedEngine:
                     if header["mask"] is not None else None)
             optim = (self._broadcast_state(None, header["optimizer"])
                      if header["optimizer"] is not None else None)
+            teacher = (self._broadcast_state(None, header["teacher"])
+                       if header.get("teacher") is not None else None)
             jobs = [ParticleJob(level, index, order, augment,
                                 None if subset is None else subset.to(self.group.device))
                     for level, index, order, augment, subset in header["jobs"]]
@@ -212,7 +218,8 @@ class DistributedEngine:
             task = LevelTask(header["level"], state, mask, header["start_step"], jobs,
                              checkpoint_dir=None if folder is None else Path(folder),
                              checkpoint_every=header["checkpoint_every"],
-                             optimizer_state=optim)
+                             optimizer_state=optim, gradual=header.get("gradual"),
+                             teacher_state=teacher)
             level_ctx = TrainContext(ctx.model, ctx.data, header["schedule"], header["settings"],
                                      ctx.objective)
             try:
@@ -244,7 +251,8 @@ class DistributedEngine:
             if mine:
                 local = LevelTask(task.level, task.start_state, task.mask, task.start_step,
                                   [task.jobs[pos] for pos in mine], task.checkpoint_dir,
-                                  task.checkpoint_every, task.optimizer_state)
+                                  task.checkpoint_every, task.optimizer_state,
+                                  gradual=task.gradual, teacher_state=task.teacher_state)
                 if g.rank == 0:       # the level loop already turns signals into stops
                     trained = self.local.train_particles(local, ctx, progress)
                 else:

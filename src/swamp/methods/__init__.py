@@ -52,10 +52,13 @@ class Particles:
 
     single_until: bool = False   # swamp+: one particle before --swamp-plus-level
     disjoint: bool = False       # colt: one segment each, plus a ticket particle on all data
+    single_dense: bool = False   # sms-paper: one dense model at level 0 (the pretrained one)
 
     def count(self, settings: Any, level: int) -> int:
         n = int(settings.method.particles or 1)
         if self.single_until and level < swamp_plus_level(settings):
+            return 1
+        if self.single_dense and level == 0:
             return 1
         return n
 
@@ -122,12 +125,13 @@ class NextMask:
     def make(self, settings: Any, level: int, solution: StateDict,
              members: Sequence[StateDict] | None, mask: Mask, dense: DenseLoader
              ) -> tuple[Mask, dict | None]:
+        from swamp.core.patterns import pattern_of
         from swamp.core.pruning import prune
 
         p = settings.prune
         scorer = "random" if self.random else p.scorer
         return prune(solution, mask, p.prune_fraction, scorer=scorer, scope=p.scope,
-                     generator=_generator(settings, level)), None
+                     generator=_generator(settings, level), pattern=pattern_of(p)), None
 
     def check(self, settings: Any, name: str) -> list[tuple[bool, str]]:
         scorer = settings.prune.scorer
@@ -143,18 +147,21 @@ class OneshotMask(NextMask):
         import torch
 
         from swamp.core.masks import Mask
+        from swamp.core.patterns import pattern_of
         from swamp.core.pruning import keep_exactly, score, target_counts
 
         p, target = settings.prune, settings.method.target_sparsity
+        pattern = pattern_of(p)
         ones = Mask({n: torch.ones_like(mask[n]) for n in mask.names})
-        scores = score(dense(), ones, p.scorer, _generator(settings, 0))
+        scores = score(dense(), ones, p.scorer, _generator(settings, 0), pattern)
         if target:
             # One step from dense to the target sparsity: the same exact count rule as a
             # level, globally or per layer.
-            counts = target_counts(ones, float(target), 1, p.scope)[1]
+            counts = target_counts(ones, float(target), 1, p.scope, pattern)[1]
         else:
-            counts = target_counts(ones, p.prune_fraction, level + 1, p.scope)[level + 1]
-        return keep_exactly(scores, ones, counts, p.scope), None
+            counts = target_counts(ones, p.prune_fraction, level + 1, p.scope,
+                                   pattern)[level + 1]
+        return keep_exactly(scores, ones, counts, p.scope, pattern=pattern), None
 
 
 @dataclass(frozen=True)
@@ -170,11 +177,13 @@ class CombinedMask(NextMask):
                              f"level {level} has no saved next_mask.safetensors; rerun "
                              f"level {level} (delete its folder)")
         from swamp.core.combine import combine_masks
+        from swamp.core.patterns import pattern_of
 
         p = settings.prune
         share = 1.0 if self.overlap else settings.method.vote_share
         return combine_masks(members, mask, p.prune_fraction, share, scorer=p.scorer,
-                             scope=p.scope, generator=_generator(settings, level))
+                             scope=p.scope, generator=_generator(settings, level),
+                             pattern=pattern_of(p))
 
 
 # ---- methods ------------------------------------------------------------------------------
@@ -252,6 +261,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("sms", 4, False, "Sparse Model Soups: no rewinding, each level retrains the last "
            "soup over the schedule T0..T (--soup uniform|greedy)", reads=_SHARED,
            start=Start(previous=True)),
+    Method("sms-paper", 4, False, "Sparse Model Soups as published: one dense model, then each "
+           "level retrains N copies of the pruned last soup (recipe: --schedule linear "
+           "--warmup 0.1 --rewind-epochs 0)", reads=_SHARED, start=Start(previous=True),
+           particle_plan=Particles(single_dense=True)),
     Method("colt", 2, False, "COLT: particles on disjoint data segments, next mask = overlap of "
            "their masks; a ticket particle on all data is the solution", min_particles=2,
            reads=("particles",), particle_plan=Particles(disjoint=True),

@@ -36,6 +36,10 @@ class MethodPlan:
     def target_density(self, level: int) -> float:
         if self.one_target and level >= 1:
             return 1.0 - float(self.settings.method.target_sparsity)
+        from swamp.core.patterns import NM, nm_counts, pattern_of   # N:M: k/M per group
+
+        if isinstance(nm := pattern_of(self.settings.prune), NM):
+            return nm_counts(nm, self.settings.prune.prune_fraction, level)[level] / nm.m
         return (1 - self.settings.prune.prune_fraction) ** level
 
     def segments(self) -> list[torch.Tensor]:

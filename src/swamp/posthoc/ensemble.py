@@ -20,7 +20,7 @@ from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore
 
 COLUMNS = ["level", "density", "sparsity", "target_density", "test_acc", "test_nll",
-           "member_acc_mean", "members"]
+           "member_acc_mean", "members", "test_ece"]
 
 
 def _kept(store: RunStore, level: int) -> int:
@@ -77,6 +77,9 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
             "test_acc": score.acc, "test_nll": score.nll,
             "member_acc_mean": sum(accs) / len(accs),
             "members": ";".join(f"{r.root.name}:{idx[count]}" for r, idx in zip(runs, by_count)),
+            # no temperature-scaled NLL: runs of other seeds carve other validation splits,
+            # so one member's validation data may be another's training data
+            "test_ece": score.ece,
         })
     if out is not None:
         write_ensemble(Path(out), rows, runs[0].store.settings_path, paths, label)

@@ -5,8 +5,12 @@
 BatchNorm statistics are recomputed at every point (an interpolation's running statistics are
 meaningless). The barrier height is the largest gap between the path and the straight line
 between its ends: for the loss max_t [L(θ(t)) - ((1 - t) L(θ_a) + t L(θ_b))], for the error
-max_t [((1 - t) acc_a + t acc_b) - acc(θ(t))] (Frankle et al., 2020). Interpolating two levels
-with different masks gives points that are dense on the union of the masks.
+max_t [((1 - t) acc_a + t acc_b) - acc(θ(t))] (Frankle et al., 2020). The other form in common
+use is written beside it (`*_barrier_mean_ends`): the worst point of the path against the mean
+of its ends, max_t L(θ(t)) - (L(θ_a) + L(θ_b)) / 2 for the loss, and (acc_a + acc_b) / 2 -
+min_t acc(θ(t)) for the error (Entezari et al., 2022); both are 0 or more, and on the evenly
+spaced grid here the two agree when the ends score alike. Interpolating two levels with
+different masks gives points that are dense on the union of the masks.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from swamp.assemble import bn_augment
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
 from swamp.evaluation import evaluate
@@ -31,6 +36,12 @@ def _barrier(values: list[float], ts: list[float], higher_is_worse: bool) -> flo
     gaps = [(v - ((1 - t) * a + t * b)) if higher_is_worse else (((1 - t) * a + t * b) - v)
             for t, v in zip(ts, values)]
     return max(0.0, max(gaps))
+
+
+def _barrier_mean_ends(values: list[float], higher_is_worse: bool) -> float:
+    mean_ends = (values[0] + values[-1]) / 2
+    worst = max(values) - mean_ends if higher_is_worse else mean_ends - min(values)
+    return max(0.0, worst)
 
 
 def connectivity(run: str | Path | RunReader, *, level: int | None = None,
@@ -69,7 +80,7 @@ def connectivity(run: str | Path | RunReader, *, level: int | None = None,
     rows = []
     for t in ts:
         model.load_state_dict(interpolate(a, b, t))
-        recompute_batchnorm(model, data.train)
+        recompute_batchnorm(model, data.train, augment=bn_augment(loaded.settings, data))
         val, test = evaluate(model, data.val), evaluate(model, data.test)
         rows.append({"t": t, "val_acc": val.acc, "val_nll": val.nll, "test_acc": test.acc,
                      "test_nll": test.nll})
@@ -77,6 +88,10 @@ def connectivity(run: str | Path | RunReader, *, level: int | None = None,
     for split in ("val", "test"):
         result[f"{split}_loss_barrier"] = _barrier([r[f"{split}_nll"] for r in rows], ts, True)
         result[f"{split}_error_barrier"] = _barrier([r[f"{split}_acc"] for r in rows], ts, False)
+        result[f"{split}_loss_barrier_mean_ends"] = _barrier_mean_ends(
+            [r[f"{split}_nll"] for r in rows], True)
+        result[f"{split}_error_barrier_mean_ends"] = _barrier_mean_ends(
+            [r[f"{split}_acc"] for r in rows], False)
     if out is not None:
         write_connectivity(Path(out), result)
     return result

@@ -53,8 +53,10 @@ def _ensembles(seeds, source_dir, runs_root, device, info):
 
 
 def describe_pools(record: dict, source: str) -> str:
-    window = record.get("window")
-    return f"Lottery Pools over {source}" + (f", window {window}" if window else "")
+    window, grid = record.get("window"), record.get("grid") or []
+    reach = "all levels" if window == 0 else f"window {window}" if window else ""
+    coefficients = f"coefficients {min(grid):g}-{max(grid):g}" if grid else ""
+    return ", ".join(x for x in (f"Lottery Pools over {source}", reach, coefficients) if x)
 
 
 def describe_ensemble(record: dict, source: str) -> str:

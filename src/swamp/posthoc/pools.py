@@ -3,7 +3,8 @@
 For every finished level ℓ of a run, with no retraining:
 
     current <- solution of ℓ;  best <- its validation accuracy
-    for each neighbouring level k (|k - ℓ| <= window; nearest first, the denser one first):
+    for each neighbouring level k (every other level, or |k - ℓ| <= window; nearest first,
+                                   the denser one first):
         for each coefficient c of the grid:
             θ <- (1 - c) · current + c · solution_k
             re-prune θ by magnitude to exactly the number of weights level ℓ keeps
@@ -12,6 +13,10 @@ For every finished level ℓ of a run, with no retraining:
         if the best candidate's validation accuracy is higher than `best`: it becomes current
 
 so a pooled level keeps its level's density exactly and its validation accuracy never drops.
+
+The default search is the authors' (coefficients 0.05, 0.10, ..., 0.95 over all levels of the
+run); `NARROW` (0.1 ... 0.5 over the two nearest levels on each side) is the cheaper search
+this module used before, kept as an option (`swamp lottery-pools --narrow`).
 The test split is evaluated for the report only. The pooled levels are written in the same
 per-level layout as a run (mask, solution, metrics.json, metrics.csv), plus `posthoc.json`.
 """
@@ -23,37 +28,47 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from swamp.assemble import bn_augment
 from swamp.core.averaging import interpolate, recompute_batchnorm
 from swamp.errors import SwampError
-from swamp.evaluation import evaluate
+from swamp.evaluation import calibrate, evaluate, log_probs
 from swamp.core.masks import Mask
-from swamp.core.pruning import keep_exactly, score
+from swamp.core.patterns import Pattern, pattern_of
+from swamp.core.pruning import counts_like, keep_exactly, score
 from swamp.posthoc.runs import check_out_dir
 from swamp.reader import RunReader, read_settings
 from swamp.store import RunStore, save_state
 
 StateDict = dict[str, torch.Tensor]
-DEFAULT_GRID = (0.1, 0.2, 0.3, 0.4, 0.5)
+DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))   # 0.05 ... 0.95
+ALL_LEVELS = 0                                                    # window: every other level
+NARROW = {"window": 2, "grid": (0.1, 0.2, 0.3, 0.4, 0.5)}
 
 
 def neighbours(level: int, levels: Sequence[int], window: int) -> list[int]:
+    """The pool of `level`: levels within `window` of it (0: all), nearest first, denser first."""
     out = []
-    for d in range(1, window + 1):
+    reach = window if window > 0 else max((abs(k - level) for k in levels), default=0)
+    for d in range(1, reach + 1):
         out += [k for k in (level - d, level + d) if k in levels]
     return out
 
 
-def reprune(state: StateDict, like: Mask, scope: str) -> tuple[StateDict, Mask]:
-    """Keep the largest |w| with exactly `like`'s count (per layer for the layerwise scope)."""
+def reprune(state: StateDict, like: Mask, scope: str, pattern: Pattern = None
+            ) -> tuple[StateDict, Mask]:
+    """Keep the largest |w| with exactly `like`'s count (per layer for the layerwise scope;
+    `like`'s tiles or per-group count with a structured `pattern`)."""
     ones = Mask({n: torch.ones_like(like[n]) for n in like.names})
-    counts = {"": like.nnz, **{n: int(like[n].sum()) for n in like.names}}
-    mask = keep_exactly(score(state, ones, "magnitude"), ones, counts, scope)
+    counts = counts_like(like, pattern)
+    mask = keep_exactly(score(state, ones, "magnitude", pattern=pattern), ones, counts, scope,
+                        pattern=pattern)
     return mask.apply_to_state_dict(state), mask
 
 
 def pool_level(base: StateDict, base_mask: Mask, pool: dict[int, StateDict], grid: Sequence[float],
                scope: str, fit: Callable[[StateDict], StateDict],
-               val_acc: Callable[[StateDict], float]) -> tuple[StateDict, Mask, float, list]:
+               val_acc: Callable[[StateDict], float], pattern: Pattern = None
+               ) -> tuple[StateDict, Mask, float, list]:
     """Greedy interpolation of one level (see the module docstring).
 
     `fit` recomputes BatchNorm statistics; `val_acc` scores on the validation split only.
@@ -64,7 +79,8 @@ def pool_level(base: StateDict, base_mask: Mask, pool: dict[int, StateDict], gri
     for k, other in pool.items():
         choice = None
         for c in grid:
-            state, m = reprune(interpolate(current, other, float(c)), base_mask, scope)
+            state, m = reprune(interpolate(current, other, float(c)), base_mask, scope,
+                               pattern)
             state = fit(state)
             acc = val_acc(state)
             if acc > best and (choice is None or acc > choice[0]):
@@ -84,11 +100,11 @@ def _check_validation_split(root: Path, size: float) -> None:
 
 
 def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
-                  window: int = 2, grid: Sequence[float] = DEFAULT_GRID,
+                  window: int = ALL_LEVELS, grid: Sequence[float] = DEFAULT_GRID,
                   device: str = "cpu", data_dir: str | None = None) -> Path:
     """Pool every finished level of `run` into `out` (default `<run>-pools`); resumable."""
-    if window < 1:
-        raise SwampError(f"`window` must be at least 1 (got {window})")
+    if window < 0:
+        raise SwampError(f"`window` must be 0 (all levels) or more (got {window})")
     if not grid or any(not 0.0 < float(c) < 1.0 for c in grid):
         raise SwampError(f"`grid` coefficients must lie in (0, 1) (got {list(grid)})")
     if out is not None:
@@ -125,7 +141,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
 
     def fit(state: StateDict) -> StateDict:
         model.load_state_dict(state)
-        recompute_batchnorm(model, data.train)
+        recompute_batchnorm(model, data.train, augment=bn_augment(loaded.settings, data))
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def val_acc(state: StateDict) -> float:
@@ -147,11 +163,14 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         pool = {k: solution(k) for k in neighbours(level, loaded.levels, window)}
         base_val = val_acc(solution(level))
         state, mask, best, accepted = pool_level(solution(level), base_mask, pool, grid, scope,
-                                                 fit, val_acc)
+                                                 fit, val_acc, pattern_of(loaded.settings.prune))
         model.load_state_dict(solution(level))
         base_test = evaluate(model, data.test)
         model.load_state_dict(state)
         test, val = evaluate(model, data.test), evaluate(model, data.val)
+        # calibration as a run records it: temperature from the validation split only
+        cal = calibrate(log_probs(model, data.val), data.val.y, log_probs(model, data.test),
+                        data.test.y)
         source = loaded.metrics(level)
         row: dict[str, Any] = {
             "level": level, "density": mask.density, "sparsity": 1.0 - mask.density,
@@ -160,6 +179,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
             "base_test_acc": base_test.acc, "base_test_nll": base_test.nll,
             "base_val_acc": base_val, "pool": neighbours(level, loaded.levels, window),
             "accepted": accepted,
+            "test_ece": test.ece, "test_nll_ts": cal.nll, "temperature": cal.temperature,
         }
         store.level_dir(level).mkdir(parents=True, exist_ok=True)
         mask.save(store.mask_path(level))
@@ -167,6 +187,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
         store.record_checksums(store.mask_path(level), store.solution_path(level))
         store.write_record(store.level_metrics_path(level), row)
         store.write_metrics_csv()
-        solutions.pop(level - window, None)   # no longer a neighbour of any later level
+        if window > 0:
+            solutions.pop(level - window, None)   # no longer a neighbour of any later level
     store.write_metrics_csv()
     return root

@@ -23,7 +23,33 @@ def check_out_dir(path: str | Path, what: str = "`out`") -> Path:
 
 
 def method_label(settings: Settings, posthoc: dict[str, Any]) -> str:
-    return str(posthoc.get("method") or settings.method.method)
+    if posthoc.get("method"):
+        return str(posthoc["method"])
+    return " / ".join([settings.method.method, *variant_parts(settings)])
+
+
+# Settings of fine-tuning and transfer (issue 12) that make a run a variant of its method:
+# runs that differ in them are rows of their own in `compare` and `report`.
+VARIANT_SETTINGS = ("prune_schedule", "ramp", "prune_start", "prune_end", "prune_every",
+                    "mask_from", "distill", "distill_weight", "task_weight", "kd_temperature",
+                    "distill_layers", "teacher")
+
+
+def variant_parts(settings: Settings) -> list[str]:
+    """What sets a run apart from its plain method: 'gradual cubic', 'squarehead',
+    'ticket imp-0123456789:3' (the source run's directory name and level)."""
+    p, t = settings.prune, settings.train
+    parts = []
+    if p.prune_schedule == "gradual":
+        parts.append(f"gradual {p.ramp}")
+    if t.distill != "none":
+        parts.append(t.distill)
+    if p.mask_from is not None:
+        from swamp.finetune import parse_mask_from
+
+        root, level = parse_mask_from(p.mask_from)
+        parts.append(f"ticket {root.name}" + ("" if level is None else f":{level}"))
+    return parts
 
 
 def check_same_task(runs: list[tuple[Path, Settings]], what: str) -> None:

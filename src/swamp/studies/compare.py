@@ -81,40 +81,52 @@ def check_study(methods: Sequence[str], seeds: Sequence[int], base: Settings) ->
                              f"leaves none; use `val_fraction` > 0 or leave {p.name} out")
 
 
-def planned_runs(methods: Sequence[str], seeds: Sequence[int], base: Settings
+def planned_runs(methods: Sequence[str], seeds: Sequence[int], base: Settings,
+                 method_bases: dict[str, Settings] | None = None
                  ) -> dict[tuple[str, int], Settings]:
     """(method, seed) -> the settings of every run a compare trains (the pseudo-methods'
-    source runs included), in the order it trains them."""
+    source runs included), in the order it trains them. `method_bases` replaces `base` for
+    the methods it names (a preset's SWA recipe)."""
     trained = [m for m in methods if m in METHODS]
     for p in methods:
         source = POSTHOC[p].source if p in POSTHOC else None
         if source is not None and source not in trained:
             trained.append(source)        # the pseudo-methods are made from its runs
-    return {(m, seed): method_settings(base, m, seed) for m in trained for seed in seeds}
+    bases = method_bases or {}
+    return {(m, seed): method_settings(bases.get(m, base), m, seed)
+            for m in trained for seed in seeds}
 
 
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
-            events: Events | None = None) -> Path:
-    """Run what is missing, then write summary.csv, the plot and report.md into `out`.
+            events: Events | None = None, baseline: str | None = None,
+            formats: Sequence[str] = ("png",),
+            method_bases: dict[str, Settings] | None = None) -> Path:
+    """Run what is missing, then write summary.csv, paired.csv, the figure and report.md
+    into `out`. `baseline`: the method each other is paired with, seed by seed (default imp
+    where listed); `formats`: of the figure (png, pdf, svg).
+
+    `method_bases` replaces `base` for the methods it names (a preset's SWA recipe).
 
     Every run reports on `events`, and so does compare itself (Info events)."""
     from swamp.assemble import resolve_device
     from swamp.loop import LevelLoop
     from swamp.posthoc.runs import check_out_dir
     from swamp.store import hold
-    from swamp.studies.report import build_report
+    from swamp.studies.report import build_report, check_formats, resolve_baseline
 
     events = events or Events()
     info = events.info
 
     check_study(methods, seeds, base)
+    formats = check_formats(formats)
+    resolve_baseline(list(methods), baseline)   # before any training
     posthoc = [POSTHOC[m] for m in methods if m in POSTHOC]
     out = check_out_dir(out)
     runs_root = (check_out_dir(runs_dir, "`runs_dir`") if runs_dir is not None
                  else check_out_dir(out / "runs"))
-    settings = planned_runs(methods, seeds, base)
+    settings = planned_runs(methods, seeds, base, method_bases)
     run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
 
     # One compare per report directory (each run is locked on its own as well).
@@ -131,7 +143,8 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
             report_dirs += p.build(seeds, lambda seed, p=p: run_dirs[(p.source, seed)],
                                    runs_root, device, info)
         info(f"writing the report to {out}")
-        return build_report(report_dirs, out, command=command, title=title, notes=notes)
+        return build_report(report_dirs, out, command=command, title=title, notes=notes,
+                            baseline=baseline, formats=formats)
     finally:
         if lock is not None:
             lock.close()

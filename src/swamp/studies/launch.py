@@ -43,10 +43,10 @@ def settings_flags(settings: Settings) -> list[str]:
             raise SwampError(f"`{name}` cannot be unset by a flag; leave it at its default "
                              f"to print the commands")
         elif isinstance(value, list):
-            if any("," in v for v in value):
+            if any("," in str(v) for v in value):
                 raise SwampError(f"`{name}` holds a comma inside an item, which a flag cannot "
                                  f"pass; use a settings file")
-            argv += [flag, ",".join(value)]
+            argv += [flag, ",".join(str(v) for v in value)]
         else:
             argv += [flag, repr(value) if isinstance(value, float) else str(value)]
     return argv

@@ -21,6 +21,7 @@ from swamp.data import Augment, Split
 from swamp.train import stop as stops
 from swamp.train.callbacks import (SWA, Callback, Checkpoint, LossCheck, Progress, ReMask,
                                    overrides)
+from swamp.train.gradual import GradualPrune
 from swamp.train.objective import CrossEntropy, Objective
 from swamp.train.precision import Precision
 from swamp.train.replicas import SingleReplica
@@ -66,6 +67,8 @@ class TrainPlan:
     swa: bool = False
     mask: Any = None                         # a core.masks.Mask, or None (dense)
     rng_seed: int = 0                        # torch's global RNG (dropout) during training
+    gradual: Any = None                      # a train.gradual.GradualStep: prune `mask` in
+                                             # training (issue 12), else the mask is fixed
 
     @property
     def n(self) -> int:
@@ -120,7 +123,7 @@ def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
     loss_check = LossCheck(plan.labels, batches.steps_per_epoch, plan.stop)
     swa = SWA(plan.schedule.averages_after) if plan.swa else None
     chain: list[Callback] = [
-        *([ReMask(plan.mask)] if plan.mask is not None else []), loss_check,
+        *([_masking(plan)] if plan.mask is not None else []), loss_check,
         *([swa] if swa is not None else []), *callbacks,
         *([Progress(progress)] if progress is not None else []),
         *([Checkpoint(checkpoint, plan.stop)] if checkpoint is not None else [])]
@@ -165,23 +168,31 @@ def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
     return results, optimizer
 
 
+def _masking(plan: TrainPlan) -> Callback:
+    """Re-masking after every step: of the fixed mask, or of the gradually pruned one."""
+    if plan.gradual is None:
+        return ReMask(plan.mask)
+    return GradualPrune(plan.mask, plan.gradual)
+
+
 def train_steps(model: torch.nn.Module, mask: Any, train: Split, schedule: Schedule,
                 settings: TrainSettings, *, start: int, stop: int, order_seed: int,
                 augment: Augment | None = None, augment_seed: int = 0,
                 subset: torch.Tensor | None = None,
                 on_step: Callable[[int], None] | None = None,
                 label: str = "training", objective: Objective | None = None,
-                callbacks: Sequence[Callback] = ()) -> ParticleResult:
+                callbacks: Sequence[Callback] = (), gradual: Any = None) -> ParticleResult:
     """Train one module in place from iteration `start` to `stop` of the schedule: `fit` on a
     `SingleReplica`, for callers with one model and no checkpoints (tests, notebooks)."""
     plan = TrainPlan(train, schedule, settings, start, stop, [order_seed], [augment_seed],
                      [subset], [label], augment=augment, swa=schedule.swa, mask=mask,
-                     rng_seed=order_seed, objective=objective or CrossEntropy())
+                     rng_seed=order_seed, objective=objective or CrossEntropy(),
+                     gradual=gradual)
 
     def report(done: int) -> None:
         if done > start:                 # the first report is the start itself
             on_step(done)
-    (result,), _ = fit(SingleReplica(model), plan, precision=settings.precision,
+    (result,), _ = fit(SingleReplica(model, captures=plan.objective.captures), plan, precision=settings.precision,
                        clip_grad_norm=settings.clip_grad_norm,
                        progress=report if on_step is not None else None, callbacks=callbacks)
     return result

@@ -43,6 +43,9 @@ class _Capture:
 
     def _keep(self, name: str):
         def hook(module: nn.Module, args: object, output: torch.Tensor) -> None:
+            # a transformer block's (hidden, ...) tuple: its hidden states (issue 12)
+            while isinstance(output, (tuple, list)):
+                output = output[0]
             self.values[name] = output
         return hook
 

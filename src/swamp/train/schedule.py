@@ -28,6 +28,7 @@ class Schedule:
     lr: float
     swa_lr: float
     kind: str
+    warmup: int = 0     # iterations of linear warm-up from the start of training
 
     @classmethod
     def build(cls, t: TrainSettings, n_train: int, swa: bool) -> "Schedule":
@@ -45,7 +46,7 @@ class Schedule:
         # {lr/20, lr/5, lr/2} on MNIST-1D's validation split (benchmarks/results/swa_lr.md).
         swa_lr = t.swa_lr if t.swa_lr is not None else t.lr / 2
         return cls(spe, total, rewind, int(round(t.swa_start * total)), swa, t.swa_freq,
-                   t.lr, swa_lr, t.schedule)
+                   t.lr, swa_lr, t.schedule, int(round(t.warmup * total)))
 
     def adapted_rewind(self, t: TrainSettings) -> str | None:
         """A line saying the default rewind point was moved for short training, or None."""
@@ -59,9 +60,16 @@ class Schedule:
                 f"`rewind_iters` to choose")
 
     def lr_at(self, step: int) -> float:
-        """Cosine (or constant) annealing; with SWA it anneals to swa_lr by swa_start, then
-        stays there (the SWA recipe of Izmailov et al. 2018)."""
-        if self.swa and step >= self.swa_start and self.kind != "cosine":
+        """The schedule's rate, scaled by (step + 1) / warmup during a warm-up."""
+        lr = self._annealed(step)
+        if step < self.warmup:
+            return lr * (step + 1) / self.warmup
+        return lr
+
+    def _annealed(self, step: int) -> float:
+        """Cosine, linear (or constant) annealing; with SWA it anneals to swa_lr by swa_start,
+        then stays there (the SWA recipe of Izmailov et al. 2018)."""
+        if self.swa and step >= self.swa_start and self.kind not in ("cosine", "linear"):
             return self.swa_lr
         if self.kind == "constant":
             return self.lr
@@ -70,6 +78,9 @@ class Schedule:
         end, floor = (self.swa_start, self.swa_lr) if self.swa else (self.total, 0.0)
         if step >= end:
             return floor
+        if self.kind == "linear":   # Sparse Model Soups' retraining: linear decay after warm-up
+            start = min(self.warmup, end - 1)
+            return self.lr + (floor - self.lr) * max(0, step - start) / max(1, end - start)
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * step / max(1, end)))
 
     def averages_after(self, step: int) -> bool:
