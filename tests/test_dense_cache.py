@@ -1,6 +1,6 @@
 """Dense work done once (issue 14): the start (init + rewind point) and level 0 are shared by
-runs that differ only in settings they do not depend on; checked, and invalidated by any
-setting they do depend on."""
+runs in one folder that differ only in settings they do not depend on; checked, and not
+shared when any setting they depend on differs."""
 
 import pytest
 import torch
@@ -45,8 +45,10 @@ def _same(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_a_run_that_prunes_differently_reuses_start_and_level_0(tiny, tmp_path, trained):
-    base = dict(engine="sequential", rewind_epochs=0.5, epochs=2, levels=1)
+@pytest.mark.parametrize("model", ["mlp", "conv1d"])      # conv1d: BatchNorm recomputed
+def test_a_run_that_prunes_differently_reuses_start_and_level_0(tiny, tmp_path, trained,
+                                                                 model):
+    base = dict(engine="sequential", rewind_epochs=0.5, epochs=2, levels=1, model=model)
     first, _ = _run(tiny(**base))
     assert trained == {"levels": [0, 1], "rewind": 1}
     trained.update(levels=[], rewind=0)
@@ -60,10 +62,11 @@ def test_a_run_that_prunes_differently_reuses_start_and_level_0(tiny, tmp_path, 
     alone = tiny(**{**base, "levels": 2}, prune_fraction=0.5, scorer="lamp", share_dense=False,
                  out=str(tmp_path / "alone"))
     fresh, _ = _run(alone)
-    assert not (tmp_path / "alone" / ".dense").exists()
     for level in range(3):
         _same(fresh.solution(level), other.solution(level))
         assert fresh.mask(level) == other.mask(level)
+    # nothing but run directories is written
+    assert all((p / "settings.json").is_file() for p in (tmp_path / "runs").iterdir())
 
 
 def test_methods_share_the_start_but_not_a_level_0_they_train_otherwise(tiny, trained):
@@ -85,26 +88,32 @@ def test_a_setting_level_0_depends_on_trains_it_anew(tiny, trained, change):
     assert trained["rewind"] == (0 if "particles" in change else 1)
 
 
-def test_a_damaged_entry_is_not_used_and_is_replaced(tiny, tmp_path, trained):
+def test_a_damaged_source_is_not_used(tiny, tmp_path, trained):
     base = dict(engine="sequential", epochs=2, levels=0)
     first, _ = _run(tiny(**base))
-    (entry,) = (tmp_path / "runs" / ".dense").glob("level0-*")
-    (entry / "particle_0.safetensors").write_bytes(b"damaged")
+    (first.run_dir / "level_0" / "particle_0.safetensors").write_bytes(b"damaged")
     trained.update(levels=[], rewind=0)
     again, messages = _run(tiny(**base, prune_fraction=0.3))
     assert trained["levels"] == [0]                          # trained, not read
     assert any("checksum mismatch" in m for m in messages)
-    _same(first.solution(0), again.solution(0))
+    assert first.levels[0]["test_acc"] == again.levels[0]["test_acc"]
     trained.update(levels=[])
-    _run(tiny(**base, prune_fraction=0.4))                   # the replaced entry is used
+    _run(tiny(**base, prune_fraction=0.4))                   # the good run beside it serves
     assert trained["levels"] == []
 
 
-def test_no_share_dense_writes_and_reads_no_cache(tiny, tmp_path, trained):
+def test_level_0_needs_the_saved_particles(tiny, trained):
+    base = dict(engine="sequential", epochs=2, levels=0)
+    _run(tiny(**base, save_particles=False))
+    trained.update(levels=[], rewind=0)
+    _run(tiny(**base, prune_fraction=0.3))
+    assert trained["levels"] == [0]
+
+
+def test_no_share_dense_reads_no_other_run(tiny, tmp_path, trained):
     base = dict(engine="sequential", epochs=2, levels=0, share_dense=False)
     _run(tiny(**base))
     _run(tiny(**base, prune_fraction=0.3))
     assert trained["levels"] == [0, 0]
-    assert not (tmp_path / "runs" / ".dense").exists()
     # the setting is not part of the run's identity
     assert tiny(share_dense=False).run_hash() == tiny().run_hash()

@@ -210,9 +210,10 @@ class RunSettings:
                                      "finishes); a killed run resumes from the last one")
     # issue 14: dense work done once (swamp/dense_cache.py)
     share_dense: bool = _setting(True, "reuse the initial weights, rewind point and level 0 "
-                                 "of an earlier run in the same folder whose settings they "
-                                 "depend on are equal (checked by checksums; --no-share-dense "
-                                 "trains them anew)")
+                                 "of a run in the same folder whose settings they depend on "
+                                 "are equal (its files, checked by its checksums; level 0 "
+                                 "needs its saved particles); --no-share-dense trains them "
+                                 "anew")
 
 
 SECTIONS: dict[str, type] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -20,7 +21,7 @@ from torch import nn
 
 from swamp import finetune, world
 from swamp.assemble import bn_augment, build_context, prepare_data, resolve_device
-from swamp.config import UNHASHED, Settings, weights_digest
+from swamp.config import UNHASHED, Settings
 from swamp.core.averaging import recompute_batchnorm
 from swamp.core.masks import Mask
 from swamp.core.patterns import check_pattern, pattern_of
@@ -35,10 +36,10 @@ from swamp.evaluation import (calibrate, ensemble_log_probs, evaluate, evaluate_
                               log_probs, score_split)
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
-from swamp.dense_cache import DenseCache, level0_depends, start_depends
+from swamp.dense_cache import DenseSource, level0_depends, start_depends
 from swamp.oneshot import run_prunable
 from swamp.store import (RunStore, atomic_write_bytes, is_temporary, load_state, read_json,
-                         remove_temporary, safetensors_bytes, save_state)
+                         remove_temporary, save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
 from swamp.train import stop as stops
 from swamp.train.checkpoint import CheckpointFile
@@ -168,11 +169,11 @@ class LevelLoop:
             self._notes.append(line)
         # Dense work shared with earlier runs beside this one (dense_cache.py); not with a
         # given objective or context, which the settings do not describe, nor when level 0
-        # already prunes (gradual pruning, a transferred mask).
-        self.cache = (DenseCache(self.store.root.parent / ".dense", self.events.info)
+        # already prunes (gradual pruning, a transferred mask) or a weights file is loaded.
+        self.dense = (DenseSource(self.store.root, UNHASHED, self.events.info)
                       if s.run.share_dense and objective is None and context is None
                       and s.prune.prune_schedule == "levels" and s.prune.mask_from is None
-                      else None)
+                      and not s.model.weights else None)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -186,60 +187,52 @@ class LevelLoop:
                                       recorded=recorded, particles=particles)
         return self.engine
 
-    # ---- dense work shared with earlier runs (issue 14) ---------------------------------
-    def _start_files(self) -> list[Path]:
-        files = [self.store.init_path, self.store.rewind_path]
+    # ---- dense work shared with the runs beside this one (issue 14) ---------------------
+    def _start_files(self, store: RunStore) -> list[Path]:
+        files = [store.init_path, store.rewind_path]
         if self.settings.train.rewind_optimizer:
-            files.append(self.store.rewind_optimizer_path)
+            files.append(store.rewind_optimizer_path)
         return files
 
     def _depends(self, kind: str) -> dict[str, Any]:
         make = start_depends if kind == "start" else level0_depends
-        inputs = dict(self.inputs)
-        if self.settings.model.weights:   # a weights file counts by its content
-            inputs["weights"] = weights_digest(self.settings.model.weights)
-        return make(self.settings.to_dict(), UNHASHED, inputs)
+        mine = make(self.settings.to_dict(), UNHASHED, self.inputs)
+        return json.loads(json.dumps(mine))       # as the other runs' settings.json read
 
     def _reuse_start(self) -> None:
-        """Copy the initial weights and rewind point of an identical earlier run, if any."""
-        files = self._start_files()
-        if self.cache is None or any(p.is_file() for p in files):
+        """Copy the initial weights and rewind point of an identical run beside this one."""
+        files = self._start_files(self.store)
+        if self.dense is None or any(p.is_file() for p in files):
             return
-        hit = self.cache.load("start", self._depends("start"))
-        if hit is None or not all((hit[0] / p.name).is_file() for p in files):
+        source = self.dense.find("start", self._depends("start"), self._start_files)
+        if source is None:
             return
-        for path in files:
-            atomic_write_bytes(path, (hit[0] / path.name).read_bytes())
+        for path, theirs in zip(files, self._start_files(source)):
+            atomic_write_bytes(path, theirs.read_bytes())
         self.store.record_checksums(*files)
-        self.events.info(f"reusing the initial weights and rewind point of an identical "
-                         f"earlier run ({hit[0]})")
+        self.events.info(f"reusing the initial weights and rewind point of {source.root} "
+                         f"(same settings for them)")
 
-    def _keep_start(self) -> None:
-        if self.cache is not None and all(p.is_file() for p in self._start_files()):
-            self.cache.save("start", self._depends("start"),
-                            {p.name: p for p in self._start_files()})
+    def _level0_files(self, store: RunStore, n: int) -> list[Path]:
+        return [store.level_metrics_path(0), *(store.particle_path(0, i) for i in range(n))]
 
     def _reuse_level0(self, task: LevelTask) -> list[ParticleResult] | None:
-        if self.cache is None or task.level != 0:
+        if self.dense is None or task.level != 0:
             return None
-        hit = self.cache.load("level0", self._depends("level0"))
-        if hit is None or len(hit[1].get("particles", [])) != len(task.jobs):
+        n = len(task.jobs)
+        source = self.dense.find("level0", self._depends("level0"),
+                                 lambda store: self._level0_files(store, n))
+        if source is None:
             return None
-        folder, extra = hit
-        self.events.info(f"level 0: reusing the particles of an identical earlier run "
-                         f"({folder}); settings after level 0 may differ")
-        return [ParticleResult(load_state(folder / f"particle_{i}.safetensors", self.device),
-                               int(p["averaged"]), float(p["train_loss"]))
-                for i, p in enumerate(hit[1]["particles"])]
-
-    def _keep_level0(self, task: LevelTask, results: list[ParticleResult]) -> None:
-        if self.cache is None or task.level != 0:
-            return
-        self.cache.save("level0", self._depends("level0"),
-                        {f"particle_{i}.safetensors": safetensors_bytes(r.state)
-                         for i, r in enumerate(results)},
-                        {"particles": [{"averaged": r.averaged, "train_loss": r.train_loss}
-                                       for r in results]})
+        details = source.read_record(source.level_metrics_path(0))
+        averaged, losses = details.get("swa_snapshots"), details.get("particle_train_loss")
+        if not (isinstance(averaged, list) and isinstance(losses, list)
+                and len(averaged) == len(losses) == n):
+            return None
+        self.events.info(f"level 0: reusing the particles of {source.root} (same settings "
+                         f"for level 0)")
+        return [ParticleResult(load_state(source.particle_path(0, i), self.device),
+                               int(averaged[i]), float(losses[i])) for i in range(n)]
 
     # ---- artefacts before level 0 -------------------------------------------------------
     def _init_state(self) -> StateDict:
@@ -334,12 +327,10 @@ class LevelLoop:
         reused = self._reuse_level0(task)
         if reused is not None:
             return reused
-        results = self._engine().train_particles(
+        return self._engine().train_particles(
             task, self.ctx,
             lambda index, it: self.events.emit(ParticleProgress(
                 task.level, index, it, self.schedule.lr_at(it - 1) if it > 0 else None)))
-        self._keep_level0(task, results)
-        return results
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
@@ -525,7 +516,6 @@ class LevelLoop:
             self.store.write_record(self.store.settings_path, s.to_dict())
         self.store.verify_checksums()   # a damaged file is found now, not levels later
         self._reuse_start()
-        made_start = not all(p.is_file() for p in self._start_files())
         init = self._init_state()
         finished = self.store.finished_levels()
         if len(finished) <= self.plan.levels:   # work left: the weights must fit the model
@@ -533,8 +523,6 @@ class LevelLoop:
             # before the rewind segment: processes `auto` starts get ready meanwhile
             self._engine(len(finished))
         rewind = self._rewind_state(init)
-        if made_start:          # (a finished run is only read: nothing is published)
-            self._keep_start()
         rows = self.store.level_metrics()
         if finished:
             self.store.write_metrics_csv()   # it may be missing or stale after a stop
