@@ -117,3 +117,13 @@ def test_no_share_dense_reads_no_other_run(tiny, tmp_path, trained):
     assert trained["levels"] == [0, 0]
     # the setting is not part of the run's identity
     assert tiny(share_dense=False).run_hash() == tiny().run_hash()
+
+
+def test_the_same_run_in_another_directory_is_no_source(tiny, tmp_path, trained):
+    """Runs that differ only in how they train (engine, threads) are kept apart: they are
+    there to be compared with each other."""
+    _run(tiny(engine="sequential", epochs=2, levels=0))
+    trained.update(levels=[], rewind=0)
+    other = tiny(engine="sequential", epochs=2, levels=0, threads=1)
+    LevelLoop(other, run_dir=tmp_path / "runs" / "copy").run()
+    assert trained["levels"] == [0]

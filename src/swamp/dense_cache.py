@@ -17,11 +17,14 @@ against that run's checksums first; a file that does not match is not used (the 
 and trains). A particle saved with an SWA average has its BatchNorm statistics recomputed,
 which the reusing run recomputes again from the same data (the same values). The settings are
 compared as written in each run's settings.json, exactly (a run of an older version that
-lacks a newer setting is not a match). `--no-share-dense` turns this off.
+lacks a newer setting is not a match). A run whose settings are all equal but for where and
+how it trains (engine, device, threads: another directory of the same run) is no source: it
+is kept for comparison. `--no-share-dense` turns this off.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,11 +56,17 @@ def level0_depends(settings: dict[str, dict[str, Any]], unhashed: set[str],
 class DenseSource:
     """Finds, among the run directories beside `me`, one whose dense work this run can use."""
 
-    def __init__(self, me: Path, unhashed: set[str],
+    def __init__(self, me: Path, unhashed: set[str], settings: dict[str, dict[str, Any]],
                  info: Callable[[str], None] = lambda message: None):
         self.me = Path(me)
         self.unhashed = unhashed
         self.info = info
+        self._mine = self._hashed(settings)
+
+    def _hashed(self, settings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return json.loads(json.dumps(
+            {f"{sec}.{k}": v for sec, values in settings.items() if isinstance(values, dict)
+             for k, v in values.items() if k not in self.unhashed}, default=str))
 
     def _candidates(self):
         folder = self.me.parent
@@ -85,6 +94,10 @@ class DenseSource:
         for store, saved, inputs in self._candidates():
             try:
                 if make(saved, self.unhashed, inputs) != mine:
+                    continue
+                # The same run in another directory (settings equal but for where and how it
+                # trains: engine, device, threads) is kept apart: it is there to be compared.
+                if self._hashed(saved) == self._mine:
                     continue
             except AttributeError:     # not a settings mapping
                 continue

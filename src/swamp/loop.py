@@ -170,7 +170,7 @@ class LevelLoop:
         # Dense work shared with earlier runs beside this one (dense_cache.py); not with a
         # given objective or context, which the settings do not describe, nor when level 0
         # already prunes (gradual pruning, a transferred mask) or a weights file is loaded.
-        self.dense = (DenseSource(self.store.root, UNHASHED, self.events.info)
+        self.dense = (DenseSource(self.store.root, UNHASHED, s.to_dict(), self.events.info)
                       if s.run.share_dense and objective is None and context is None
                       and s.prune.prune_schedule == "levels" and s.prune.mask_from is None
                       and not s.model.weights else None)
