@@ -131,7 +131,8 @@ def oneshot_acc(weights: Path, sparsity: float, out: Path, env: dict) -> float:
     target = out / f"oneshot-{sparsity}.safetensors"
     if not target.is_file():
         subprocess.run(swamp("prune", "--model", "conv1d", "--weights", str(weights),
-                             "--sparsity", str(sparsity), "--out", str(target)),
+                             "--sparsity", str(sparsity), "--out", str(target),
+                             "--dataset", "mnist1d"),
                        env=env, check=True, capture_output=True)
     data = load_dataset("mnist1d", data_dir=None, val_fraction=0.1, split_seed=0, size=None,
                         augment=False)
@@ -146,7 +147,19 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("/tmp/swamp-finetune"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--quick", action="store_true",
+                        help="a plumbing check: 1-2 epochs on 1000 examples (numbers mean "
+                             "nothing; writes to --runs-dir only)")
     args = parser.parse_args()
+    if args.quick:
+        global RESULTS
+        RESULTS = args.runs_dir / "results"
+        small = ["--data-size", "1000"]
+        for flags in (PRETRAIN, FT, TRANSFER):
+            for i, f in enumerate(flags):
+                if f == "--epochs":
+                    flags[i + 1] = "2"
+            flags += small
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = args.runs_dir
     runs.mkdir(parents=True, exist_ok=True)
@@ -226,7 +239,7 @@ def main() -> None:
              "```", f"python benchmarks/finetune.py --seeds {args.seeds} --jobs {args.jobs}",
              "```", "", (__doc__ or "").split("\n\n", 1)[1].split("Statistics:")[0].strip(), "",
              f"Pretrained dense conv1d: test accuracy {100 * pre_acc:.2f}%. "
-             f"Fine-tuning: {EPOCHS} epochs per level at lr 0.02 (cosine), seeds "
+             f"Fine-tuning: {FT[FT.index('--epochs') + 1]} epochs per level at lr 0.02 (cosine), seeds "
              f"{args.seeds}.", "",
              "## Test accuracy (%), mean ± 95% t-interval over seeds", "",
              "| method | " + " | ".join(f"{100 * s:g}%" for s in SPARSITIES) + " |",

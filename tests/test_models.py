@@ -32,7 +32,8 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, num_classes: int) -> No
 
 def test_registry_lists_every_model_and_the_wrn_pattern():
     names = list_models()
-    assert set(IMAGE_MODELS[:-2]) | {"mlp", "conv1d", "wrn-D-K", "bow", "causal-conv"} == set(names)
+    assert set(IMAGE_MODELS[:-2]) | {"mlp", "conv1d", "mlp-generator", "wrn-D-K", "bow",
+                                     "causal-conv"} == set(names)
     assert all(model_description(n) for n in names)
 
 

@@ -5,13 +5,15 @@ iterative magnitude pruning methods, on PyTorch.
     result = swamp.run(swamp.Settings())            # SWAMP on MNIST-1D
     result = swamp.run(settings, model=my_module, data=swamp.from_tensors(train, test))
     events = swamp.Events(); events.subscribe(print); swamp.run(settings, events=events)
+    fast = swamp.sparsify(model, mask)              # pruned Linear layers on sparse kernels
 """
 
 from swamp.config import Settings
 from swamp.errors import SwampError
 
 __version__ = "0.1.0"
-__all__ = ["Settings", "SwampError", "Events", "run", "from_tensors", "load_exported", "__version__"]
+__all__ = ["Settings", "SwampError", "Events", "run", "from_tensors", "load_exported", "sparsify",
+           "__version__"]
 
 
 def __getattr__(name: str):
@@ -32,4 +34,8 @@ def __getattr__(name: str):
         from swamp.export import load_exported
 
         return load_exported
+    if name == "sparsify":
+        from swamp.sparse import sparsify
+
+        return sparsify
     raise AttributeError(f"module 'swamp' has no attribute {name!r}")

@@ -8,6 +8,7 @@ no training machinery.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -17,6 +18,8 @@ from swamp.core.seeds import derive_seed
 from swamp.data import DataBundle, FileOptions, is_file_dataset, load_dataset
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
+from swamp.methods import get_method
+from swamp.generative import MMDObjective, bandwidths_for, is_generative
 from swamp.models import build_model
 from swamp.train import CrossEntropy, Objective, Schedule
 from swamp.train.lm import TokenCrossEntropy
@@ -78,7 +81,13 @@ def build_context(settings: Settings, *, model: nn.Module | None = None,
     bn_augment(settings, data)          # refused before anything is written
     model = prepare_model(settings, data, model, device)
     check_model_fits(model, data)
-    schedule = Schedule.build(settings.train, len(data.train), bool(settings.method.swa))
+    train = settings.train
+    if get_method(settings.method.method).scores is not None:
+        # slt trains no weights, so it has no rewind point (issue 16)
+        train = dataclasses.replace(train, rewind_epochs=0.0, rewind_iters=0)
+    schedule = Schedule.build(train, len(data.train), bool(settings.method.swa))
+    if objective is None and is_generative(model):   # a generator (issue 16): moment matching
+        objective = MMDObjective(bandwidths_for(data.train.x))
     task_loss = objective or (TokenCrossEntropy() if data.task == "lm" else CrossEntropy())
     objective = distill_objective(settings, model, task_loss)
     ctx = TrainContext(model, data, schedule, settings.train, objective)
@@ -182,6 +191,12 @@ def check_model_fits(model: nn.Module, data: DataBundle) -> None:
                          f"{text[0] if text else ''}"[:300]) from None
     finally:
         model.train(was_training)
+    if is_generative(model):         # a generator: samples of the data's shape
+        if not isinstance(out, torch.Tensor) or tuple(out.shape[1:]) != tuple(x.shape[1:]):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise SwampError(f"the generator gives samples of shape {shape} for a batch of 2, "
+                             f"but the data's inputs have shape {tuple(x.shape[1:])}")
+        return
     wanted = (len(x), *positions, data.num_classes)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != wanted:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

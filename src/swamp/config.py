@@ -188,6 +188,14 @@ class MethodSettings:
                                              "this sparsity (default: every level's density "
                                              "of the schedule, each pruned from the dense "
                                              "solution)")
+    # ---- strong lottery tickets (issue 16: method slt) ----
+    slt_init: str = _setting("signed-constant", "slt: the frozen weights: signed-constant | "
+                             "kaiming (edge-popup's, scaled by 1/sqrt(density)) | model (the "
+                             "model's own initialisation)")
+    slt_combine: str = _setting("average", "slt: how a level's score particles make its mask: "
+                                "average (the mask of the mean score) | vote (the particles' "
+                                "masks vote; a majority passes) | overlap (all must keep it); "
+                                "exact counts either way")
 
 
 @dataclass
@@ -468,7 +476,8 @@ def validate(s: Settings) -> None:
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
         (t.steps is not None and t.steps < 1, f"`steps` must be at least 1 (got {t.steps})"),
         (t.steps is None and t.rewind_iters == 0 and t.rewind_epochs >= t.epochs
-         and t.rewind_epochs != 1.0,     # the default adapts to short runs (train/schedule.py)
+         and t.rewind_epochs != 1.0      # the default adapts to short runs (train/schedule.py)
+         and method.scores is None,           # slt trains no weights: no rewind point
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
         (t.optimizer not in ("sgd", "adam"), f"unknown optimizer '{t.optimizer}'; use sgd or adam"),
@@ -565,7 +574,7 @@ def _finetune_checks(s: Settings, method: Any) -> list[tuple[bool, str]]:
         (p.mask_from is not None and (p.nm is not None or p.block is not None),
          "`mask_from` starts from another run's unstructured mask; it does not combine with "
          "`nm` or `block`"),
-        (gradual and p.scorer == "random",
+        (gradual and p.scorer not in ("magnitude", "lamp"),
          "`prune_schedule` gradual prunes by weight scores; use `scorer` magnitude or lamp"),
         (not gradual and (p.prune_start is not None or p.prune_end is not None
                           or p.prune_every != 0 or p.ramp != "cubic"),

@@ -112,8 +112,9 @@ def describe(event: Event) -> str | None:
                 f"{event.first_iteration}..{event.last_iteration}")
     if isinstance(event, LevelFinished):
         row = event.row
-        return (f"level {row['level']} finished: density {row['density']:.4f}, test accuracy "
-                f"{row['test_acc']:.4f}")
+        score = (f"test MMD² {row['test_mmd']:.4f}" if "test_mmd" in row   # a generator
+                 else f"test accuracy {row['test_acc']:.4f}")
+        return f"level {row['level']} finished: density {row['density']:.4f}, {score}"
     if isinstance(event, RunFinished):
         return f"run {event.run_dir} finished: {len(event.rows)} level(s)"
     return None

@@ -15,12 +15,30 @@ layout "swamp-sparse/1":
 safetensors has no sparse tensors, and torch's own sparse formats need pickle to be saved;
 this layout keeps both the weights and the exact mask (kept weights that happen to be 0.0
 stay kept), which `load_exported` gives back.
+
+Other formats (`format`), for use outside swamp:
+
+- "dense": a plain safetensors state dict, zeros included: `model.load_state_dict(
+  safetensors.torch.load_file(path))` with nothing but torch and safetensors;
+- "torch-prune": the state dict `torch.nn.utils.prune` makes, each prunable `name` stored as
+  `name_orig` (the weights) and `name_mask` (0/1 in the weights' dtype): apply
+  `prune.identity(module, "weight")` to each pruned module, then `load_state_dict`;
+- "onnx": the model's graph with the solution's weights, by `torch.onnx.export` (the
+  torch.export-based exporter, PyTorch's default since 2.9; the TorchScript one is
+  deprecated), checked with onnxruntime against PyTorch on validation inputs before it is
+  written (ONNX_RTOL/ONNX_ATOL); needs the extra `swamp[onnx]`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
+import logging
 import math
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +50,21 @@ from safetensors import SafetensorError, safe_open
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
 from swamp.reader import RunReader
-from swamp.store import RunStore, save_state
+from swamp.store import RunStore, atomic_write_bytes, safetensors_bytes
 
 StateDict = dict[str, torch.Tensor]
 FORMAT = "swamp-sparse/1"
 SEP = "::"   # never part of a state-dict name (those use dots)
 PRIVATE_SETTINGS = {"out", "data_dir"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# standard export formats (issue 13)
+FORMATS = ("swamp", "dense", "torch-prune", "onnx")
+DENSE_FORMAT = "swamp-dense/1"
+PRUNE_FORMAT = "torch-prune/1"
+ONNX_FORMAT = "swamp-onnx/1"
+SAFETENSORS_FORMATS = {"swamp": FORMAT, "dense": DENSE_FORMAT, "torch-prune": PRUNE_FORMAT}
+ONNX_RTOL, ONNX_ATOL = 1e-4, 1e-5    # onnxruntime against PyTorch, float32
+ONNX_EXTRA = "needs the extra: pip install 'swamp[onnx]'"
 
 
 @dataclass
@@ -65,6 +91,8 @@ class ExportSummary:
     file_bytes: int
     layers: list[LayerStats] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    format: str = "swamp"
+    check: dict[str, float] = field(default_factory=dict)   # onnx: max |diff| to PyTorch
 
 
 # ---- choosing a level -------------------------------------------------------------------
@@ -152,10 +180,25 @@ def _provenance(store: RunStore, level: int) -> dict[str, Any]:
             **{k: row.get(k) for k in keys}, "settings": shared}
 
 
+def require_onnx() -> Any:
+    """(onnx, onnxruntime), or one line naming the extra that provides them."""
+    try:
+        import onnx
+        import onnxruntime
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError:
+        raise SwampError(f"`format` onnx {ONNX_EXTRA}") from None
+    return onnx, onnxruntime
+
+
 def export_level(run_dir: str | Path, out: str | Path | None = None, *,
                  level: int | None = None, max_val_drop: float | None = None,
-                 dtype: str = "float32") -> ExportSummary:
-    """Write the solution of one level of a finished run as a sparse file; see module doc."""
+                 dtype: str = "float32", format: str = "swamp",
+                 model: torch.nn.Module | None = None, data: Any = None) -> ExportSummary:
+    """Write the solution of one level of a finished run in `format` (see module doc).
+
+    `model` and `data` are needed only for "onnx" of a run made with a model or data passed
+    through the Python API (the same ones)."""
     root = Path(run_dir)
     store = RunStore(root)
     if not root.is_dir() or not store.exists():
@@ -163,9 +206,16 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
                          f"directory made by `swamp run` or `swamp lottery-pools`")
     if dtype not in DTYPES:
         raise SwampError(f"unknown `dtype` '{dtype}'; choose one of {', '.join(DTYPES)}")
-    reader = RunReader(root)   # checks the files' checksums
+    if format not in FORMATS:
+        raise SwampError(f"unknown `format` '{format}'; choose one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        require_onnx()
+        if dtype != "float32":
+            raise SwampError("`format` onnx is written in float32; drop `dtype` (or export "
+                             "a safetensors format in half precision)")
+    reader = RunReader(root, model=model, data=data)   # checks the files' checksums
     level = choose_level(store, level, max_val_drop)
-    path = Path(out) if out is not None else store.export_path(level)
+    path = Path(out) if out is not None else store.export_path(level, format)
     if path.exists() and not _is_export(path):
         raise SwampError(f"{path} exists and is not a swamp export; choose another `out`")
     solution = reader.solution(level)
@@ -174,36 +224,156 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     if missing:
         raise SwampError(f"{store.mask_path(level)} does not match the level's solution "
                          f"(no tensor {missing[0]!r}); the run directory is damaged")
+    provenance = _provenance(store, level)
+    dense_bytes = sum(t.numel() * (torch.empty((), dtype=DTYPES[dtype]).element_size()
+                                   if t.is_floating_point() else t.element_size())
+                      for t in solution.values())
+    layers = [LayerStats(n, tuple(mask[n].shape), int(mask[n].sum()), mask[n].numel(),
+                         format) for n in mask]
+    check: dict[str, float] = {}
+    if format == "onnx":
+        check = _write_onnx(path, reader, solution, provenance)
+    else:
+        if format == "swamp":
+            layers = _swamp_tensors(solution, mask, DTYPES[dtype])[1]
+        atomic_write_bytes(path, format_bytes(format, solution, mask, DTYPES[dtype],
+                                              provenance=provenance))
+    return ExportSummary(path, level, mask.density, dense_bytes, path.stat().st_size,
+                         layers, provenance, format, check)
 
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (t.to(dtype) if t.is_floating_point() else t).contiguous()
+
+
+def _meta(fmt: str, provenance: dict[str, Any]) -> dict[str, str]:
+    return {"format": fmt, "source": json.dumps(provenance, default=str)}
+
+
+def _swamp_tensors(solution: StateDict, mask: Mask, dtype: torch.dtype
+                   ) -> tuple[StateDict, list[LayerStats], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     layers, entries = [], {}
-    dense_bytes = 0
     for name, t in solution.items():
-        as_float = t.is_floating_point()
-        element = torch.empty((), dtype=DTYPES[dtype] if as_float else t.dtype).element_size()
-        dense_bytes += t.numel() * element
         if name in mask:
-            encoded, stats = _encode(name, t, mask[name], DTYPES[dtype])
+            encoded, stats = _encode(name, t, mask[name], dtype)
             tensors.update(encoded)
             layers.append(stats)
         else:
-            tensors[name] = (t.to(DTYPES[dtype]) if as_float else t).contiguous()
+            tensors[name] = _cast(t, dtype)
             stats = LayerStats(name, tuple(t.shape), t.numel(), t.numel(), "dense")
         entries[name] = {"shape": list(stats.shape), "encoding": stats.encoding}
+    return tensors, layers, entries
 
-    provenance = _provenance(store, level)
-    metadata = {"format": FORMAT, "tensors": json.dumps(entries),
-                "source": json.dumps(provenance, default=str)}
-    save_state(path, tensors, metadata)
-    return ExportSummary(path, level, mask.density, dense_bytes, path.stat().st_size,
-                         layers, provenance)
+
+def format_bytes(format: str, solution: StateDict, mask: Mask, dtype: torch.dtype, *,
+                 provenance: dict[str, Any] | None = None, model: torch.nn.Module | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> bytes:
+    """The bytes of the file `format` holds for a solution ("onnx" needs the `model` and its
+    `input_shape`, and is not checked here: `export_level` checks what it writes)."""
+    provenance = provenance or {}
+    if format == "swamp":
+        tensors, _, entries = _swamp_tensors(solution, mask, dtype)
+        return safetensors_bytes(tensors, {**_meta(FORMAT, provenance),
+                                           "tensors": json.dumps(entries)})
+    if format == "dense":
+        return safetensors_bytes({k: _cast(t, dtype) for k, t in solution.items()},
+                                 _meta(DENSE_FORMAT, provenance))
+    if format == "torch-prune":
+        return safetensors_bytes(torch_prune_state(solution, mask, dtype),
+                                 _meta(PRUNE_FORMAT, provenance))
+    if format == "onnx" and model is not None and input_shape is not None:
+        model = copy.deepcopy(model).to("cpu").eval()
+        model.load_state_dict({k: v.to("cpu") for k, v in solution.items()})
+        return onnx_model(model, torch.zeros(1, *input_shape)).SerializeToString()
+    raise SwampError(f"cannot encode `format` {format!r} here; choose one of {', '.join(FORMATS)}")
+
+
+def torch_prune_state(solution: StateDict, mask: Mapping[str, torch.Tensor],
+                      dtype: torch.dtype = torch.float32) -> StateDict:
+    """The state dict of the model after `torch.nn.utils.prune` pruned each masked tensor
+    `name`: `name_orig` (the weights, as the parametrised module keeps them) and `name_mask`
+    (a buffer of 0/1 in the weights' dtype, as `prune` makes it); the rest as it is."""
+    state: StateDict = {}
+    for name, t in solution.items():
+        if name in mask:
+            state[f"{name}_orig"] = _cast(t, dtype)
+            state[f"{name}_mask"] = mask[name].to(dtype).contiguous()
+        else:
+            state[name] = _cast(t, dtype)
+    return state
+
+
+def _write_onnx(path: Path, reader: RunReader, solution: StateDict,
+                provenance: dict[str, Any]) -> dict[str, float]:
+    """The solution's graph as ONNX, written only once onnxruntime gives PyTorch's outputs
+    on validation inputs within ONNX_RTOL/ONNX_ATOL."""
+    model = copy.deepcopy(reader.model).to("cpu").eval()
+    model.load_state_dict({k: v.to("cpu") for k, v in solution.items()})
+    x = reader.data.val.x[:16].to("cpu", torch.float32)
+    if len(x) == 0:
+        x = torch.randn(4, *reader.data.input_shape)
+    proto = onnx_model(model, x)
+    onnx, _ = require_onnx()
+    for key, value in _meta(ONNX_FORMAT, provenance).items():
+        proto.metadata_props.add(key=key, value=value)
+    data = proto.SerializeToString()
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = onnx_session(data).run(None, {"input": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if not np.allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL):
+        raise SwampError(f"the ONNX graph of level {provenance['level']} gives other outputs "
+                         f"than PyTorch in onnxruntime (max |diff| {diff:.3g}); nothing was "
+                         f"written; report it with the run's model name")
+    atomic_write_bytes(path, data)
+    return {"max_abs_diff": diff, "rtol": ONNX_RTOL, "atol": ONNX_ATOL}
+
+
+def onnx_model(model: torch.nn.Module, example: torch.Tensor) -> Any:
+    """The ONNX ModelProto of `model` (eval mode, CPU), input "input" with a dynamic batch
+    dimension, output "output"; by torch.onnx's torch.export-based exporter."""
+    require_onnx()
+    batch = torch.export.Dim("batch", min=1)
+    quiet = logging.getLogger("torch.onnx")     # "torchvision is not installed" notices
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")        # the exporter's deprecation notices
+            program = torch.onnx.export(model, (example,), dynamo=True,
+                                        input_names=["input"], output_names=["output"],
+                                        verbose=False, dynamic_shapes=({0: batch},),
+                                        external_data=False)
+    finally:
+        quiet.setLevel(level)
+    return program.model_proto
+
+
+def onnx_session(model: bytes | str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session of an ONNX model (bytes or a file)."""
+    _, ort = require_onnx()
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _is_export(path: Path) -> bool:
+    """A file that an export may overwrite: one written by an export, in any format."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
+            return (f.metadata() or {}).get("format") in SAFETENSORS_FORMATS.values()
     except (OSError, SafetensorError, ValueError):
+        pass
+    try:
+        onnx, _ = require_onnx()
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False)
+                 .metadata_props}
+        return props.get("format") == ONNX_FORMAT
+    except Exception:   # not ONNX either (onnx raises several error types), or no extra
         return False
 
 

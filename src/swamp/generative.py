@@ -39,6 +39,26 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = BANDWID
     return sxx + syy - 2.0 * kxy.mean((-1, -2))
 
 
+# Kernel widths of a run, as multiples of the data's root-mean-square distance between two
+# points (sqrt(2 * total variance)): scale-free, like the median heuristic, without a
+# pass over pairs. The widest (8x) keeps a gradient for samples far from the data (a ticket
+# whose samples drifted got none from narrow kernels: benchmarks/results/slt.md).
+BANDWIDTH_FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0, 8.0)
+
+
+def bandwidths_for(x: torch.Tensor) -> tuple[float, ...]:
+    """The kernel widths of a run on data `x` (n, ...): BANDWIDTH_FACTORS times its RMS
+    pairwise distance."""
+    flat = x.flatten(1).double()
+    scale = float((2.0 * flat.var(0).sum()).sqrt()) or 1.0
+    return tuple(round(f * scale, 6) for f in BANDWIDTH_FACTORS)
+
+
+def is_generative(model: torch.nn.Module) -> bool:
+    """Whether a model is a generator (trained on MMD, scored by generative metrics)."""
+    return bool(getattr(model, "generative", False))
+
+
 class MMDObjective:
     """The training loss of a generator: MMD^2 between its outputs and the real batch.
 

@@ -32,11 +32,13 @@ from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.events import (Events, LevelFinished, LevelStarted, ParticleProgress,
                            RunFinished, RunStarted)
-from swamp.evaluation import (calibrate, ensemble_log_probs, evaluate, evaluate_ensemble,
-                              log_probs, score_split)
+from swamp.evaluation import (GenerativeScores, calibrate, ensemble_log_probs, evaluate,
+                              evaluate_ensemble, log_probs, samples_png, score_split)
+from swamp.generative import bandwidths_for, is_generative
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
 from swamp.dense_cache import DenseSource, level0_depends, start_depends
+from swamp.methods.slt import ScoreLevel
 from swamp.oneshot import run_prunable
 from swamp.store import (RunStore, atomic_write_bytes, is_temporary, load_state, read_json,
                          remove_temporary, save_state)
@@ -91,6 +93,11 @@ def open_run_dir(settings: Settings, run_dir: str | Path | None,
             theirs = _comparable(saved)
         except AttributeError:
             raise SwampError(f"{store.settings_path} is not a swamp settings file") from None
+        # A setting added since the run was made (e.g. `slt_init`) is missing from its file;
+        # the run used what the setting's default does (a new setting's default must keep
+        # the old behaviour), so it counts as the default.
+        for k, v in _comparable(Settings().to_dict()).items():
+            theirs.setdefault(k, v)
         diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if diff:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in diff[:3])
@@ -167,13 +174,19 @@ class LevelLoop:
             self._transfer, line = finetune.transferred_mask(
                 s.prune.mask_from, self.model, self.prunable, self.device)
             self._notes.append(line)
+        # slt (issue 16): scores are trained, the weights stay frozen (methods/slt.py)
+        self.scores = self.plan.method.scores
+        # a generator (issue 16) is scored by MMD and the Frechet distance, not accuracy
+        self.generative = is_generative(self.model)
+        self._generative_scores: GenerativeScores | None = None
         # Dense work shared with earlier runs beside this one (dense_cache.py); not with a
         # given objective or context, which the settings do not describe, nor when level 0
-        # already prunes (gradual pruning, a transferred mask) or a weights file is loaded.
+        # already prunes (gradual pruning, a transferred mask), a weights file is loaded, or
+        # scores are trained instead of weights (slt).
         self.dense = (DenseSource(self.store.root, UNHASHED, s.to_dict(), self.events.info)
                       if s.run.share_dense and objective is None and context is None
                       and s.prune.prune_schedule == "levels" and s.prune.mask_from is None
-                      and not s.model.weights else None)
+                      and not s.model.weights and self.scores is None else None)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -183,7 +196,11 @@ class LevelLoop:
             recorded = (self.store.read_record(self.store.engine_path)
                         if self.store.engine_path.is_file() else None)
             particles = [len(self._jobs(lv)) for lv in range(first_level, self.plan.levels + 1)]
-            self.engine = make_engine(s.run.engine, self.ctx, s, info=self.events.info,
+            name = s.run.engine
+            if self.scores is not None and name == "auto":
+                # slt: score particles train in this process (one particle: sequentially)
+                name = "vectorised"
+            self.engine = make_engine(name, self.ctx, s, info=self.events.info,
                                       recorded=recorded, particles=particles)
         return self.engine
 
@@ -265,7 +282,7 @@ class LevelLoop:
             return load_state(self.store.rewind_path, self.device)
         keep_optimizer = self.settings.train.rewind_optimizer
         optimizer_state: StateDict = {}
-        if self.schedule.rewind == 0:
+        if self.schedule.rewind == 0 or self.scores is not None:   # slt trains no weights
             state = init
         else:
             self.events.info(f"training the dense network to the rewind point "
@@ -320,7 +337,8 @@ class LevelLoop:
         self.model.load_state_dict(state)
         return evaluate(self.model, self.data.val).acc
 
-    def _train(self, task: LevelTask) -> list[ParticleResult]:
+    def _train(self, task: LevelTask, ctx: TrainContext | None = None
+               ) -> list[ParticleResult]:
         """The level's particles, in job order. Each group of particles trained together is
         checkpointed into the level's folder as it trains and when it finishes, so a stop
         loses at most `checkpoint_every` iterations and no finished particle."""
@@ -328,7 +346,7 @@ class LevelLoop:
         if reused is not None:
             return reused
         return self._engine().train_particles(
-            task, self.ctx,
+            task, ctx or self.ctx,
             lambda index, it: self.events.emit(ParticleProgress(
                 task.level, index, it, self.schedule.lr_at(it - 1) if it > 0 else None)))
 
@@ -340,23 +358,40 @@ class LevelLoop:
                   ) -> tuple[dict[str, Any], StateDict]:
         """Train, combine, evaluate and save one level; returns its row and solution."""
         s = self.settings
-        gradual = finetune.gradual_step(s, self.schedule, self._target_density(level), mask)
-        task = LevelTask(level, mask.apply_to_state_dict(start), mask, self.schedule.rewind,
-                         self._jobs(level), checkpoint_dir=self.store.level_dir(level),
-                         checkpoint_every=s.run.checkpoint_every,
-                         optimizer_state=self._rewind_optimizer(), gradual=gradual,
-                         teacher_state=self._teacher(level))
+        scored = None
+        gradual = None
+        if self.scores is not None:   # slt: the particles are score networks, weights frozen
+            scored = ScoreLevel(s, self.ctx, self._init_state(), self.prunable, level,
+                                self.plan.target_density(level))
+            task = LevelTask(level, scored.start, None, 0, self._jobs(level),
+                             checkpoint_dir=self.store.level_dir(level),
+                             checkpoint_every=s.run.checkpoint_every)
+        else:
+            gradual = finetune.gradual_step(s, self.schedule, self._target_density(level), mask)
+            task = LevelTask(level, mask.apply_to_state_dict(start), mask,
+                             self.schedule.rewind, self._jobs(level),
+                             checkpoint_dir=self.store.level_dir(level),
+                             checkpoint_every=s.run.checkpoint_every,
+                             optimizer_state=self._rewind_optimizer(), gradual=gradual,
+                             teacher_state=self._teacher(level))
         t0 = time.perf_counter()
-        self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, self.schedule.total))
-        results = self._train(task)
+        total = scored.ctx.schedule.total if scored is not None else self.schedule.total
+        self.events.emit(LevelStarted(level, len(task.jobs), task.start_step, total))
+        results = self._train(task, scored.ctx if scored is not None else None)
         record = self._engine().record
         if not self.store.engine_path.is_file() or \
                 self.store.read_record(self.store.engine_path) != record:
             self.store.write_record(self.store.engine_path, record)
-        particles = [self._finish_particle(r) for r in results]
+        if scored is not None:        # each particle's ticket (its own mask), BN recomputed
+            particles = [self._refit(p) for p in scored.particles(results)]
+        else:
+            particles = [self._finish_particle(r) for r in results]
         if gradual is not None:      # the level's mask: made from its particles' weights
             mask = finetune.gradual_level_mask(particles, mask, gradual)
 
+        members = self.plan.members(len(particles))
+        if self.generative:               # a generator (issue 16): MMD, Frechet, samples
+            return self._generative_level(level, mask, particles, members, results, scored, t0)
         # Evaluate every particle and the output ensemble of the level's members (colt: not
         # its ticket particle); validation scores feed selections, test scores only reports.
         test_lp, val_lp, particle_scores, particle_val = [], [], [], []
@@ -366,7 +401,6 @@ class LevelLoop:
             particle_scores.append(score_split(test_lp[-1], self.data.test))
             val_lp.append(log_probs(self.model, self.data.val))
             particle_val.append(score_split(val_lp[-1], self.data.val).acc)
-        members = self.plan.members(len(particles))
         ensemble = evaluate_ensemble([test_lp[i] for i in members], self.data.test)
         # calibration (evaluation.py): temperature fitted on validation only, test NLL at it
         ensemble_cal = calibrate(ensemble_log_probs([val_lp[i] for i in members]),
@@ -376,8 +410,8 @@ class LevelLoop:
 
         # The level's solution (methods.py): by default the particles' average, masked, BN
         # recomputed; a greedy soup chosen on validation accuracy; colt's ticket particle.
-        solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
-                                                self._val_acc)
+        solution, combined, mask = self._solution(particles, particle_val, mask,
+                                                  self._val_acc, scored, results)
         self.model.load_state_dict(solution)
         solution_val = log_probs(self.model, self.data.val)
         solution_test = log_probs(self.model, self.data.test)
@@ -419,6 +453,89 @@ class LevelLoop:
             "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
                        for name, (nnz, numel) in mask.per_layer().items()},
         }
+        return self._write_level(level, row, details, mask, solution, particles, members)
+
+    def _solution(self, particles: list[StateDict], particle_val: list[float], mask: Mask,
+                  score_val: Any, scored: ScoreLevel | None, results: list[ParticleResult]
+                  ) -> tuple[StateDict, dict[str, Any], Mask]:
+        """The level's solution, how it was made, and the level's mask: the method plan's
+        (average, soup, ticket particle) under the level's mask, or (slt) the frozen weights
+        under the mask of the particles' combined scores, BatchNorm recomputed."""
+        if scored is not None:
+            ticket, combined = scored.combine(results)
+            return self._refit(scored.solution(results, ticket)), combined, ticket
+        solution, combined = self.plan.solution(particles, particle_val, mask, self._refit,
+                                                score_val)
+        return solution, combined, mask
+
+    # ---- generators (issue 16) -----------------------------------------------------------
+    def _generative_metrics(self) -> GenerativeScores:
+        if self._generative_scores is None:
+            widths = (getattr(self.ctx.objective, "bandwidths", None)
+                      or bandwidths_for(self.data.train.x))
+            self._generative_scores = GenerativeScores(
+                self.data, widths, derive_seed(self.settings.run.seed, "generative-metrics"))
+        return self._generative_scores
+
+    def _generative_level(self, level: int, mask: Mask, particles: list[StateDict],
+                          members: list[int], results: list[ParticleResult],
+                          scored: ScoreLevel | None, t0: float
+                          ) -> tuple[dict[str, Any], StateDict]:
+        """A generator's level: the solution as for any model, scored by MMD^2 and the
+        Frechet distance (`GenerativeScores`; lower is better) instead of accuracy (NaN in
+        its columns), and a picture of samples per level."""
+        metrics = self._generative_metrics()
+
+        def scores(state: StateDict) -> tuple[dict[str, float], dict[str, float]]:
+            self.model.load_state_dict(state)
+            return (metrics.score(self.model, self.data.test),
+                    metrics.score(self.model, self.data.val))
+
+        per = [scores(p) for p in particles]
+        particle_val = [-v["mmd"] for _, v in per]      # selections: higher is better
+        solution, combined, mask = self._solution(particles, particle_val, mask,
+                                                  lambda st: -scores(st)[1]["mmd"], scored,
+                                                  results)
+        test, val = scores(solution)
+        seconds = time.perf_counter() - t0
+        mmds = [per[i][0]["mmd"] for i in members]
+        nan = float("nan")
+        row = {
+            "level": level, "density": mask.density, "sparsity": 1.0 - mask.density,
+            "target_density": self.plan.target_density(level),
+            **{k: nan for k in ("test_acc", "test_nll", "val_acc", "val_nll",
+                                "particle_acc_mean", "particle_acc_std", "particle_nll_mean",
+                                "ensemble_acc", "ensemble_nll")},
+            "particles": len(particles), "train_seconds": seconds,
+            "test_mmd": test["mmd"], "test_frechet": test["frechet"], "val_mmd": val["mmd"],
+            "particle_mmd_mean": statistics.fmean(mmds),
+            "particle_mmd_std": statistics.pstdev(mmds) if len(mmds) > 1 else 0.0,
+        }
+        details = {
+            **row,
+            "particle_test": [t for t, _ in per],
+            "particle_val_mmd": [v["mmd"] for _, v in per],
+            "combined": combined,
+            "particle_train_loss": [r.train_loss for r in results],
+            "swa_snapshots": [r.averaged for r in results],
+            "engine": self._engine().description,
+            "generative": {"bandwidths": list(metrics.bandwidths),
+                           "feature_classifier_test_acc": metrics.accuracy},
+            "layers": {name: {"nnz": nnz, "numel": numel, "density": nnz / numel}
+                       for name, (nnz, numel) in mask.per_layer().items()},
+        }
+        self.store.level_dir(level).mkdir(parents=True, exist_ok=True)
+        self.model.load_state_dict(solution)
+        self.store.write_record(self.store.samples_path(level), samples_png(
+            self.model, self.data.test, f"level {level}: density {100 * mask.density:.1f}%",
+            seed=metrics.seed))
+        return self._write_level(level, row, details, mask, solution, particles, members)
+
+    def _write_level(self, level: int, row: dict[str, Any], details: dict[str, Any],
+                     mask: Mask, solution: StateDict, particles: list[StateDict],
+                     members: list[int]) -> tuple[dict[str, Any], StateDict]:
+        """Save a level's mask, solution, particles, next mask and record."""
+        s = self.settings
         # metrics.json is written last: it marks the level finished.
         self.store.level_dir(level).mkdir(parents=True, exist_ok=True)
         written = [self.store.mask_path(level), self.store.solution_path(level)]

@@ -22,18 +22,26 @@ from swamp.events import (Event, Info, LevelFinished, LevelStarted, ParticleProg
 ROW_FORMAT = "{:>5}  {:>8}  {:>9}  {:>9}  {:>13}  {:>9}  {:>8}"
 HEADER = ROW_FORMAT.format("level", "density", "sparsity", "solution", "particle mean",
                            "ensemble", "time")
+# generators (issue 16): the solution's and the particles' mean MMD^2 to the test split
+GENERATIVE_HEADER = ROW_FORMAT.format("level", "density", "sparsity", "MMD²", "particle MMD²",
+                                      "", "time")
 
 
 def pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def header_of(row: dict[str, Any]) -> str:
+    return GENERATIVE_HEADER if "test_mmd" in row else HEADER
+
+
 def level_row(row: dict[str, Any]) -> str:
-    """A level's metrics row as one line of the table under HEADER."""
-    return ROW_FORMAT.format(
-        row["level"], pct(row["density"]), pct(row["sparsity"]), pct(row["test_acc"]),
-        pct(row["particle_acc_mean"]), pct(row["ensemble_acc"]),
-        f"{row['train_seconds']:.1f}s")
+    """A level's metrics row as one line of the table under `header_of(row)`."""
+    scores = ((f"{row['test_mmd']:.4f}", f"{row['particle_mmd_mean']:.4f}", "")
+              if "test_mmd" in row else (pct(row["test_acc"]), pct(row["particle_acc_mean"]),
+                                         pct(row["ensemble_acc"])))
+    return ROW_FORMAT.format(row["level"], pct(row["density"]), pct(row["sparsity"]), *scores,
+                             f"{row['train_seconds']:.1f}s")
 
 
 def strip_markup(message: str) -> str:
@@ -87,11 +95,12 @@ class TextProgress:
                             f"{done}/{total} iterations ({100 * done / total:.0f}%)")
         elif isinstance(event, LevelFinished):
             if not self._header_shown:
-                self._print(HEADER)
+                self._print(header_of(event.row))
                 self._header_shown = True
             self._print(level_row(event.row))
         elif isinstance(event, RunFinished) and event.rows:
             last = event.rows[-1]
+            score = (f"test MMD² {last['test_mmd']:.4f}" if "test_mmd" in last
+                     else f"test accuracy {100 * last['test_acc']:.2f}%")
             self._print(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% "
-                        f"sparsity, test accuracy {100 * last['test_acc']:.2f}%; run in "
-                        f"{event.run_dir}")
+                        f"sparsity, {score}; run in {event.run_dir}")

@@ -127,6 +127,14 @@ class RunReader:
         return prepare_model(self.settings, self.data, self._model, self.device,
                              pretrained=False)
 
+    def require_classifier(self, what: str) -> None:
+        """One line if the run's model is a generator (issue 16): `what` scores accuracy."""
+        from swamp.generative import is_generative
+
+        if is_generative(self.model):
+            raise SwampError(f"{what} scores classifiers by accuracy; {self.root} trained a "
+                             f"generator ({self.settings.model.model})")
+
     def solution(self, level: int) -> StateDict:
         return load_state(self.store.solution_path(level), self.device)
 

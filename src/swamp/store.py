@@ -12,13 +12,18 @@
                                  metrics, engine), with a digest of itself; checked by every
                                  command that reads the run
         posthoc.json             only in post-hoc output (Lottery Pools, ensembles): its method
-        exports/level_<n>.safetensors   `swamp export` output (default place)
+        exports/level_<n>.safetensors   `swamp export` output (default place; other formats:
+                                 level_<n>-dense.safetensors, level_<n>-torch-prune.safetensors,
+                                 level_<n>.onnx)
+        bench/                   `swamp bench` output (default place): bench.json, .md, .png
         connectivity/            `swamp connectivity` output (default place)
         level_<n>/
             mask.safetensors     bool mask per prunable tensor used to train this level
             particle_<i>.safetensors   each particle's solution (optional)
             solution.safetensors the level's solution, zero wherever the mask is off
             next_mask.safetensors   the next level's mask, for methods that combine masks
+                                 (slt: the candidates of the next level, all weights)
+            samples.png          generators: samples of the level's solution vs real data
             metrics.json         written last: its presence marks the level finished
             checkpoint_<i>.safetensors  particles in training or trained before a stop (a
                                  resume continues them; removed when the level finishes)
@@ -61,6 +66,9 @@ METRICS_COLUMNS = [
     # calibration (evaluation.py); runs made before have these columns empty
     "test_ece", "test_nll_ts", "temperature", "ensemble_ece", "ensemble_nll_ts",
 ]
+# generators (issue 16): their levels' metrics, written when a run's rows have them
+GENERATIVE_COLUMNS = ["test_mmd", "test_frechet", "val_mmd", "particle_mmd_mean",
+                      "particle_mmd_std"]
 LEVEL_DIR = re.compile(r"^level_(\d+)$")
 # checksums.json's digest of its own entries; its presence also says that every record of the
 # run was checksummed when written (runs made before that check only their weights and masks)
@@ -293,8 +301,15 @@ class RunStore:
         """Where Lottery Pools over this run go by default: a sibling directory."""
         return self.root.with_name(self.root.name + "-pools")
 
-    def export_path(self, level: int) -> Path:
-        return self.root / "exports" / f"level_{level}.safetensors"
+    def export_path(self, level: int, format: str = "swamp") -> Path:
+        """Where `swamp export --format FORMAT` writes a level by default."""
+        names = {"swamp": f"level_{level}.safetensors", "onnx": f"level_{level}.onnx"}
+        return self.root / "exports" / names.get(format, f"level_{level}-{format}.safetensors")
+
+    @property
+    def bench_dir(self) -> Path:
+        """`swamp bench` output (default place): bench.json, bench.md, bench.png."""
+        return self.root / "bench"
 
     def level_dir(self, level: int) -> Path:
         return self.root / f"level_{level}"
@@ -309,6 +324,9 @@ class RunStore:
 
     def solution_path(self, level: int) -> Path:
         return self.level_dir(level) / "solution.safetensors"
+
+    def samples_path(self, level: int) -> Path:       # generators (issue 16)
+        return self.level_dir(level) / "samples.png"
 
     def particle_path(self, level: int, index: int) -> Path:
         return self.level_dir(level) / f"particle_{index}.safetensors"
@@ -529,10 +547,12 @@ class RunStore:
 
 def metrics_csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_COLUMNS, extrasaction="ignore")
+    columns = METRICS_COLUMNS + (GENERATIVE_COLUMNS if any("test_mmd" in r for r in rows)
+                                 else [])
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRICS_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue().encode()
 
 

@@ -18,7 +18,8 @@ from swamp.events import (Event, Info, LevelFinished, LevelStarted, ParticleProg
                           RunFinished, RunStarted)
 from swamp.store import RunStore
 
-from swamp.progress import HEADER, ROW_FORMAT, level_row, pct  # noqa: F401 (one row format)
+from swamp.progress import (GENERATIVE_HEADER, HEADER, ROW_FORMAT,  # noqa: F401 (one
+                            level_row, pct)                           # row format)
 
 
 def make_console() -> Console:
@@ -65,6 +66,7 @@ class RunDisplay:
             last = event.rows[-1]
             score = (f"test perplexity {last['test_ppl']:.3g} (token accuracy "
                      f"{100 * last['test_acc']:.2f}%)" if "test_ppl" in last
+                     else f"test MMD² {last['test_mmd']:.4f}" if "test_mmd" in last
                      else f"test accuracy {100 * last['test_acc']:.2f}%")
             self.info(f"done: level {last['level']} at {100 * last['sparsity']:.2f}% sparsity, "
                       f"{score}; metrics in {RunStore(event.run_dir).metrics_csv}")
@@ -118,8 +120,9 @@ class RunDisplay:
         self._started.clear()
         if self.quiet:
             return
+        generative = "test_mmd" in row
         if not self._header_shown:
-            self.console.print(HEADER, style="bold")
+            self.console.print(GENERATIVE_HEADER if generative else HEADER, style="bold")
             self._header_shown = True
         self.console.print(level_row(row))
 

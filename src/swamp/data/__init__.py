@@ -41,6 +41,9 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
                 "10 classes", sources.load_synthetic, default_model="conv1d"),
     DatasetInfo("synthetic-image", "smooth symmetric image clusters for tests (size=512, 80/20), "
                 "shape (3, 8, 8), 10 classes, crop(1)+flip", sources.load_synthetic_image),
+    DatasetInfo("gaussian-mixture", "2-D Gaussian mixture, 8 modes on a circle (size=2048, "
+                "80/20), shape (2,), label = mode; for generators (mlp-generator)",
+                sources.load_gaussian_mixture),
     DatasetInfo("digits", "scikit-learn 8x8 digits (1437 train/360 test), shape (1, 8, 8), "
                 "10 classes", sources.load_digits_),
     DatasetInfo("mnist", "MNIST from IDX files, shape (1, 28, 28), 10 classes",
@@ -56,7 +59,7 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar-100": "cifar100", "mnist-1d": "mnist1d",
-            "synthetic_image": "synthetic-image"}
+            "synthetic_image": "synthetic-image", "gaussian_mixture": "gaussian-mixture"}
 
 
 def list_datasets() -> list[str]:

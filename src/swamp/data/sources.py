@@ -175,6 +175,18 @@ def load_synthetic_image(data_dir: str | None, size: int | None, augment: bool) 
     return _synthetic(size, (3, 8, 8), image=True, augment=augment)
 
 
+def load_gaussian_mixture(data_dir: str | None, size: int | None, augment: bool) -> Raw:
+    """The 2-D Gaussian mixture of `data.toy` (8 modes on a circle; label = mode) for
+    generative tests and pictures: `size` points in all (default 2048), 80/20."""
+    from swamp.data.toy import gaussian_mixture
+
+    _check_size("gaussian-mixture", size, 10)
+    n = 2048 if size is None else size
+    d = gaussian_mixture(n, seed=0)
+    n_train = int(0.8 * n)
+    return Raw(d.x[:n_train], d.y[:n_train], d.x[n_train:], d.y[n_train:], 8)
+
+
 # --------------------------------------------------------------------------- digits
 
 def load_digits_(data_dir: str | None, size: int | None, augment: bool) -> Raw:

@@ -14,7 +14,10 @@ run (`Method.plan`), the questions on which the methods differ:
 - how the next mask is made (`NextMask`): prune the solution; draw it at random with the
   same density; prune the dense level-0 solution straight to the level's density (oneshot);
   or let each particle prune its own weights and combine the masks (colt: overlap;
-  mask-vote: a share of votes), see `swamp.core.combine`.
+  mask-vote: a share of votes), see `swamp.core.combine`;
+- whether the weights train at all (`ScoreTickets`, slt): strong lottery tickets train a
+  score per weight with the weights frozen, each level at its own density
+  (`swamp.methods.slt`); its next mask is the candidate set (`CandidateMask`).
 
 Nothing here trains and nothing imports the settings module: settings are read duck-typed.
 The registry imports no torch (`swamp --help` and `swamp list` read it): the strategies
@@ -42,7 +45,11 @@ DenseLoader = Callable[[], Any]
 
 # Settings only some methods read, with the value that means "not set" (refused elsewhere:
 # they would change the run hash without changing the run).
-OPTIONAL = {"vote_share": 0.5, "swamp_plus_level": None, "target_sparsity": None}
+OPTIONAL = {"vote_share": 0.5, "swamp_plus_level": None, "target_sparsity": None,
+            # strong lottery tickets (issue 16)
+            "slt_init": "signed-constant", "slt_combine": "average"}
+SLT_INITS = ("signed-constant", "kaiming", "model")    # train/scores.py: INITS + the model's
+SLT_COMBINES = ("average", "vote", "overlap")
 
 
 # ---- strategies ---------------------------------------------------------------------------
@@ -186,6 +193,43 @@ class CombinedMask(NextMask):
                              pattern=pattern_of(p))
 
 
+# ---- strong lottery tickets (issue 16) -----------------------------------------------------
+@dataclass(frozen=True)
+class CandidateMask(NextMask):
+    """slt: every level chooses among all prunable weights (its own density), so the mask
+    handed to the next level is the candidate set, all ones."""
+
+    def make(self, settings, level, solution, members, mask, dense):
+        from swamp.core.masks import Mask
+
+        return Mask({n: mask[n] | ~mask[n] for n in mask.names}), None
+
+    def check(self, settings: Any, name: str) -> list[tuple[bool, str]]:
+        return []
+
+
+@dataclass(frozen=True)
+class ScoreTickets:
+    """Strong lottery tickets (edge-popup): each particle trains one score per prunable
+    weight with the weights frozen at `slt_init`; the level keeps the top weights by
+    |score| at its density, with the exact counts of an IMP level (the loop trains a level
+    with `methods/slt.py: ScoreLevel`, which this registry does not import: no torch here)."""
+
+    def check(self, settings: Any, name: str) -> list[tuple[bool, str]]:
+        m, p, run = settings.method, settings.prune, settings.run
+        n = m.particles
+        return [
+            (m.slt_combine != "average" and n is not None and n < 2,
+             f"`slt_combine` {m.slt_combine} combines the masks of several particles; use "
+             f"`particles` 2 or more (got {n})"),
+            (p.scorer != "magnitude",
+             f"method {name} ranks trained scores; `scorer` {p.scorer} does not apply"),
+            (run.engine == "distributed" or run.processes > 1,
+             f"method {name} trains its score particles in this process; use `engine` auto, "
+             f"sequential or vectorised (and no `processes`)"),
+        ]
+
+
 # ---- methods ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
@@ -202,6 +246,7 @@ class Method:
     start: Start = field(default_factory=Start)
     solution: Solution = field(default_factory=Solution)
     next_mask: NextMask = field(default_factory=NextMask)
+    scores: "ScoreTickets | None" = None     # slt: scores are trained, weights frozen
 
     def check(self, settings: Any) -> None:
         """Raise SwampError for settings that do not apply to this method."""
@@ -235,13 +280,19 @@ class Method:
                                 and not 0.0 < m.target_sparsity < 1.0,
                                 f"`target_sparsity` must be in (0, 1) (got "
                                 f"{m.target_sparsity})"),
+            "slt_init": (m.slt_init not in SLT_INITS,
+                         f"unknown `slt_init` '{m.slt_init}'; use {', '.join(SLT_INITS)}"),
+            "slt_combine": (m.slt_combine not in SLT_COMBINES,
+                            f"unknown `slt_combine` '{m.slt_combine}'; use "
+                            f"{', '.join(SLT_COMBINES)}"),
         }
         for setting, unset in OPTIONAL.items():
             checks.append((getattr(m, setting) != unset and setting not in self.reads,
                            f"`{setting}` applies to `method` {' or '.join(readers(setting))} "
                            f"only (got `method` {name})"))
             checks.append(ranges[setting])
-        return checks + self.next_mask.check(settings, name)
+        return (checks + self.next_mask.check(settings, name)
+                + (self.scores.check(settings, name) if self.scores is not None else []))
 
     def plan(self, settings: Any, n_train: int, device: "torch.device | str" = "cpu"
              ) -> "MethodPlan":
@@ -274,6 +325,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            reads=(*_SHARED, "vote_share"), next_mask=CombinedMask()),
     Method("random", 1, False, "random masks at the same per-level densities", True,
            next_mask=NextMask(random=True)),
+    Method("slt", 1, False, "strong lottery tickets: frozen weights (--slt-init), a trained "
+           "score per weight, the top |score| at each level's density; N particles combined "
+           "by --slt-combine", reads=("particles", "slt_init", "slt_combine"),
+           next_mask=CandidateMask(), scores=ScoreTickets()),
     Method("oneshot", 1, False, "prune the dense solution straight to each level's density "
            "(or --target-sparsity), then train", True, reads=("target_sparsity",),
            next_mask=OneshotMask()),

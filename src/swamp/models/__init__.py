@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from swamp.errors import SwampError, did_you_mean
 from swamp.models.common import init_weights, require_image
+from swamp.models.generator import MLPGenerator
 from swamp.models.resnet import ResNet, WideResNet, cifar_resnet, resnet18
 from swamp.models.small import (MLP, BagOfWords, CausalConvLM, Conv1dNet, ResidualMLP,
                                 conv1d_strides)
@@ -52,6 +53,9 @@ MODELS: dict[str, ModelInfo] = {m.name: m for m in [
     ModelInfo("causal-conv", "causal LM: embedding, 2 residual causal convs (k3), linear head "
               "over the vocabulary; input (T,) token ids",
               lambda n, s, k, v: CausalConvLM(s, k), True),
+    ModelInfo("mlp-generator", "generator: Gaussian noise (16) -> 2 hidden layers of 256 (ReLU) "
+              "-> a sample of the data's shape; trained on MMD (issue 16)",
+              lambda n, s, k: MLPGenerator(s, latent=16, hidden=(256, 256))),
 ]}
 _WRN = re.compile(r"wrn-(\d+)-(\d+)")
 WRN_PATTERN = "wrn-D-K"

@@ -14,6 +14,7 @@ from torch import nn
 
 
 class MLPGenerator(nn.Module):
+    generative = True      # a run trains it on MMD and scores it with generative metrics
     def __init__(self, output_shape: tuple[int, ...], latent: int = 8,
                  hidden: tuple[int, ...] = (128, 128)):
         super().__init__()

@@ -50,6 +50,7 @@ def ensemble_runs(paths: Sequence[str | Path], out: str | Path | None = None, *,
     check_same_task([(p, read_settings(p)[0]) for p in paths], "ensemble")
     runs = [RunReader(p, device=device, data_dir=data_dir) for p in paths]
     first = runs[0]
+    first.require_classifier("an output ensemble")
     for r in runs[1:]:
         if (r.data.test.y.shape != first.data.test.y.shape
                 or not bool((r.data.test.y.cpu() == first.data.test.y.cpu()).all())):

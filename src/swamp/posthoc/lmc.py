@@ -60,6 +60,7 @@ def connectivity(run: str | Path | RunReader, *, level: int | None = None,
         raise SwampError("give `particles` I J (within one level) or `levels` A B, not both")
     loaded = (run if isinstance(run, RunReader)
               else RunReader(run, device=device, data_dir=data_dir))
+    loaded.require_classifier("connectivity")
     if levels is not None:
         for lv in levels:
             if lv not in loaded.levels:

@@ -114,6 +114,7 @@ def lottery_pools(run: str | Path | RunReader, out: str | Path | None = None, *,
     loaded = (run if isinstance(run, RunReader)
               else RunReader(run, device=device, data_dir=data_dir))
     _check_validation_split(loaded.root, len(loaded.data.val))
+    loaded.require_classifier("Lottery Pools")
     root = Path(out) if out is not None else loaded.store.pools_root
     check_out_dir(root)
     if root.resolve() == loaded.root.resolve():

@@ -13,7 +13,8 @@ Two pseudo-methods are built from `imp` runs with no training of their own:
 
 Run settings that only some methods use are given to those methods only: `--particles` and
 `--soup` to the methods that average several particles, `--vote-share` to mask-vote,
-`--swamp-plus-level` to swamp+, `--target-sparsity` to oneshot. `--swa/--no-swa` is refused:
+`--swamp-plus-level` to swamp+, `--target-sparsity` to oneshot, `--slt-init` and
+`--slt-combine` to slt (strong tickets at the same densities as the other methods' levels). `--swa/--no-swa` is refused:
 each method defines it (imp-swa, swamp and swamp+ use SWA; the others do not).
 """
 

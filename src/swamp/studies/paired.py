@@ -29,7 +29,7 @@ CONFIDENCE = 0.95
 NO_DIFFERENCE = "no clear difference"
 TOO_FEW = "n<2: no interval"
 # metric -> +1 when higher is better, -1 when lower is better
-DIRECTION = {"acc": 1, "nll": -1, "ece": -1, "nll_ts": -1}
+DIRECTION = {"acc": 1, "nll": -1, "ece": -1, "nll_ts": -1, "mmd": -1, "frechet": -1}
 
 
 @dataclass(frozen=True)

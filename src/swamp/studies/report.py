@@ -50,7 +50,10 @@ DEFAULT_BASELINE = "imp"
 METRICS = {"acc": ("test_acc", "test accuracy (%)", 100.0, 2, "points"),
            "nll": ("test_nll", "test NLL", 1.0, 3, "nats"),
            "ece": ("test_ece", "test ECE (%)", 100.0, 2, "points"),
-           "nll_ts": ("test_nll_ts", "temperature-scaled test NLL", 1.0, 3, "nats")}
+           "nll_ts": ("test_nll_ts", "temperature-scaled test NLL", 1.0, 3, "nats"),
+           # generators (issue 16); lower is better, as for NLL
+           "mmd": ("test_mmd", "test MMD²", 1.0, 4, ""),
+           "frechet": ("test_frechet", "Frechet distance", 1.0, 3, "")}
 # Methods in the order tables and legends show them (others follow alphabetically).
 # `ensemble` labels `swamp ensemble` output.
 ORDER = [*METHODS, *POSTHOC, "ensemble"]
@@ -80,6 +83,8 @@ class SummaryRow:
 
     def by_seed(self, metric: str) -> dict[int, float]:
         return dict(zip(self.seed_ids, getattr(self, metric)))
+    mmd: list[float] = field(default_factory=list)       # generators (issue 16)
+    frechet: list[float] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": self.method, "level": self.level, "density": self.density,
@@ -109,6 +114,7 @@ def _std(xs: list[float]) -> float:
 REQUIRED = ("level", "density", "test_acc", "test_nll")
 # Read when present; runs made before calibration was recorded lack them (NaN, shown "–").
 OPTIONAL = ("test_ece", "test_nll_ts")
+GENERATIVE = ("test_mmd", "test_frechet")     # generator runs' levels (issue 16)
 
 
 def _float(v: str | None, csv_path: Path, column: str, line: int) -> float:
@@ -132,7 +138,8 @@ def read_result(path: str | Path) -> Result:
         # A run (or Lottery Pools) summarised from its checked level records, never from
         # metrics.csv, which is a copy for people: a changed or stale table changes nothing.
         records = store.level_metrics()
-        rows = [{k: _record_float(r.get(k)) for k in (*REQUIRED, *OPTIONAL)} for r in records]
+        rows = [{k: _record_float(r.get(k)) for k in (*REQUIRED, *OPTIONAL)}
+                | {k: float(r[k]) for k in GENERATIVE if k in r} for r in records]
     else:
         rows = _csv_rows(root, store)    # an ensemble's output: its table is its record
     return Result(root, method_label(settings, posthoc), settings.run.seed, settings, rows,
@@ -239,6 +246,9 @@ def summarise(results: Sequence[Result]) -> list[SummaryRow]:
             s.ece.append(row.get("test_ece", math.nan))
             s.nll_ts.append(row.get("test_nll_ts", math.nan))
             s.seed_ids.append(r.seed)
+            if "test_mmd" in row:
+                s.mmd.append(row["test_mmd"])
+                s.frechet.append(row["test_frechet"])
             densities.setdefault(key, []).append(row["density"])
     for key, s in table.items():
         s.density = statistics.fmean(densities[key])
@@ -462,6 +472,8 @@ def plot(rows: Sequence[SummaryRow], path: Path, title: str = "",
     formats = check_formats(formats)
     methods = sorted({s.method for s in rows}, key=_rank)
     metrics = ["acc", "nll"] + (["ece"] if _has(rows, "ece") else [])
+    if _has(rows, "mmd") and not _has(rows, "acc"):    # generators (issue 16)
+        metrics = ["mmd", "frechet"]
     zoomed = [m for m in methods if m not in BASELINES]
     groups = [methods] + ([zoomed] if zoomed and len(zoomed) < len(methods) else [])
     fig, axes = plt.subplots(len(groups), len(metrics), figsize=(5.2 * len(metrics),
@@ -547,6 +559,9 @@ def describe(r: Result) -> str:
     """What a result's method is, for the report's methods line."""
     m = r.settings.method
     if not r.posthoc:
+        if m.method in METHODS and METHODS[m.method].scores is not None:   # strong tickets
+            return (f"{m.particles} score particle(s), frozen weights {m.slt_init}, "
+                    f"combined by {m.slt_combine}")
         return f"{m.particles} particle(s), SWA {m.swa}"
     source = r.posthoc.get("source_method") or m.method
     kind = POSTHOC.get(r.posthoc.get("method"))
@@ -609,6 +624,11 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
     if _has(rows, "nll_ts"):
         parts += ["## Temperature-scaled test NLL (temperature fitted on the validation "
                   "split), mean ± std over seeds", "", markdown_table(rows, "nll_ts"), ""]
+    if any(s.mmd for s in rows):      # generators: lower is better
+        parts += ["## Test MMD² (generators; lower is better), mean ± std over seeds", "",
+                  markdown_table(rows, "mmd"), "",
+                  "## Frechet distance of classifier features (lower is better)", "",
+                  markdown_table(rows, "frechet"), ""]
     parts += paired_section(rows, baseline)
     parts += ["Selections (greedy soups, Lottery Pools, the temperature of the scaled NLL) use "
               "the validation split carved from the training data by seed; test numbers are "

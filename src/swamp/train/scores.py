@@ -55,15 +55,47 @@ def frozen_init(weight: torch.Tensor, init: str, density: float,
 
 
 class _StraightThrough(torch.autograd.Function):
-    """Forward: the 0/1 mask; backward: the gradient passes to the scores unchanged."""
+    """Forward: the 0/1 mask; backward: the gradient passes to the scores unchanged.
+    (setup_context + generate_vmap_rule: it runs under vmap, for stacked particles.)"""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return mask.to(scores.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None
+
+
+def _keep_top_flat(s: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest of a flat score vector, as a bool mask, with the tie rule of
+    `core/pruning.py` (among equal scores the lower flat index is removed first): a stable
+    ascending sort puts ties in index order, so the last k are kept. Written with sort and
+    scatter (fixed k) because `keep_exactly`'s exact radix select counts with Python ints
+    and does not run under vmap; `ScoredNetwork.mask()` (keep_exactly) is the reference,
+    and the tests check both give the same mask."""
+    order = torch.sort(s.float(), stable=True).indices
+    keep = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+    return keep.scatter(0, order[s.numel() - k:], True)
+
+
+def top_masks(ranked: dict[str, torch.Tensor], counts: dict[str, int], scope: str
+              ) -> dict[str, torch.Tensor]:
+    """Bool masks keeping exactly `counts` (format of `target_counts`) of `ranked`, globally
+    or per layer; runs under vmap (one replica's scores)."""
+    names = list(ranked)
+    if scope == "global":
+        flat = torch.cat([ranked[n].reshape(-1) for n in names])
+        parts = _keep_top_flat(flat, counts[""]).split([ranked[n].numel() for n in names])
+        return {n: p.view(ranked[n].shape) for n, p in zip(names, parts)}
+    return {n: _keep_top_flat(ranked[n].reshape(-1), counts[n]).view(ranked[n].shape)
+            for n in names}
 
 
 class ScoredNetwork(nn.Module):
@@ -71,7 +103,10 @@ class ScoredNetwork(nn.Module):
 
     def __init__(self, model: nn.Module, density: float, *, scope: str = "global",
                  init: str | None = "kaiming", names: Sequence[str] | None = None,
-                 seed: int = 0, scores: StateDict | None = None):
+                 seed: int = 0, scores: StateDict | None = None,
+                 counts: dict[str, int] | None = None):
+        """`counts`: the kept counts (format of `target_counts`), e.g. an IMP level's exact
+        counts; default `counts_at_density(density)`."""
         super().__init__()
         self.net = model
         self.names = list(names) if names is not None else select_prunable(model)
@@ -85,16 +120,18 @@ class ScoredNetwork(nn.Module):
         for p in model.parameters():
             p.requires_grad_(False)
         self.ones = Mask({n: torch.ones_like(params[n], dtype=torch.bool) for n in self.names})
-        self.counts = counts_at_density(self.ones, self.density, scope)
+        self.counts = (dict(counts) if counts is not None
+                       else counts_at_density(self.ones, self.density, scope))
         # Edge-popup initialises scores like weights (Kaiming uniform); only their order matters.
         self.scores = nn.ParameterDict()
         for n in self.names:
             if scores is not None:
                 s = scores[n].detach().clone().to(params[n])
             else:
-                s = torch.empty_like(params[n])
+                # drawn on the CPU generator, then moved: the same scores on every device
+                s = torch.empty(params[n].shape, dtype=params[n].dtype)
                 bound = 1.0 / math.sqrt(max(1, math.prod(s.shape[1:])))
-                s.uniform_(-bound, bound, generator=g)
+                s = s.uniform_(-bound, bound, generator=g).to(params[n].device)
             self.scores[_key(n)] = nn.Parameter(s)
 
     def score_state(self) -> StateDict:
@@ -107,7 +144,8 @@ class ScoredNetwork(nn.Module):
             return keep_exactly(ranked, self.ones, self.counts, self.scope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = self.mask()
+        mask = top_masks({n: self.scores[_key(n)].detach().abs() for n in self.names},
+                         self.counts, self.scope)
         weights = dict(self.net.named_parameters())
         # through |score| (what ranks), as edge-popup: d loss/d score = sign(score) * w * g
         masked = {n: weights[n] * _StraightThrough.apply(self.scores[_key(n)].abs(), mask[n])
@@ -119,6 +157,13 @@ class ScoredNetwork(nn.Module):
         mask = mask or self.mask()
         return mask.apply_to_state_dict({k: v.detach().clone()
                                          for k, v in self.net.state_dict().items()})
+
+
+    def parts(self, state: StateDict) -> tuple[StateDict, StateDict]:
+        """A state dict of this wrapper (e.g. a trained particle's) -> (the wrapped model's
+        state, the scores by prunable tensor name)."""
+        model = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+        return model, {n: state["scores." + _key(n)] for n in self.names}
 
 
 def average_scores(states: Sequence[StateDict]) -> StateDict:
