@@ -212,7 +212,8 @@ def test_wrn_depth_and_width_are_checked():
 
 
 def test_unknown_model_and_wrong_input_shapes():
-    with pytest.raises(SwampError, match="unknown model 'resnet99'; known: mlp, conv1d") as e:
+    with pytest.raises(SwampError, match=r"unknown model 'resnet99';( did you mean "
+                                         r"'[a-z0-9]+'\?)? known: mlp, conv1d") as e:
         build_model("resnet99", (3, 32, 32), 10)
     assert "wrn-D-K" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(SwampError, match="'conv1d' needs 1-D signals"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 from swamp.methods import get_method
 
 
@@ -60,7 +60,9 @@ class DataSettings:
 
 @dataclass
 class ModelSettings:
-    model: str = _setting("conv1d", "model name (see `swamp list`)")
+    model: str | None = _setting(None, "model name (see `swamp list`; default: the dataset's: "
+                                 "conv1d for mnist1d, mlp for digits and MNIST, resnet20 for "
+                                 "CIFAR)")
     # Model size (issue 14): empty / off keeps each model's built-in size, so the run hash of
     # every existing run is unchanged.
     hidden: list[int] = _setting([], "mlp: widths of the hidden layers, e.g. 500,500 "
@@ -125,6 +127,10 @@ class TrainSettings:
     teacher: str = _setting("dense", "the frozen teacher: dense (the level-0 solution; "
                             "level 0 trains on the task loss alone) | init (the weights the "
                             "run starts from, e.g. a pretrained model)")
+    # issue 14: a training budget in iterations beside whole epochs
+    steps: int | None = _setting(None, "training iterations per level (from initialisation, "
+                                 "including the rewind segment); when given it replaces "
+                                 "--epochs (default: --epochs x iterations per epoch)")
 
 
 @dataclass
@@ -202,11 +208,20 @@ class RunSettings:
     processes: int = _setting(0, "processes on this machine that train particles "
                               "(0: --engine auto decides; K > 1: start K ranks, as "
                               "--engine distributed); for several machines use torchrun")
-    threads: int = _setting(0, "torch threads per process (0: match the free cores)")
+    threads: int = _setting(0, "torch threads per process (0: the cores this process may "
+                            "use, divided among this machine's processes, at most torch's "
+                            "current count or OMP_NUM_THREADS; fixed, not following the "
+                            "load; on a busy machine try 1)")
     save_particles: bool = _setting(True, "save every particle's weights in the level folder")
     checkpoint_every: int = _setting(1000, "iterations between checkpoints of a particle in "
                                      "training (0: only on SIGINT/SIGTERM and when it "
                                      "finishes); a killed run resumes from the last one")
+    # issue 14: dense work done once (swamp/dense_cache.py)
+    share_dense: bool = _setting(True, "reuse the initial weights, rewind point and level 0 "
+                                 "of a run in the same folder whose settings they depend on "
+                                 "are equal (its files, checked by its checksums; level 0 "
+                                 "needs its saved particles); --no-share-dense trains them "
+                                 "anew")
 
 
 SECTIONS: dict[str, type] = {
@@ -221,6 +236,7 @@ SECTIONS: dict[str, type] = {
 # Settings that do not change what a run computes; they stay out of the run hash.
 UNHASHED = {"data_dir", "device", "out", "engine", "processes", "threads", "save_particles",
             "checkpoint_every"}
+UNHASHED |= {"share_dense"}   # issue 14: whether dense work is shared changes no result
 
 
 @dataclass
@@ -253,15 +269,18 @@ class Settings:
                 for sub, v in value.items():
                     sub = sub.replace("-", "_")
                     if owners.get(sub) != key:
-                        raise SwampError(f"{source}: unknown setting {key + '.' + sub!r}; "
-                                         f"see `swamp run --help` for the settings")
+                        known = [n for n, sec in owners.items() if sec == key]
+                        raise SwampError(f"{source}: unknown setting {key + '.' + sub!r};"
+                                         f"{did_you_mean(sub, known, key + '.')} see "
+                                         f"`swamp run --help` for the settings")
                     setattr(section, sub, _coerce(sub, v, section, source))
             elif key in owners:
                 section = getattr(self, owners[key])
                 setattr(section, key, _coerce(key, value, section, source))
             else:
-                raise SwampError(f"{source}: unknown setting {key!r}; "
-                                 f"see `swamp run --help` for the settings")
+                raise SwampError(f"{source}: unknown setting {key!r};"
+                                 f"{did_you_mean(key, [*owners, *SECTIONS])} see "
+                                 f"`swamp run --help` for the settings")
 
     # ---- views --------------------------------------------------------------------------
     def items(self) -> Iterator[tuple[str, str, Any]]:
@@ -279,6 +298,10 @@ class Settings:
         out = dataclasses.replace(
             self, **{s: dataclasses.replace(getattr(self, s)) for s in SECTIONS})
         method = get_method(out.method.method)
+        if out.model.model is None:   # the dataset's default model (issue 14)
+            from swamp.data import default_model
+
+            out.model.model = default_model(out.data.dataset)
         if out.method.particles is None:
             out.method.particles = method.particles
         if out.method.swa is None:
@@ -294,6 +317,9 @@ class Settings:
         """Stable hash of the settings that differ from the defaults (OpenLTH-style), and of
         the fingerprints of a model or data passed through the Python API (`inputs`)."""
         defaults = {(s, n): v for s, n, v in Settings().items()}
+        # The model default became the dataset's; the default dataset's model (conv1d) stays
+        # out of the hash as it did, so run names made before are found again.
+        defaults[("model", "model")] = Settings().resolved().model.model
         changed: dict[str, Any] = {f"{s}.{n}": v for s, n, v in self.resolved().items()
                                    if n not in UNHASHED and v != defaults[(s, n)]}
         if self.model.weights:
@@ -448,7 +474,9 @@ def validate(s: Settings) -> None:
         (s.run.checkpoint_every < 0,
          f"`checkpoint_every` must be 0 or more (got {s.run.checkpoint_every})"),
         (t.rewind_epochs < 0 or t.rewind_iters < 0, "the rewind point must be >= 0"),
-        (t.rewind_iters == 0 and t.rewind_epochs >= t.epochs
+        (t.steps is not None and t.steps < 1, f"`steps` must be at least 1 (got {t.steps})"),
+        (t.steps is None and t.rewind_iters == 0 and t.rewind_epochs >= t.epochs
+         and t.rewind_epochs != 1.0      # the default adapts to short runs (train/schedule.py)
          and method.scores is None,           # slt trains no weights: no rewind point
          f"`rewind_epochs` {t.rewind_epochs} is not before the end of training "
          f"(`epochs` {t.epochs})"),
@@ -588,6 +616,7 @@ LIMITS = {"data_size": (10**8, "generated datasets are held in memory"),
           "batch_size": (10**7, "a batch is held in memory at once"),
           "particles": (1024, "each particle is a copy of the model trained in full"),
           "epochs": (10**6, "every level trains this many epochs"),
+          "steps": (10**10, "every level trains this many iterations"),
           "threads": (4096, "more threads than any machine has cores"),
           "processes": (4096, "one process per core or GPU at most")}
 

@@ -54,6 +54,7 @@ class ParticleProgress:
     level: int
     index: int
     iteration: int
+    lr: float | None = None   # the learning rate of its last step (issue 14: trackers log it)
 
 
 @dataclass(frozen=True)

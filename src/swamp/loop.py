@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -36,10 +37,11 @@ from swamp.evaluation import (GenerativeScores, calibrate, ensemble_log_probs, e
 from swamp.generative import bandwidths_for, is_generative
 from swamp.inputs import data_fingerprint, differences, model_fingerprints
 from swamp.methods import get_method
+from swamp.dense_cache import DenseSource, level0_depends, start_depends
 from swamp.methods.slt import ScoreLevel
 from swamp.oneshot import run_prunable
-from swamp.store import (RunStore, is_temporary, load_state, read_json, remove_temporary,
-                         save_state)
+from swamp.store import (RunStore, atomic_write_bytes, is_temporary, load_state, read_json,
+                         remove_temporary, save_state)
 from swamp.train import Objective, ParticleResult, SingleReplica, TrainPlan, fit
 from swamp.train import stop as stops
 from swamp.train.checkpoint import CheckpointFile
@@ -177,6 +179,14 @@ class LevelLoop:
         # a generator (issue 16) is scored by MMD and the Frechet distance, not accuracy
         self.generative = is_generative(self.model)
         self._generative_scores: GenerativeScores | None = None
+        # Dense work shared with earlier runs beside this one (dense_cache.py); not with a
+        # given objective or context, which the settings do not describe, nor when level 0
+        # already prunes (gradual pruning, a transferred mask), a weights file is loaded, or
+        # scores are trained instead of weights (slt).
+        self.dense = (DenseSource(self.store.root, UNHASHED, s.to_dict(), self.events.info)
+                      if s.run.share_dense and objective is None and context is None
+                      and s.prune.prune_schedule == "levels" and s.prune.mask_from is None
+                      and not s.model.weights and self.scores is None else None)
 
     def _engine(self, first_level: int = 0) -> Engine:
         """The engine (made once, when there is training to do: a finished run starts no
@@ -193,6 +203,53 @@ class LevelLoop:
             self.engine = make_engine(name, self.ctx, s, info=self.events.info,
                                       recorded=recorded, particles=particles)
         return self.engine
+
+    # ---- dense work shared with the runs beside this one (issue 14) ---------------------
+    def _start_files(self, store: RunStore) -> list[Path]:
+        files = [store.init_path, store.rewind_path]
+        if self.settings.train.rewind_optimizer:
+            files.append(store.rewind_optimizer_path)
+        return files
+
+    def _depends(self, kind: str) -> dict[str, Any]:
+        make = start_depends if kind == "start" else level0_depends
+        mine = make(self.settings.to_dict(), UNHASHED, self.inputs)
+        return json.loads(json.dumps(mine))       # as the other runs' settings.json read
+
+    def _reuse_start(self) -> None:
+        """Copy the initial weights and rewind point of an identical run beside this one."""
+        files = self._start_files(self.store)
+        if self.dense is None or any(p.is_file() for p in files):
+            return
+        source = self.dense.find("start", self._depends("start"), self._start_files)
+        if source is None:
+            return
+        for path, theirs in zip(files, self._start_files(source)):
+            atomic_write_bytes(path, theirs.read_bytes())
+        self.store.record_checksums(*files)
+        self.events.info(f"reusing the initial weights and rewind point of {source.root} "
+                         f"(same settings for them)")
+
+    def _level0_files(self, store: RunStore, n: int) -> list[Path]:
+        return [store.level_metrics_path(0), *(store.particle_path(0, i) for i in range(n))]
+
+    def _reuse_level0(self, task: LevelTask) -> list[ParticleResult] | None:
+        if self.dense is None or task.level != 0:
+            return None
+        n = len(task.jobs)
+        source = self.dense.find("level0", self._depends("level0"),
+                                 lambda store: self._level0_files(store, n))
+        if source is None:
+            return None
+        details = source.read_record(source.level_metrics_path(0))
+        averaged, losses = details.get("swa_snapshots"), details.get("particle_train_loss")
+        if not (isinstance(averaged, list) and isinstance(losses, list)
+                and len(averaged) == len(losses) == n):
+            return None
+        self.events.info(f"level 0: reusing the particles of {source.root} (same settings "
+                         f"for level 0)")
+        return [ParticleResult(load_state(source.particle_path(0, i), self.device),
+                               int(averaged[i]), float(losses[i])) for i in range(n)]
 
     # ---- artefacts before level 0 -------------------------------------------------------
     def _init_state(self) -> StateDict:
@@ -285,9 +342,13 @@ class LevelLoop:
         """The level's particles, in job order. Each group of particles trained together is
         checkpointed into the level's folder as it trains and when it finishes, so a stop
         loses at most `checkpoint_every` iterations and no finished particle."""
+        reused = self._reuse_level0(task)
+        if reused is not None:
+            return reused
         return self._engine().train_particles(
             task, ctx or self.ctx,
-            lambda index, it: self.events.emit(ParticleProgress(task.level, index, it)))
+            lambda index, it: self.events.emit(ParticleProgress(
+                task.level, index, it, self.schedule.lr_at(it - 1) if it > 0 else None)))
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""
@@ -542,6 +603,9 @@ class LevelLoop:
         self.events.emit(RunStarted(
             self.store.root, s.method.method, s.model.model, s.data.dataset, s.method.particles,
             s.prune.levels, s.prune.prune_fraction, str(self.device), s.run.engine))
+        adapted = self.schedule.adapted_rewind(s.train)
+        if adapted is not None:
+            self.events.info(adapted)
         if self.store.posthoc_path.is_file():   # Lottery Pools / ensemble output
             raise SwampError(f"{self.store.root} holds post-hoc results, not a run; choose "
                              f"another run directory")
@@ -568,6 +632,7 @@ class LevelLoop:
             # last: marks a run directory
             self.store.write_record(self.store.settings_path, s.to_dict())
         self.store.verify_checksums()   # a damaged file is found now, not levels later
+        self._reuse_start()
         init = self._init_state()
         finished = self.store.finished_levels()
         if len(finished) <= self.plan.levels:   # work left: the weights must fit the model
@@ -611,15 +676,21 @@ class LevelLoop:
 
 def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         data: DataBundle | None = None, run_dir: str | Path | None = None,
-        events: Events | None = None, objective: Objective | None = None) -> RunResult:
+        events: Events | None = None, objective: Objective | None = None,
+        progress: bool | None = None) -> RunResult:
     """Run (or resume) a pruning study. `model` and `data` replace the built-in ones;
     `objective` replaces classification cross-entropy.
+
+    `progress=True` prints plain progress lines to stderr (swamp.progress.TextProgress: a
+    line per trained particle, a table row per level); the default (None) does so when
+    stderr is a terminal, and stays silent in notebooks, pipes and tests; False never
+    prints. Any other display subscribes to `events`.
 
     Under torchrun, ranks above 0 serve rank 0's levels (they never build a level loop or
     open the run directory) and return rank 0's level rows when it is done.
     """
     settings = settings or Settings()
-    if model is not None and settings.model.model == "conv1d":
+    if model is not None and settings.model.model in (None, "conv1d"):
         settings = copy.deepcopy(settings)
         settings.model.model = "custom"
     if data is not None and settings.data.dataset == "mnist1d":
@@ -627,6 +698,20 @@ def run(settings: Settings | None = None, *, model: nn.Module | None = None,
         settings.data.dataset = data.name
     if world.launched() and world.env_rank() > 0:
         return serve(settings, model=model, data=data, objective=objective)
+    if progress is None:
+        import sys
+
+        progress = sys.stderr.isatty()
+    if progress:
+        from swamp.progress import TextProgress
+
+        events = events or Events()
+        unsubscribe = events.subscribe(TextProgress())
+        try:
+            return LevelLoop(settings, model=model, data=data, run_dir=run_dir,
+                             events=events, objective=objective).run()
+        finally:
+            unsubscribe()   # the caller's bus is left as it was given
     return LevelLoop(settings, model=model, data=data, run_dir=run_dir, events=events,
                      objective=objective).run()
 

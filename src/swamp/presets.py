@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 def preset_values(name: str) -> dict[str, Any]:
     if name not in PRESETS:
-        raise SwampError(f"unknown preset '{name}'; known: {', '.join(PRESETS)} "
+        raise SwampError(f"unknown preset '{name}';{did_you_mean(name, PRESETS)} known: "
+                         f"{', '.join(PRESETS)} "
                          f"(see `swamp list`)")
     return dict(PRESETS[name].values)
 

@@ -182,7 +182,13 @@ def join_from_env(device: torch.device) -> Group:
     owns = False
     if not dist.is_initialized():
         try:
-            dist.init_process_group("gloo", init_method="env://", timeout=timeout())
+            # torchrun's elastic restarts (--max-restarts) keep the agent's store, which
+            # still holds the addresses the ranks of the attempt before published: each
+            # attempt joins under a prefix of its own, or a rank may dial a dead peer.
+            store, rank, world = next(dist.rendezvous("env://", timeout=timeout()))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            dist.init_process_group("gloo", store=dist.PrefixStore(f"swamp/{attempt}", store),
+                                    rank=rank, world_size=world, timeout=timeout())
         except Exception as exc:
             raise SwampError(f"could not join the other ranks ({_first_line(exc)}); check "
                              f"torchrun's --rdzv-endpoint / --master-addr and the network") from None

@@ -8,23 +8,61 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Sequence
 
 from swamp import __version__
-from swamp.app import export, posthoc, run, studies
+from swamp.app import completion, export, posthoc, run, show, studies
 from swamp.app import prune as prune_cmd   # one-shot pruning (issue 12)
 from swamp.app.flags import render_error
 from swamp.methods import METHODS
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 from swamp.presets import PRESETS
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line (and exit status 2)."""
+    """argparse that reports usage errors as one line (and exit status 2), with a "did you
+    mean" for a misspelt flag, command or choice."""
+
+    _argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise SwampError(f"{message} (see `{self.prog} --help`)")
+        hint = self._suggestion(message)
+        prog = self._command().prog
+        raise SwampError(f"{message};{hint} see `{prog} --help`" if hint else
+                         f"{message} (see `{prog} --help`)")
+
+    def _suggestion(self, message: str) -> str:
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = [w.split("=")[0] for w in unknown.group(1).split() if w.startswith("-")]
+            # compared without the dashes, which every flag shares
+            return (did_you_mean(flags[0].lstrip("-"), [o[2:] for o in self._options()], "--")
+                    if flags else "")
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            choices = [c.strip().strip("'") for c in choice.group(2).split(",")]
+            return did_you_mean(choice.group(1), choices)
+        return ""
+
+    def _command(self) -> argparse.ArgumentParser:
+        """The parser of the sub-command being parsed (unknown flags are reported by the
+        top-level parser), or this parser."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                command = next((a for a in self._argv if a in action.choices), None)
+                if command is not None:
+                    return action.choices[command]
+        return self
+
+    def _options(self) -> list[str]:
+        return [o for a in self._command()._actions for o in a.option_strings
+                if a.help is not argparse.SUPPRESS and o.startswith("--")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     studies.add_parsers(sub)
     posthoc.add_parsers(sub)
     prune_cmd.add_parser(sub)
+    show.add_parser(sub)          # issue 14: swamp show RUN
+    completion.add_parser(sub)    # issue 14: swamp completion bash|zsh
+    parser.set_defaults(root_parser=parser)   # the completion script is made from it
     return parser
 
 

@@ -7,7 +7,6 @@ logs stay short.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -19,16 +18,8 @@ from swamp.events import (Event, Info, LevelFinished, LevelStarted, ParticleProg
                           RunFinished, RunStarted)
 from swamp.store import RunStore
 
-ROW_FORMAT = "{:>5}  {:>8}  {:>9}  {:>9}  {:>13}  {:>9}  {:>8}"
-HEADER = ROW_FORMAT.format("level", "density", "sparsity", "solution", "particle mean",
-                           "ensemble", "time")
-# generators (issue 16): the solution's and the particles' mean MMD^2 to the test split
-GENERATIVE_HEADER = ROW_FORMAT.format("level", "density", "sparsity", "MMD²", "particle MMD²",
-                                      "", "time")
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
+from swamp.progress import (GENERATIVE_HEADER, HEADER, ROW_FORMAT,  # noqa: F401 (one
+                            level_row, pct)                           # row format)
 
 
 def make_console() -> Console:
@@ -133,12 +124,7 @@ class RunDisplay:
         if not self._header_shown:
             self.console.print(GENERATIVE_HEADER if generative else HEADER, style="bold")
             self._header_shown = True
-        scores = ((f"{row['test_mmd']:.4f}", f"{row['particle_mmd_mean']:.4f}", "")
-                  if generative else (pct(row["test_acc"]), pct(row["particle_acc_mean"]),
-                                      pct(row["ensemble_acc"])))
-        self.console.print(ROW_FORMAT.format(
-            row["level"], pct(row["density"]), pct(row["sparsity"]), *scores,
-            f"{row['train_seconds']:.1f}s"))
+        self.console.print(level_row(row))
 
     def close(self) -> None:
         if self._progress is not None:

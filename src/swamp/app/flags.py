@@ -42,8 +42,10 @@ def _flag_type(kind: str):
     return str
 
 
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, grouped by section, help text from the dataclass."""
+def add_settings_flags(parser: argparse.ArgumentParser, hidden: Iterable[str] = ()) -> None:
+    """One flag per setting, grouped by section, help text from the dataclass; the settings
+    in `hidden` are accepted but left out of --help (a command that sets them itself)."""
+    hidden = set(hidden)
     parser.add_argument("--preset", metavar="NAME",
                         help="standard training recipe of a model (see `swamp list`); a "
                              "settings file and flags override it")
@@ -56,6 +58,8 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
             help_text = f.metadata["help"]
             if "default" not in help_text:   # some helps explain their default themselves
                 help_text += f" (default: {default})"
+            if f.name in hidden:
+                help_text = argparse.SUPPRESS
             kind = str(f.type)
             if kind.startswith("bool"):
                 group.add_argument(flag(f.name), dest=f.name,
@@ -63,7 +67,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
                                    default=argparse.SUPPRESS, help=help_text)
             elif kind.startswith("list"):
                 group.add_argument(flag(f.name), dest=f.name, metavar="A,B",
-                                   default=argparse.SUPPRESS, help=help_text + "; comma-separated")
+                                   default=argparse.SUPPRESS,
+                                   help=help_text if f.name in hidden
+                                   else help_text + "; comma-separated")
             else:
                 group.add_argument(flag(f.name), dest=f.name, type=_flag_type(kind),
                                    default=argparse.SUPPRESS, help=help_text,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from swamp.app.flags import add_settings_flags, settings_from_args
+from swamp.app.tracking import add_tracking_flags, attach_tracker
 from swamp.methods import METHODS
 
 
@@ -16,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--run-dir", metavar="DIR",
                      help="exact run directory (default: <out>/<method>-<settings hash>)")
     run.add_argument("--quiet", action="store_true", help="print nothing while running")
+    add_tracking_flags(run)
     run.set_defaults(handler=cmd_run)
 
 
@@ -36,8 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     display = RunDisplay(make_console(), quiet=args.quiet, announce=True)
     events = Events()
     events.subscribe(display)
+    tracker = attach_tracker(args, events, settings)
     try:
         LevelLoop(settings, run_dir=args.run_dir, events=events).run()
     finally:
         display.close()   # a live progress bar must not outlive an error
+        if tracker is not None:
+            tracker.close()
     return 0

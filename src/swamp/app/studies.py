@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from swamp.app.flags import add_settings_flags, settings_from_args
+from swamp.app.tracking import add_tracking_flags, attach_tracker
 from swamp.errors import SwampError
 
 
@@ -27,7 +28,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "(finished runs are reused by their settings hash), then "
                                    "write summary.csv, paired.csv (each method minus "
                                    "--baseline, seed by seed, with a 95% interval), "
-                                   "accuracy_vs_sparsity.png and report.md into --out. "
+                                   "accuracy_vs_sparsity.png and report.md into --out (the "
+                                   "runs go to --out/runs unless --runs-dir is given). The run "
+                                   "settings below apply to every method that reads them. "
                                    "Methods: " + known + ".")
     p.add_argument("--methods", required=True, metavar="A,B",
                    help="comma-separated methods, e.g. imp,imp-swa,swamp")
@@ -36,7 +39,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing while running")
     p.add_argument("--command-text", help=argparse.SUPPRESS)
     add_study_flags(p)
-    add_settings_flags(p)
+    _add_launch_flags(p)
+    add_tracking_flags(p)
+    # --methods and --seeds instead; SWA is each method's own (refused with a clear line)
+    add_settings_flags(p, hidden=("method", "seed", "swa"))
     p.set_defaults(handler=cmd_compare)
 
     p = sub.add_parser("report", help="summary table, plot and report.md from finished runs",
@@ -86,9 +92,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     # A preset's training recipe can depend on whether the method keeps an SWA average.
     # (every method: a post-hoc method trains its source method too)
     bases = {m: settings_from_args(args, method=m) for m in METHODS}
+    if args.print_commands or args.launcher != "local":
+        return _launch(args, methods, seeds, base, bases)
     display = RunDisplay(make_console(), quiet=args.quiet)
     events = Events()
     events.subscribe(display)
+    tracker = attach_tracker(args, events, base)
     try:
         out = compare(methods, seeds, base, base.run.out, runs_dir=args.runs_dir,
                       method_bases=bases,
@@ -96,8 +105,66 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       **study_options(args))
     finally:
         display.close()   # a live progress bar must not outlive an error
+        if tracker is not None:
+            tracker.close()
     display.info(f"report: {out / 'report.md'}")
     return 0
+
+
+# ---- sweeps beyond one machine (issue 14): --print-commands, --launcher submitit ----------
+def _add_launch_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sweeps on a scheduler")
+    g.add_argument("--print-commands", action="store_true",
+                   help="print one `swamp run` command per run (for a SLURM job array or "
+                        "`xargs -P`) and train nothing; afterwards the same compare only "
+                        "writes the report")
+    g.add_argument("--launcher", choices=("local", "submitit"), default="local",
+                   help="local: train the runs here, one after another; submitit: submit "
+                        "each run as a job (needs swamp[submitit]), wait, then write the "
+                        "report (default: local)")
+    g.add_argument("--cluster", default="auto", metavar="NAME",
+                   help="submitit executor: auto (SLURM where available, else local) | slurm "
+                        "| local | debug (default: auto)")
+    g.add_argument("--partition", metavar="NAME", help="SLURM partition of the jobs")
+    g.add_argument("--time-min", type=int, default=60, metavar="MIN",
+                   help="time limit of each job in minutes (default: 60)")
+    g.add_argument("--gpus", type=int, default=0, metavar="N",
+                   help="GPUs per job (default: 0)")
+    g.add_argument("--cpus", type=int, default=1, metavar="N",
+                   help="CPUs per job (default: 1)")
+    g.add_argument("--parallel", type=int, default=0, metavar="N",
+                   help="at most N jobs at once on SLURM (default: 0, no limit)")
+
+
+def _launch(args: argparse.Namespace, methods: list[str], seeds: list[int], base,
+            bases) -> int:
+    from swamp.app.display import make_console
+    from swamp.posthoc.runs import check_out_dir
+    from swamp.studies import launch
+    from swamp.studies.compare import check_study, planned_runs
+
+    check_study(methods, seeds, base)
+    out = check_out_dir(base.run.out)
+    runs_root = check_out_dir(args.runs_dir or out / "runs", "`runs_dir`").absolute()
+    tracking = ["--log", args.log, "--log-dir",
+                str(Path(args.log_dir or out / args.log).absolute())] if args.log else []
+    commands = launch.run_commands(planned_runs(methods, seeds, base, bases), runs_root,
+                                   tracking)
+    if args.print_commands:
+        for command in commands:
+            print(command.text())
+        return 0
+    settings = launch.LauncherSettings(
+        folder=out.absolute() / "submitit", cluster=args.cluster, partition=args.partition,
+        time_min=args.time_min, gpus=args.gpus, cpus=args.cpus, parallel=args.parallel)
+    launch.check_launcher(settings)          # before a job or a folder is made
+    console = make_console()
+    info = (lambda message: None) if args.quiet else console.print
+    launch.submit(commands, settings, info=info)
+    # every run is finished now: the compare trains nothing, builds the post-hoc
+    # pseudo-methods and writes the report
+    args.launcher, args.print_commands = "local", False
+    return cmd_compare(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

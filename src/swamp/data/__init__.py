@@ -13,10 +13,12 @@ from swamp.data.augment import CropFlip
 from swamp.data.bundle import Augment, DataBundle, Split, from_tensors, split_validation
 from swamp.data import files, sources
 from swamp.data.files import FileOptions, is_file_dataset
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 
 __all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "FileOptions",
-           "Split", "from_tensors", "is_file_dataset", "list_datasets", "load_dataset", "split_validation"]
+           "Split", "default_model", "from_tensors", "is_file_dataset", "list_datasets",
+           "load_dataset", "split_validation"]
+
 
 
 @dataclass(frozen=True)
@@ -25,16 +27,18 @@ class DatasetInfo:
     description: str
     loader: Callable[[str | None, int | None, bool], sources.Raw]
     needs_files: bool = False  # read from data_dir / SWAMP_DATA_DIR
+    default_model: str = "mlp"  # the model a run uses when none is given (issue 14)
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("mnist1d", "MNIST-1D, generated offline (size=10000: 8000 train/2000 test), "
-                "shape (1, 40), 10 classes [default]", sources.load_mnist1d),
+                "shape (1, 40), 10 classes [default]", sources.load_mnist1d,
+                default_model="conv1d"),
     DatasetInfo("mnist1d-noisy", "MNIST-1D with 4x the correlated and 10x the per-point noise "
                 "(a shifted distribution for transfer studies), shape (1, 40), 10 classes",
-                sources.load_mnist1d_noisy),
+                sources.load_mnist1d_noisy, default_model="conv1d"),
     DatasetInfo("synthetic", "Gaussian class clusters for tests (size=512, 80/20), shape (1, 32), "
-                "10 classes", sources.load_synthetic),
+                "10 classes", sources.load_synthetic, default_model="conv1d"),
     DatasetInfo("synthetic-image", "smooth symmetric image clusters for tests (size=512, 80/20), "
                 "shape (3, 8, 8), 10 classes, crop(1)+flip", sources.load_synthetic_image),
     DatasetInfo("gaussian-mixture", "2-D Gaussian mixture, 8 modes on a circle (size=2048, "
@@ -47,9 +51,10 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("fashion-mnist", "Fashion-MNIST from IDX files, shape (1, 28, 28), 10 classes",
                 sources.load_fashion_mnist, True),
     DatasetInfo("cifar10", "CIFAR-10 python batches, shape (3, 32, 32), 10 classes, crop(4)+flip",
-                sources.load_cifar10, True),
+                sources.load_cifar10, True, default_model="resnet20"),
     DatasetInfo("cifar100", "CIFAR-100 python batches (fine labels), shape (3, 32, 32), "
-                "100 classes, crop(4)+flip", sources.load_cifar100, True),
+                "100 classes, crop(4)+flip", sources.load_cifar100, True,
+                default_model="resnet20"),
 ]}
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
@@ -68,6 +73,14 @@ FILE_DATASETS = {
     "jsonl:FILE": "text classification, one JSON object per line, a local `tokenizer`",
     "text:FILE": "causal language modelling on a text file: blocks of `block_size` tokens",
 }
+
+
+def default_model(dataset: str) -> str:
+    """The model a run of `dataset` uses unless one is given: conv1d for 1-D signals, an MLP
+    for small images, ResNet-20 for CIFAR; the user's files and data of the Python API:
+    conv1d, as before datasets had defaults."""
+    info = DATASETS.get(_ALIASES.get(dataset.lower(), dataset.lower()))
+    return info.default_model if info is not None else "conv1d"
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
@@ -90,8 +103,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     key = _ALIASES.get(name.lower(), name.lower())
     info = DATASETS.get(key)
     if info is None:
-        raise SwampError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}, "
-                         f"{', '.join(FILE_DATASETS)} (see `swamp list`)")
+        raise SwampError(f"unknown dataset {name!r};{did_you_mean(name, DATASETS)} known: "
+                         f"{', '.join(DATASETS)}, {', '.join(FILE_DATASETS)} (see `swamp list`)")
     raw = info.loader(data_dir, size, augment)
     return _bundle(info.name, raw, val_fraction, split_seed, augment)
 

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -342,6 +342,7 @@ def readers(setting: str) -> list[str]:
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise SwampError(f"unknown method '{name}'; known: {', '.join(METHODS)} "
+        raise SwampError(f"unknown method '{name}';{did_you_mean(name, METHODS)} known: "
+                         f"{', '.join(METHODS)} "
                          f"(see `swamp list`)")
     return METHODS[name]

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 from swamp.models.common import init_weights, require_image
 from swamp.models.generator import MLPGenerator
 from swamp.models.resnet import ResNet, WideResNet, cifar_resnet, resnet18
@@ -128,6 +128,7 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int,
     elif key in MODELS:
         model = MODELS[key].build(key, shape, k)
     else:
-        raise SwampError(f"unknown model {name!r}; known: {', '.join(list_models())} "
+        raise SwampError(f"unknown model {name!r};{did_you_mean(name, MODELS)} known: "
+                         f"{', '.join(list_models())} "
                          "(see `swamp list`)")
     return init_weights(model)

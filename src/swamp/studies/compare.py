@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from swamp.config import MethodSettings, Settings
-from swamp.errors import SwampError
+from swamp.errors import SwampError, did_you_mean
 from swamp.events import Events
 from swamp.methods import METHODS, get_method
 from swamp.posthoc.methods import POSTHOC
@@ -41,7 +41,8 @@ def parse_list(text: str, what: str) -> list[str]:
 def check_methods(methods: Sequence[str]) -> None:
     for m in methods:
         if m not in METHODS and m not in POSTHOC:
-            raise SwampError(f"unknown method '{m}'; known: "
+            raise SwampError(f"unknown method '{m}';{did_you_mean(m, [*METHODS, *POSTHOC])} "
+                             f"known: "
                              f"{', '.join([*METHODS, *POSTHOC])}")
     if len(set(methods)) != len(methods):
         raise SwampError("a method is listed twice in `methods`; list each once")
@@ -66,6 +67,37 @@ def method_settings(base: Settings, method: str, seed: int) -> Settings:
     return s
 
 
+def check_study(methods: Sequence[str], seeds: Sequence[int], base: Settings) -> None:
+    """Refuse a study that cannot run, in one line, before anything is written."""
+    check_methods(methods)
+    if not seeds:
+        raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise SwampError("a seed is listed twice in `seeds`; list each once")
+    for p in (POSTHOC[m] for m in methods if m in POSTHOC):
+        if len(seeds) < p.min_seeds:
+            raise SwampError(f"{p.name} {p.seeds_hint}")
+        if p.needs_validation and base.data.val_fraction == 0:
+            raise SwampError(f"{p.name} selects on the validation split and `val_fraction` 0 "
+                             f"leaves none; use `val_fraction` > 0 or leave {p.name} out")
+
+
+def planned_runs(methods: Sequence[str], seeds: Sequence[int], base: Settings,
+                 method_bases: dict[str, Settings] | None = None
+                 ) -> dict[tuple[str, int], Settings]:
+    """(method, seed) -> the settings of every run a compare trains (the pseudo-methods'
+    source runs included), in the order it trains them. `method_bases` replaces `base` for
+    the methods it names (a preset's SWA recipe)."""
+    trained = [m for m in methods if m in METHODS]
+    for p in methods:
+        source = POSTHOC[p].source if p in POSTHOC else None
+        if source is not None and source not in trained:
+            trained.append(source)        # the pseudo-methods are made from its runs
+    bases = method_bases or {}
+    return {(m, seed): method_settings(bases.get(m, base), m, seed)
+            for m in trained for seed in seeds}
+
+
 def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: str | Path, *,
             runs_dir: str | Path | None = None, command: str | None = None,
             title: str | None = None, notes: str = "",
@@ -88,30 +120,14 @@ def compare(methods: Sequence[str], seeds: Sequence[int], base: Settings, out: s
     events = events or Events()
     info = events.info
 
-    check_methods(methods)
+    check_study(methods, seeds, base)
     formats = check_formats(formats)
     resolve_baseline(list(methods), baseline)   # before any training
-    if not seeds:
-        raise SwampError("`seeds` is empty; give e.g. `seeds` 0,1,2")
-    if len(set(seeds)) != len(seeds):
-        raise SwampError("a seed is listed twice in `seeds`; list each once")
     posthoc = [POSTHOC[m] for m in methods if m in POSTHOC]
-    for p in posthoc:
-        if len(seeds) < p.min_seeds:
-            raise SwampError(f"{p.name} {p.seeds_hint}")
-        if p.needs_validation and base.data.val_fraction == 0:
-            raise SwampError(f"{p.name} selects on the validation split and `val_fraction` 0 "
-                             f"leaves none; use `val_fraction` > 0 or leave {p.name} out")
     out = check_out_dir(out)
     runs_root = (check_out_dir(runs_dir, "`runs_dir`") if runs_dir is not None
                  else check_out_dir(out / "runs"))
-    trained = [m for m in methods if m in METHODS]
-    for p in posthoc:
-        if p.source not in trained:
-            trained.append(p.source)      # the pseudo-methods are made from its runs
-    bases = method_bases or {}
-    settings = {(m, seed): method_settings(bases.get(m, base), m, seed)
-                for m in trained for seed in seeds}
+    settings = planned_runs(methods, seeds, base, method_bases)
     run_dirs = {key: runs_root / s.run_name() for key, s in settings.items()}
 
     # One compare per report directory (each run is locked on its own as well).

@@ -11,6 +11,10 @@ from swamp.config import TrainSettings
 from swamp.errors import SwampError
 
 
+DEFAULT_REWIND_EPOCHS = 1.0   # TrainSettings.rewind_epochs' default
+SHORT_RUN_REWIND = 0.1        # the rewind point of a run too short for the default one
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Iteration counts and the learning rate at every iteration of one level."""
@@ -29,8 +33,12 @@ class Schedule:
     @classmethod
     def build(cls, t: TrainSettings, n_train: int, swa: bool) -> "Schedule":
         spe = max(1, n_train // t.batch_size)
-        total = t.epochs * spe
+        total = t.steps if t.steps is not None else t.epochs * spe   # `steps`: a budget
         rewind = t.rewind_iters or int(round(t.rewind_epochs * spe))
+        if rewind >= total and t.rewind_iters == 0 and t.rewind_epochs == DEFAULT_REWIND_EPOCHS:
+            # issue 14: a short run works with the default rewind point, which adapts to it
+            # (the run says so: `adapted_rewind`)
+            rewind = int(total * SHORT_RUN_REWIND)
         if rewind >= total:
             raise SwampError(f"the rewind point ({rewind} iterations) is not before the end of "
                              f"training ({total} iterations); lower `rewind_epochs` or `rewind_iters`")
@@ -39,6 +47,17 @@ class Schedule:
         swa_lr = t.swa_lr if t.swa_lr is not None else t.lr / 2
         return cls(spe, total, rewind, int(round(t.swa_start * total)), swa, t.swa_freq,
                    t.lr, swa_lr, t.schedule, int(round(t.warmup * total)))
+
+    def adapted_rewind(self, t: TrainSettings) -> str | None:
+        """A line saying the default rewind point was moved for short training, or None."""
+        nominal = t.rewind_iters or int(round(t.rewind_epochs * self.steps_per_epoch))
+        if self.rewind == nominal:
+            return None
+        return (f"the default rewind point (`rewind_epochs` {t.rewind_epochs:g}: {nominal} "
+                f"iterations) is not before the end of this short training ({self.total} "
+                f"iterations); rewinding to iteration {self.rewind} "
+                f"({SHORT_RUN_REWIND:.0%} of training) instead; set `rewind_epochs` or "
+                f"`rewind_iters` to choose")
 
     def lr_at(self, step: int) -> float:
         """The schedule's rate, scaled by (step + 1) / warmup during a warm-up."""

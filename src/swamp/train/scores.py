@@ -178,7 +178,7 @@ def train_scores(net: ScoredNetwork, data, settings, *, order_seed: int, epochs:
     `settings` a `TrainSettings` (optimiser, lr, batch size), `data` a `Split`, no rewind and
     no SWA; returns the mean training loss. Weight decay applies to the scores (edge-popup
     does the same)."""
-    t = dataclasses.replace(settings, epochs=epochs, rewind_epochs=0.0, rewind_iters=0)
+    t = dataclasses.replace(settings, epochs=epochs, steps=None, rewind_epochs=0.0, rewind_iters=0)
     schedule = Schedule.build(t, len(data), swa=False)
     result = train_steps(net, None, data, schedule, t, start=0, stop=schedule.total,
                          order_seed=order_seed, label=label, objective=objective,
