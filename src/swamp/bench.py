@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from swamp.formats import FORMATS, FORMS, SAFETENSORS
 from swamp.errors import SwampError
 from swamp.sparse import sparsify
 
-FORMS = ("dense", "csr", "csr+conv", "bsr", "ort")
 RTOL, ATOL = 1e-4, 1e-5          # every form against the dense one, float32
 
 
@@ -233,7 +233,7 @@ def bench_run(run_dir: str | Path, *, level: int | None = None, out: str | Path 
             solution, mask = reader.solution(lv), reader.mask(lv)
             model.load_state_dict(solution)
             files = {fmt: format_bytes(fmt, solution, mask, DTYPES["float32"])
-                     for fmt in ("swamp", "dense", "torch-prune")}
+                     for fmt in SAFETENSORS}
             if "ort" in forms and reader.device.type == "cpu" and onnx_available():
                 # the graph timed is the file's (one export serves both)
                 files["onnx"] = format_bytes("onnx", solution, mask, DTYPES["float32"],
@@ -290,7 +290,7 @@ def table(rows: Sequence[Mapping[str, Any]], key: str = "level") -> str:
 
 
 def size_table(sizes: Sequence[Mapping[str, Any]], key: str = "level") -> str:
-    formats = [f for f in ("swamp", "dense", "torch-prune", "onnx") if sizes and f in sizes[0]]
+    formats = [f for f in FORMATS if sizes and f in sizes[0]]
     lines = [f"| {key} | sparsity | " + " | ".join(f"{f} file" for f in formats) + " |",
              "|---:|---:|" + "---:|" * len(formats)]
     for s in sizes:

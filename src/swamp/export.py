@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from swamp.formats import COMPACT, FORMATS
 from swamp.errors import SwampError
 from swamp.core.masks import Mask
 from swamp.reader import RunReader
@@ -58,11 +59,10 @@ SEP = "::"   # never part of a state-dict name (those use dots)
 PRIVATE_SETTINGS = {"out", "data_dir"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # standard export formats (issue 13)
-FORMATS = ("swamp", "dense", "torch-prune", "onnx")
 DENSE_FORMAT = "swamp-dense/1"
 PRUNE_FORMAT = "torch-prune/1"
 ONNX_FORMAT = "swamp-onnx/1"
-SAFETENSORS_FORMATS = {"swamp": FORMAT, "dense": DENSE_FORMAT, "torch-prune": PRUNE_FORMAT}
+SAFETENSORS_FORMATS = {COMPACT: FORMAT, "dense": DENSE_FORMAT, "torch-prune": PRUNE_FORMAT}
 ONNX_RTOL, ONNX_ATOL = 1e-4, 1e-5    # onnxruntime against PyTorch, float32
 ONNX_EXTRA = "needs the extra: pip install 'swamp[onnx]'"
 
@@ -91,7 +91,7 @@ class ExportSummary:
     file_bytes: int
     layers: list[LayerStats] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-    format: str = "swamp"
+    format: str = COMPACT
     check: dict[str, float] = field(default_factory=dict)   # onnx: max |diff| to PyTorch
 
 
@@ -193,7 +193,7 @@ def require_onnx() -> Any:
 
 def export_level(run_dir: str | Path, out: str | Path | None = None, *,
                  level: int | None = None, max_val_drop: float | None = None,
-                 dtype: str = "float32", format: str = "swamp",
+                 dtype: str = "float32", format: str = COMPACT,
                  model: torch.nn.Module | None = None, data: Any = None) -> ExportSummary:
     """Write the solution of one level of a finished run in `format` (see module doc).
 
@@ -234,7 +234,7 @@ def export_level(run_dir: str | Path, out: str | Path | None = None, *,
     if format == "onnx":
         check = _write_onnx(path, reader, solution, provenance)
     else:
-        if format == "swamp":
+        if format == COMPACT:
             layers = _swamp_tensors(solution, mask, DTYPES[dtype])[1]
         atomic_write_bytes(path, format_bytes(format, solution, mask, DTYPES[dtype],
                                               provenance=provenance))
@@ -272,7 +272,7 @@ def format_bytes(format: str, solution: StateDict, mask: Mask, dtype: torch.dtyp
     """The bytes of the file `format` holds for a solution ("onnx" needs the `model` and its
     `input_shape`, and is not checked here: `export_level` checks what it writes)."""
     provenance = provenance or {}
-    if format == "swamp":
+    if format == COMPACT:
         tensors, _, entries = _swamp_tensors(solution, mask, dtype)
         return safetensors_bytes(tensors, {**_meta(FORMAT, provenance),
                                            "tensors": json.dumps(entries)})

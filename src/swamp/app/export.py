@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from swamp.formats import COMPACT, FORMATS, FORMS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("export", help="write a level's solution as a compact sparse file "
@@ -23,8 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "this much below the dense level's (0.01 = one point)")
     exp.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                      help="storage type of floating-point values (default float32)")
-    exp.add_argument("--format", default="swamp",
-                     choices=["swamp", "dense", "torch-prune", "onnx"],
+    exp.add_argument("--format", default=COMPACT, choices=list(FORMATS),
                      help="swamp: compact (default); dense: plain safetensors state dict; "
                           "torch-prune: weight_orig + weight_mask as torch.nn.utils.prune "
                           "saves them; onnx: the graph, checked with onnxruntime (needs "
@@ -38,7 +39,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from swamp.bench import FORMS
 
     bench = sub.add_parser("bench", help="time a run's levels dense against sparse forms",
                            description="Time each finished level of a run (or --level) at "
@@ -103,7 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"onnxruntime gives PyTorch's outputs on validation inputs: max |diff| "
               f"{summary.check['max_abs_diff']:.2g} (tolerance rtol {summary.check['rtol']:g}, "
               f"atol {summary.check['atol']:g})")
-    kind = "sparse" if summary.format == "swamp" else summary.format
+    kind = "sparse" if summary.format == COMPACT else summary.format
     dtype = "float32" if summary.format == "onnx" else args.dtype
     print(f"{summary.dense_bytes / 1024:,.1f} KiB dense -> {summary.file_bytes / 1024:,.1f} KiB "
           f"{kind} ({summary.file_bytes / max(1, summary.dense_bytes):.0%} of the dense size, "
