@@ -122,3 +122,16 @@ def test_output_into_a_pipe_keeps_long_lines_whole_and_names_the_method(tmp_path
     lines = done.stdout.splitlines()
     assert any(line.startswith("run directory: ") and str(out) in line for line in lines)
     assert lines[0].startswith("method swamp: mlp on synthetic")      # not "swamp swamp:"
+
+
+def test_help_and_list_do_not_import_torch():
+    """`swamp --help` is read before anything runs: it must not pay torch's import."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom swamp.app.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from swamp.store import RunStore
 
 Info = Callable[[str], None]
 
@@ -29,6 +28,7 @@ class PosthocMethod:
 
 def _pools(seeds, source_dir, runs_root, device, info):
     from swamp.posthoc.pools import lottery_pools
+    from swamp.store import RunStore   # torch; `swamp --help` reads this registry without it
 
     out = []
     for seed in seeds:
@@ -40,6 +40,7 @@ def _pools(seeds, source_dir, runs_root, device, info):
 
 def _ensembles(seeds, source_dir, runs_root, device, info):
     from swamp.posthoc.ensemble import ensemble_runs
+    from swamp.store import RunStore
 
     out = []
     for seed, other in ensemble_pairs(seeds):
