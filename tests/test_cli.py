@@ -124,7 +124,7 @@ def test_output_into_a_pipe_keeps_long_lines_whole_and_names_the_method(tmp_path
     assert lines[0].startswith("method swamp: mlp on synthetic")      # not "swamp swamp:"
 
 
-def test_help_and_list_do_not_import_torch():
+def test_help_does_not_import_torch():
     """`swamp --help` is read before anything runs: it must not pay torch's import."""
     import subprocess
     import sys
