@@ -93,7 +93,7 @@ class TrainSettings:
     warmup: float = _setting(0.0, "fraction of training over which the lr rises linearly to "
                              "the schedule's value (0: no warm-up)")
     # Rewinding to initialisation leaves particles of one ticket in different basins on
-    # MNIST-1D (a 2.35-point barrier between two particles); one epoch in, they average well.
+    # MNIST-1D (a 2.50-point barrier between two particles); one epoch in, they average well.
     rewind_epochs: float = _setting(1.0, "rewind point in epochs; 0 rewinds to initialisation")
     rewind_iters: int = _setting(0, "rewind point in iterations; when > 0 it replaces "
                                  "--rewind-epochs")
