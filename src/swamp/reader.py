@@ -31,8 +31,8 @@ from swamp.store import RunStore, load_state
 StateDict = dict[str, torch.Tensor]
 
 
-def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
-    """(settings, posthoc record or {}) of a run or post-hoc directory."""
+def run_store(path: str | Path) -> RunStore:
+    """The store of an existing run (or post-hoc) directory; one line if `path` is none."""
     root = Path(path)
     store = RunStore(root)
     if not root.is_dir():
@@ -40,6 +40,12 @@ def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
     if not store.exists():
         raise SwampError(f"{root} is not a swamp run directory (no settings.json); pass a "
                          f"directory made by `swamp run`")
+    return store
+
+
+def read_settings(path: str | Path) -> tuple[Settings, dict[str, Any]]:
+    """(settings, posthoc record or {}) of a run or post-hoc directory."""
+    store = run_store(path)
     try:
         settings = Settings.from_dict(store.read_record(store.settings_path),
                                       str(store.settings_path))

@@ -15,7 +15,7 @@ DATA_DIR_HELP = ("directory of the run's dataset files (CIFAR, MNIST); a directo
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lottery-pools", help="Lottery Pools over a finished run (no training)",
-                       description="For each level, interpolate its solution with neighbouring "
+                       description="For each level, interpolate its solution with the other "
                                    "levels' solutions, re-prune to the level's density, "
                                    "recompute BatchNorm, and keep a candidate only if "
                                    "validation accuracy improves.")

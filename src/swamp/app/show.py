@@ -54,15 +54,11 @@ def _changed(saved: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def inspect(run: str | Path) -> dict[str, Any]:
     """What `swamp show` prints, as data."""
-    from swamp.store import RunStore, read_json
+    from swamp.reader import run_store
+    from swamp.store import read_json
 
     root = Path(run)
-    store = RunStore(root)
-    if not root.is_dir():
-        raise SwampError(f"{root} is not a directory; pass a run directory made by `swamp run`")
-    if not store.exists():
-        raise SwampError(f"{root} is not a swamp run directory (no settings.json); pass a "
-                         f"directory made by `swamp run`")
+    store = run_store(root)
     info: dict[str, Any] = {"run": str(root)}
     try:
         checked = store.verify_checksums()
