@@ -18,6 +18,7 @@ import torch
 
 from swamp.config import TrainSettings
 from swamp.data import Augment, Split
+from swamp.data.stream import StepStream, is_lazy
 from swamp.train import stop as stops
 from swamp.train.callbacks import (SWA, Callback, Checkpoint, LossCheck, Progress, ReMask,
                                    overrides)
@@ -85,16 +86,27 @@ class Batches:
         self.generators = [torch.Generator().manual_seed(s) for s in plan.augment_seeds]
         self.augment = plan.augment
         self.steps_per_epoch = self.orders[0].steps_per_epoch
+        # images streamed from files (data/stream.py): the same seeded batch indices, decoded
+        # ahead by DataLoader workers; normalised and augmented here, on the device
+        self.stream = (StepStream(self.x, self._index, plan.stop) if is_lazy(self.x)
+                       else None)
+
+    def _index(self, step: int) -> torch.Tensor:
+        if len(self.orders) == 1:
+            return self.orders[0].batch(step)
+        return torch.stack([order.batch(step) for order in self.orders])       # (N, B)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stream is not None:
+            idx, x = self.stream.next(step)
+        else:
+            idx = self._index(step)
+            x = self.x[idx]
+        y = self.y[idx]
         if len(self.orders) == 1:
-            idx = self.orders[0].batch(step)
-            x, y = self.x[idx], self.y[idx]
             if self.augment is not None:
                 x = self.augment(x, self.generators[0])
             return x.unsqueeze(0), y.unsqueeze(0)
-        idx = torch.stack([order.batch(step) for order in self.orders])       # (N, B)
-        x, y = self.x[idx], self.y[idx]
         if self.augment is not None:
             x = torch.stack([self.augment(x[i], g) for i, g in enumerate(self.generators)])
         return x, y
