@@ -133,9 +133,10 @@ class FileImages:
         pixels = torch.stack([self.decode(self.files[i]) for i in index])
         return self.finish(pixels).view(*lead, *self.shape[1:])
 
-    def loader(self, batches: Sequence[list[int]] | Sampler) -> DataLoader:
+    def loader(self, batches: Sequence[list[int]] | Sampler,
+               workers: int | None = None) -> DataLoader:
         """A DataLoader of the uint8 batches of file indices `batches` (in order)."""
-        workers = self.workers
+        workers = self.workers if workers is None else workers
         return DataLoader(_Pixels(self.files, self.decode), batch_sampler=batches,
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=PREFETCH if workers else None)
@@ -144,8 +145,13 @@ class FileImages:
         """The split in order, `batch_size` at a time, as `x[i:i + batch_size]` gives it."""
         ranges = [list(range(i, min(i + batch_size, len(self))))
                   for i in range(0, len(self), batch_size)]
-        for pixels in self.loader(ranges):            # type: ignore[arg-type]
-            yield self.finish(pixels)
+        # one batch gains nothing from worker processes but their start-up
+        it = iter(self.loader(ranges, self.workers if len(ranges) > 1 else 0))
+        try:
+            for pixels in it:
+                yield self.finish(pixels)
+        finally:
+            del it                                    # workers stop here, when left early too
 
 
 def is_lazy(x: Any) -> bool:
@@ -200,6 +206,8 @@ class StepStream:
         pixels = next(self._it)
         idx = self._steps.pending.popleft()
         self._next = step + 1
+        if self._next >= self.stop:     # the last batch: stop the workers now (here, not when
+            self._it = None             # a forked process collects the iterator later)
         return idx, self.x.finish(pixels).view(*idx.shape, *self.x.shape[1:])
 
 
