@@ -239,3 +239,16 @@ def test_a_bad_folder_is_one_line_before_anything_is_written(tmp_path, capsys):
     _one_line_error([*common, "--dataset", "imagenet", "--data-dir", str(broken),
                      "--workers", "-1"], capsys, "--workers")
     assert not out.exists()
+
+
+def test_an_unreadable_image_found_by_a_worker_is_one_line(tmp_path):
+    root = imagenet_folder(tmp_path / "late", per_class=2, val=1)
+    data = load_dataset("imagenet", data_dir=str(root), val_fraction=0.0,
+                        file_options=FileOptions(image_size=SIDE, workers=1))
+    bad = Path(data.test.x.files[-1])
+    bad.write_bytes(b"truncated")
+    for workers in (0, 1):
+        data.test.x.workers = workers
+        with pytest.raises(SwampError) as e:
+            list(batches_of(data.test.x, 1))
+        assert len(str(e.value).splitlines()) == 1 and str(bad) in str(e.value), workers

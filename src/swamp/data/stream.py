@@ -148,10 +148,20 @@ class FileImages:
         # one batch gains nothing from worker processes but their start-up
         it = iter(self.loader(ranges, self.workers if len(ranges) > 1 else 0))
         try:
-            for pixels in it:
-                yield self.finish(pixels)
+            for _ in ranges:
+                yield self.finish(_next(it))
         finally:
             del it                                    # workers stop here, when left early too
+
+
+def _next(it: Iterator[torch.Tensor]) -> torch.Tensor:
+    """The next batch; an unreadable image in a worker is the worker's own one line (the
+    DataLoader re-raises it with the worker's traceback in the message)."""
+    try:
+        return next(it)
+    except SwampError as e:
+        last = str(e).strip().splitlines()[-1]
+        raise SwampError(last.split("SwampError: ", 1)[-1]) from None
 
 
 def is_lazy(x: Any) -> bool:
@@ -203,7 +213,7 @@ class StepStream:
             self._steps = _Steps(self.index_of, step, max(step + 1, self.stop))
             self._it = iter(self.x.loader(self._steps))
         assert self._steps is not None
-        pixels = next(self._it)
+        pixels = _next(self._it)
         idx = self._steps.pending.popleft()
         self._next = step + 1
         if self._next >= self.stop:     # the last batch: stop the workers now (here, not when
