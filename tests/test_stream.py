@@ -252,3 +252,22 @@ def test_an_unreadable_image_found_by_a_worker_is_one_line(tmp_path):
         with pytest.raises(SwampError) as e:
             list(batches_of(data.test.x, 1))
         assert len(str(e.value).splitlines()) == 1 and str(bad) in str(e.value), workers
+
+
+def test_a_daemonic_engine_process_decodes_itself(inet, monkeypatch):
+    """The `distributed` engine's processes on one machine are daemonic and may start no
+    DataLoader workers: they decode in-process, with the same batches."""
+    import types
+
+    from swamp.data import stream
+
+    data = load_dataset("imagenet", data_dir=str(inet), val_fraction=0.0,
+                        file_options=FileOptions(image_size=SIDE, workers=2))
+    made = []
+    real = stream.DataLoader
+    monkeypatch.setattr(stream, "DataLoader",
+                        lambda *a, **kw: made.append(kw["num_workers"]) or real(*a, **kw))
+    monkeypatch.setattr(stream.multiprocessing, "current_process",
+                        lambda: types.SimpleNamespace(daemon=True))
+    assert torch.equal(torch.cat(list(batches_of(data.train.x, 5))), data.train.x[:])
+    assert made == [0]

@@ -26,6 +26,7 @@ all); the training augmentation is a random crop (padding 1/8 of the side) and a
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,10 @@ class FileImages:
                workers: int | None = None) -> DataLoader:
         """A DataLoader of the uint8 batches of file indices `batches` (in order)."""
         workers = self.workers if workers is None else workers
+        if workers and multiprocessing.current_process().daemon:
+            # a training process of the `distributed` engine on one machine is daemonic and
+            # may start no children: it decodes itself (its siblings already run in parallel)
+            workers = 0
         return DataLoader(_Pixels(self.files, self.decode), batch_sampler=batches,
                           num_workers=workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=PREFETCH if workers else None)
