@@ -2,6 +2,7 @@
 split's x decoded on indexing (data/stream.py), read through DataLoader workers in training,
 evaluation and BatchNorm passes. Tiny fake folders of generated JPEG and PNG files only."""
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,7 @@ def test_a_streamed_particle_resumes_from_its_checkpoint_bit_for_bit(inet, tmp_p
     with pytest.raises(stops.Interrupted):
         SequentialEngine().train_particles(task, loop.ctx, stop_at_3)
     stops._requested.clear()
+    assert not multiprocessing.active_children()    # the stop stopped the loader's workers
     assert checkpoint_file(task, loop.ctx, task.jobs).load("cpu")[1]["step"] == 3
     resumed = SequentialEngine().train_particles(task, loop.ctx)
     assert_results_close(whole, resumed, atol=0)
@@ -252,6 +254,7 @@ def test_an_unreadable_image_found_by_a_worker_is_one_line(tmp_path):
         with pytest.raises(SwampError) as e:
             list(batches_of(data.test.x, 1))
         assert len(str(e.value).splitlines()) == 1 and str(bad) in str(e.value), workers
+        assert not multiprocessing.active_children()    # its workers stopped at once
 
 
 def test_a_daemonic_engine_process_decodes_itself(inet, monkeypatch):

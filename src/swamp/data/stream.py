@@ -151,22 +151,29 @@ class FileImages:
         ranges = [list(range(i, min(i + batch_size, len(self))))
                   for i in range(0, len(self), batch_size)]
         # one batch gains nothing from worker processes but their start-up
-        it = iter(self.loader(ranges, self.workers if len(ranges) > 1 else 0))
+        it: Any = iter(self.loader(ranges, self.workers if len(ranges) > 1 else 0))
+        error = None
         try:
             for _ in ranges:
-                yield self.finish(_next(it))
+                try:
+                    pixels = next(it)
+                except SwampError as e:
+                    error = _worker_error(e)
+                    break
+                yield self.finish(pixels)
         finally:
-            del it                                    # workers stop here, when left early too
+            it = None       # the workers stop here, also when left early (no exception holds
+        if error is not None:                                # the iterator: raised outside)
+            raise error
 
 
-def _next(it: Iterator[torch.Tensor]) -> torch.Tensor:
-    """The next batch; an unreadable image in a worker is the worker's own one line (the
-    DataLoader re-raises it with the worker's traceback in the message)."""
-    try:
-        return next(it)
-    except SwampError as e:
-        last = str(e).strip().splitlines()[-1]
-        raise SwampError(last.split("SwampError: ", 1)[-1]) from None
+def _worker_error(e: SwampError) -> SwampError:
+    """An unreadable image met in a worker, as the worker's own one line (the DataLoader
+    re-raises it with the worker's traceback in the message). `e`'s traceback is dropped: it
+    is in a reference cycle with the DataLoader's frames, which would keep the workers alive
+    until the garbage collector runs (and then stop them late, waiting for a timeout)."""
+    e.__traceback__ = None
+    return SwampError(str(e).strip().splitlines()[-1].split("SwampError: ", 1)[-1])
 
 
 def is_lazy(x: Any) -> bool:
@@ -218,12 +225,23 @@ class StepStream:
             self._steps = _Steps(self.index_of, step, max(step + 1, self.stop))
             self._it = iter(self.x.loader(self._steps))
         assert self._steps is not None
-        pixels = _next(self._it)
+        error = None
+        try:
+            pixels = next(self._it)
+        except SwampError as e:
+            error = _worker_error(e)
+        if error is not None:
+            self.close()
+            raise error          # outside the except: no exception keeps the workers alive
         idx = self._steps.pending.popleft()
         self._next = step + 1
-        if self._next >= self.stop:     # the last batch: stop the workers now (here, not when
-            self._it = None             # a forked process collects the iterator later)
+        if self._next >= self.stop:
+            self.close()
         return idx, self.x.finish(pixels).view(*idx.shape, *self.x.shape[1:])
+
+    def close(self) -> None:
+        """Stop the workers now (an iterator left to the garbage collector stops them late)."""
+        self._it, self._steps = None, None
 
 
 # --------------------------------------------------------------------------- the datasets

@@ -11,6 +11,7 @@ every engine.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -91,6 +92,10 @@ class Batches:
         self.stream = (StepStream(self.x, self._index, plan.stop) if is_lazy(self.x)
                        else None)
 
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
     def _index(self, step: int) -> torch.Tensor:
         if len(self.orders) == 1:
             return self.orders[0].batch(step)
@@ -139,7 +144,9 @@ def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
         *([swa] if swa is not None else []), *callbacks,
         *([Progress(progress)] if progress is not None else []),
         *([Checkpoint(checkpoint, plan.stop)] if checkpoint is not None else [])]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # closing: streamed images' loader workers stop with the loop, also on a stop or an error
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            contextlib.closing(batches):
         torch.manual_seed(plan.rng_seed)
         loop = LoopState(replicas, optimizer, amp, batches, chain, plan.start, plan.stop)
         if resume is not None:
