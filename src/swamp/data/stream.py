@@ -81,7 +81,7 @@ class FileImages:
     and evaluation read through `loader` (DataLoader workers).
     """
 
-    is_lazy = True     # what the in-memory code checks (`lazy`) to leave these files unread
+    is_lazy = True     # what the in-memory code checks (`is_lazy`) to leave the files unread
 
     def __init__(self, files: Sequence[str], decode: Decoder, mean: tuple[float, ...],
                  std: tuple[float, ...], workers: int = 0, device: torch.device | str = "cpu"):
