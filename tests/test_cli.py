@@ -14,7 +14,7 @@ TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epo
 
 @pytest.mark.parametrize("flags,fragment", [
     (["--model", "resnet99"], "unknown model"),
-    (["--dataset", "imagenet"], "unknown dataset"),
+    (["--dataset", "svhn"], "unknown dataset"),
     (["--method", "magic"], "unknown method"),
     (["--particles", "0"], "--particles"),
     (["--prune-fraction", "1.5"], "--prune-fraction"),

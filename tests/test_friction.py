@@ -24,7 +24,9 @@ TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epo
 @pytest.mark.parametrize("dataset, model", [("mnist1d", "conv1d"), ("synthetic", "conv1d"),
                                             ("digits", "mlp"), ("mnist", "mlp"),
                                             ("cifar10", "resnet20"), ("CIFAR-100", "resnet20"),
-                                            ("my-tensors", "conv1d")])
+                                            ("my-tensors", "conv1d"),
+                                            ("tiny-imagenet", "resnet18"),
+                                            ("imagenet", "resnet18")])
 def test_the_default_model_is_the_datasets(dataset, model):
     assert Settings.from_dict({"dataset": dataset}).resolved().model.model == model
     # a model given is kept

@@ -15,7 +15,7 @@ from torch import nn
 
 from swamp.config import Settings
 from swamp.core.seeds import derive_seed
-from swamp.data import DataBundle, FileOptions, is_file_dataset, load_dataset
+from swamp.data import DataBundle, FileOptions, is_file_dataset, is_streamed, load_dataset
 from swamp.engines.base import TrainContext
 from swamp.errors import SwampError
 from swamp.methods import get_method
@@ -41,6 +41,8 @@ def prepare_data(settings: Settings, data: DataBundle | None = None,
 def file_options(settings: Settings) -> FileOptions | None:
     """The settings of a dataset read from the user's files (data/files.py); a model given
     as hf:DIR lends its tokenizer when `tokenizer` is not set."""
+    if is_streamed(settings.data.dataset):       # imagenet, tiny-imagenet (issue 14)
+        return FileOptions.from_settings(settings.data)
     if not is_file_dataset(settings.data.dataset):
         return None
     model = settings.model.model
@@ -163,7 +165,8 @@ def check_data(data: DataBundle) -> None:
     infinite inputs (they give nan metrics to the end of the run)."""
     for name, split in (("training", data.train), ("validation", data.val),
                         ("test", data.test)):
-        if len(split) and split.x.is_floating_point():
+        # images streamed from files are decoded 8-bit pixels (finite): nothing to scan
+        if len(split) and isinstance(split.x, torch.Tensor) and split.x.is_floating_point():
             bad = ~torch.isfinite(split.x.flatten(1)).all(1)
             if bool(bad.any()):
                 first = int(bad.nonzero()[0])

@@ -56,6 +56,10 @@ class DataSettings:
                                      "for a model hf:DIR)")
     max_length: int = _setting(128, "csv/jsonl: tokens per example (truncated or padded)")
     block_size: int = _setting(128, "text: tokens per training block")
+    # ---- streamed image folders (issue 14; data/stream.py): imagenet, tiny-imagenet
+    workers: int = _setting(0, "imagenet/tiny-imagenet: DataLoader worker processes that "
+                            "decode images (0: decode in the training process); changes "
+                            "no result")
 
 
 @dataclass
@@ -237,6 +241,7 @@ SECTIONS: dict[str, type] = {
 UNHASHED = {"data_dir", "device", "out", "engine", "processes", "threads", "save_particles",
             "checkpoint_every"}
 UNHASHED |= {"share_dense"}   # issue 14: whether dense work is shared changes no result
+UNHASHED |= {"workers"}       # issue 14: how many processes decode images changes no result
 
 
 @dataclass
@@ -549,6 +554,9 @@ def _file_data_checks(s: Settings) -> list[tuple[bool, str]]:
          f"unknown `image_normalize` '{d.image_normalize}'; use train, imagenet or none"),
         (d.max_length < 1, f"`max_length` must be at least 1 (got {d.max_length})"),
         (d.block_size < 1, f"`block_size` must be at least 1 (got {d.block_size})"),
+        # streamed image folders (issue 14)
+        (d.workers < 0, f"`workers` must be 0 (decode in the training process) or more "
+                        f"(got {d.workers})"),
     ]
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from swamp.data import Split
+from swamp.data import Split, batches_of
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ def log_probs(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.T
     model.eval()
     # `batch_size` counts scored positions: a language-model block scores each of its tokens
     step = max(1, batch_size // max(1, split.y[0].numel())) if len(split) else batch_size
-    out = torch.cat([torch.log_softmax(model(split.x[i:i + step]).float(), dim=-1)
-                     for i in range(0, len(split), step)])
+    out = torch.cat([torch.log_softmax(model(x).float(), dim=-1)
+                     for x in batches_of(split.x, step)])    # slices, or streamed files
     model.train(was_training)
     return out
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from swamp.data import Split
+from swamp.data import Split, batches_of
 
 StateDict = dict[str, torch.Tensor]
 
@@ -84,8 +84,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def batches(split: Split, batch_size: int) -> Iterable[torch.Tensor]:
-    for i in range(0, len(split), batch_size):
-        yield split.x[i:i + batch_size]
+    yield from batches_of(split.x, batch_size)   # slices, or images streamed from files
 
 
 # The seed of the augmentation draws of a BatchNorm pass: one fixed draw, so that candidates

@@ -11,13 +11,14 @@ from typing import Callable
 
 from swamp.data.augment import CropFlip
 from swamp.data.bundle import Augment, DataBundle, Split, from_tensors, split_validation
-from swamp.data import files, sources
+from swamp.data import files, sources, stream
 from swamp.data.files import FileOptions, is_file_dataset
+from swamp.data.stream import FileImages, batches_of
 from swamp.errors import SwampError, did_you_mean
 
-__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "FileOptions",
-           "Split", "default_model", "from_tensors", "is_file_dataset", "list_datasets",
-           "load_dataset", "split_validation"]
+__all__ = ["Augment", "CropFlip", "DataBundle", "DATASETS", "DatasetInfo", "FileImages",
+           "FileOptions", "Split", "batches_of", "default_model", "from_tensors",
+           "is_file_dataset", "is_streamed", "list_datasets", "load_dataset", "split_validation"]
 
 
 
@@ -28,6 +29,8 @@ class DatasetInfo:
     loader: Callable[[str | None, int | None, bool], sources.Raw]
     needs_files: bool = False  # read from data_dir / SWAMP_DATA_DIR
     default_model: str = "mlp"  # the model a run uses when none is given (issue 14)
+    streamed: bool = False  # images streamed from folders (data/stream.py); the loader also
+                            # takes the FileOptions (image_size, workers, ...)
 
 
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
@@ -55,11 +58,26 @@ DATASETS: dict[str, DatasetInfo] = {d.name: d for d in [
     DatasetInfo("cifar100", "CIFAR-100 python batches (fine labels), shape (3, 32, 32), "
                 "100 classes, crop(4)+flip", sources.load_cifar100, True,
                 default_model="resnet20"),
+    # streamed from local folders (issue 14; data/stream.py): DataLoader workers (`workers`)
+    DatasetInfo("tiny-imagenet", "Tiny-ImageNet folders (train/<wnid>/images, val/ with "
+                "val_annotations.txt as test), streamed, shape (3, 64, 64), 200 classes, "
+                "crop(8)+flip", stream.load_tiny_imagenet, True, default_model="resnet18",
+                streamed=True),
+    DatasetInfo("imagenet", "ImageNet folders (train/<wnid>, val/<wnid> as test), streamed, "
+                "resized and centre-cropped to `image_size` (224), 1000 classes, crop+flip",
+                stream.load_imagenet, True, default_model="resnet18", streamed=True),
 ]}
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar-100": "cifar100", "mnist-1d": "mnist1d",
-            "synthetic_image": "synthetic-image", "gaussian_mixture": "gaussian-mixture"}
+            "synthetic_image": "synthetic-image", "gaussian_mixture": "gaussian-mixture",
+            "tiny_imagenet": "tiny-imagenet", "tinyimagenet": "tiny-imagenet"}
+
+
+def is_streamed(dataset: str) -> bool:
+    """Whether `dataset` is streamed from image folders (data/stream.py)."""
+    info = DATASETS.get(_ALIASES.get(dataset.lower(), dataset.lower()))
+    return info is not None and info.streamed
 
 
 def list_datasets() -> list[str]:
@@ -105,7 +123,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     if info is None:
         raise SwampError(f"unknown dataset {name!r};{did_you_mean(name, DATASETS)} known: "
                          f"{', '.join(DATASETS)}, {', '.join(FILE_DATASETS)} (see `swamp list`)")
-    raw = info.loader(data_dir, size, augment)
+    raw = (info.loader(data_dir, file_options, size, augment) if info.streamed
+           else info.loader(data_dir, size, augment))
     return _bundle(info.name, raw, val_fraction, split_seed, augment)
 
 

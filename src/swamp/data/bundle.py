@@ -16,7 +16,8 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 @dataclass
 class Split:
-    """One split held in memory: `x` float32 (already normalised), `y` int64 labels."""
+    """One split: `x` float32 (already normalised), `y` int64 labels. `x` is a tensor held in
+    memory, or images streamed from files (data/stream.py: FileImages), decoded on indexing."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -56,9 +57,9 @@ class DataBundle:
         SwampError instead of failing with an out-of-memory error.
         """
         device = torch.device(device)
-        moving = sum(t.numel() * t.element_size()
+        moving = sum(t.numel() * t.element_size()      # images streamed from files
                      for sp in (self.train, self.val, self.test) for t in (sp.x, sp.y)
-                     if not _on(t, device))
+                     if isinstance(t, torch.Tensor) and not _on(t, device))   # stay there
         check_fits_on_device(self.name, moving, device)
         return DataBundle(self.name, self.train.to(device), self.val.to(device), self.test.to(device),
                           self.num_classes, self.input_shape, self.augment, self.task,
@@ -105,12 +106,14 @@ def split_validation(x: torch.Tensor, y: torch.Tensor, val_fraction: float,
     n_val = int(round(val_fraction * n))
     if val_fraction > 0:
         n_val = min(max(n_val, 1), n - 1)  # a non-zero fraction always yields >= 1 example
+    # images streamed from files (data/stream.py) keep a subset of their files, undecoded
+    take = x.subset if getattr(x, "is_lazy", False) else x.__getitem__
     if n_val <= 0:
-        return Split(x, y), Split(x[:0], y[:0])
+        return Split(x, y), Split(take(slice(0, 0)), y[:0])
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(split_seed)))
     val_idx = perm[:n_val].sort().values
     train_idx = perm[n_val:].sort().values
-    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
+    return Split(take(train_idx), y[train_idx]), Split(take(val_idx), y[val_idx])
 
 
 def _as_tensors(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:

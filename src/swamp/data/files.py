@@ -62,6 +62,7 @@ class FileOptions:
     max_length: int = 128
     block_size: int = 128
     data_dir: str | None = None     # relative paths of the dataset and test_path start here
+    workers: int = 0                # streamed datasets (data/stream.py): DataLoader workers
 
     @classmethod
     def from_settings(cls, data_settings: Any, **override: Any) -> "FileOptions":
@@ -186,27 +187,41 @@ def _image_files(root: Path, classes: list[str], kind: str) -> list[tuple[Path, 
     return items
 
 
+def _decode(path: Path, size: int | None, mode: str, kind: str, root: Path,
+            fit: str = "resize") -> np.ndarray:
+    """One image as uint8 (H, W, C), converted to `mode`; with `size`, resized to size x size
+    (bilinear, as torchvision's Resize) or, with `fit` "crop", its shorter side resized to
+    `size` and the centre cut out (torchvision's Resize(size) + CenterCrop(size))."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            if size is not None and img.size != (size, size):
+                if fit == "crop":
+                    w, h = img.size
+                    scale = size / min(w, h)
+                    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                    img = img.resize((nw, nh), Image.BILINEAR)
+                    left, top = (nw - size) // 2, (nh - size) // 2
+                    img = img.crop((left, top, left + size, top + size))
+                else:
+                    img = img.resize((size, size), Image.BILINEAR)
+            a = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, UnidentifiedImageError) as e:
+        raise SwampError(f"{kind}:{root}: cannot read {path} as an image "
+                         f"({type(e).__name__}); replace or remove it") from None
+    return a[:, :, None] if a.ndim == 2 else a
+
+
 def _read_images(items: list[tuple[Path, int]], options: FileOptions,
                  kind: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (n, C, H, W) and labels; every image converted to `image_mode` and resized to
     `image_size` (bilinear, as torchvision's Resize), or all of the first image's size."""
     _need("PIL", "vision")
-    from PIL import Image, UnidentifiedImageError
-
-    size = options.image_size
     arrays, first = [], None
     for path, _ in items:
-        try:
-            with Image.open(path) as img:
-                img = img.convert(options.image_mode)
-                if size is not None and img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                a = np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError, UnidentifiedImageError) as e:
-            raise SwampError(f"{kind}:{root}: cannot read {path} as an image "
-                             f"({type(e).__name__}); replace or remove it") from None
-        if a.ndim == 2:
-            a = a[:, :, None]
+        a = _decode(path, options.image_size, options.image_mode, kind, root)
         if first is None:
             first = (path, a.shape)
         elif a.shape != first[1]:
@@ -216,6 +231,16 @@ def _read_images(items: list[tuple[Path, int]], options: FileOptions,
         arrays.append(a)
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return x, torch.tensor([c for _, c in items], dtype=torch.int64)
+
+
+def normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 pixels (..., C, H, W) -> float32 (x / 255 - mean) / std, per channel; the one
+    normalisation of images read into memory and of images streamed from files
+    (data/stream.py), so both give the same bits."""
+    c = x.shape[-3]
+    m = torch.tensor(mean, device=x.device).view(c, 1, 1)
+    s = torch.tensor(std, device=x.device).view(c, 1, 1)
+    return (x.to(torch.float32) / 255.0 - m) / s
 
 
 def _load_images(kind: str, root: Path, options: FileOptions, size: int | None,
@@ -263,8 +288,7 @@ def _load_images(kind: str, root: Path, options: FileOptions, size: int | None,
                          f"(got {options.image_normalize!r})")
 
     def norm(x: torch.Tensor) -> torch.Tensor:
-        m, s = torch.tensor(mean).view(1, c, 1, 1), torch.tensor(std).view(1, c, 1, 1)
-        return (x.to(torch.float32) / 255.0 - m) / s
+        return normalise(x, mean, std)
 
     # Random crops (padding 1/8 of the side, as CIFAR's 4 of 32) and horizontal flips
     aug = (CropFlip(pad=max(1, xtr.shape[-1] // 8), fill=tuple(-m / s for m, s in zip(mean, std)))

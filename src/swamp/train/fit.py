@@ -11,6 +11,7 @@ every engine.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -18,6 +19,7 @@ import torch
 
 from swamp.config import TrainSettings
 from swamp.data import Augment, Split
+from swamp.data.stream import StepStream, is_lazy
 from swamp.train import stop as stops
 from swamp.train.callbacks import (SWA, Callback, Checkpoint, LossCheck, Progress, ReMask,
                                    overrides)
@@ -85,16 +87,31 @@ class Batches:
         self.generators = [torch.Generator().manual_seed(s) for s in plan.augment_seeds]
         self.augment = plan.augment
         self.steps_per_epoch = self.orders[0].steps_per_epoch
+        # images streamed from files (data/stream.py): the same seeded batch indices, decoded
+        # ahead by DataLoader workers; normalised and augmented here, on the device
+        self.stream = (StepStream(self.x, self._index, plan.stop) if is_lazy(self.x)
+                       else None)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+    def _index(self, step: int) -> torch.Tensor:
+        if len(self.orders) == 1:
+            return self.orders[0].batch(step)
+        return torch.stack([order.batch(step) for order in self.orders])       # (N, B)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stream is not None:
+            idx, x = self.stream.next(step)
+        else:
+            idx = self._index(step)
+            x = self.x[idx]
+        y = self.y[idx]
         if len(self.orders) == 1:
-            idx = self.orders[0].batch(step)
-            x, y = self.x[idx], self.y[idx]
             if self.augment is not None:
                 x = self.augment(x, self.generators[0])
             return x.unsqueeze(0), y.unsqueeze(0)
-        idx = torch.stack([order.batch(step) for order in self.orders])       # (N, B)
-        x, y = self.x[idx], self.y[idx]
         if self.augment is not None:
             x = torch.stack([self.augment(x[i], g) for i, g in enumerate(self.generators)])
         return x, y
@@ -127,7 +144,9 @@ def fit(replicas: Any, plan: TrainPlan, *, precision: str = "fp32",
         *([swa] if swa is not None else []), *callbacks,
         *([Progress(progress)] if progress is not None else []),
         *([Checkpoint(checkpoint, plan.stop)] if checkpoint is not None else [])]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    # closing: streamed images' loader workers stop with the loop, also on a stop or an error
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            contextlib.closing(batches):
         torch.manual_seed(plan.rng_seed)
         loop = LoopState(replicas, optimizer, amp, batches, chain, plan.start, plan.stop)
         if resume is not None:
