@@ -275,9 +275,9 @@ def write(rows, sizes, args, out: Path, load_before, load_after, run_rows=(),
     if run_rows:
         lines += ["## Part 1: every level of a finished run", "",
                   "Timed by `swamp.bench.bench_run` (what `swamp bench RUN` runs) on the "
-                  "levels' trained solutions and the masks the method found (global "
-                  "magnitude: each layer at its own sparsity; the sparsity shown is over all "
-                  "pruned layers)."]
+                  "levels' trained solutions and the masks the method found (for the runs made "
+                  "here global magnitude masks: each layer at its own sparsity; the sparsity "
+                  "shown is over all pruned layers)."]
         made = [i for i in run_info if i["settings"]]
         if made:
             settings = ", ".join(f"{k}={v}" for k, v in made[0]["settings"].items()
@@ -285,12 +285,11 @@ def write(rows, sizes, args, out: Path, load_before, load_after, run_rows=(),
             lines += [f"Runs made by this script ({settings}; models "
                       f"{', '.join(RUN_MODELS)}); their test accuracy, for reference (short "
                       f"training: speed does not depend on it):"]
-        lines += ["", "| model | run | " + " | ".join(
-            f"level {lv['level']}" for lv in run_info[0]["levels"]) + " |",
-            "|---|---|" + "---|" * len(run_info[0]["levels"])]
-        for i in run_info:
-            lines.append(f"| {i['model']} | {i['run']} | " + " | ".join(
-                f"{100 * lv['sparsity']:.1f}%: {100 * (lv['test_acc'] or 0):.1f}%"
+        lines += ["", "| model | run | level: sparsity, test accuracy |", "|---|---|---|"]
+        for i in run_info:      # runs given with --run may have other numbers of levels
+            lines.append(f"| {i['model']} | {i['run']} | " + "; ".join(
+                f"{lv['level']}: {100 * lv['sparsity']:.1f}%, "
+                + (f"{100 * lv['test_acc']:.1f}%" if lv["test_acc"] is not None else "-")
                 for lv in i["levels"]) + " |")
         lines += ["", "### Where each form beats dense (trained runs)", ""]
         lines += where_table(run_rows, run_models)
