@@ -179,3 +179,97 @@ def test_dense_export_in_half_precision_keeps_the_zeros(finished_run, tmp_path):
     for name in mask:
         assert state[name].dtype == torch.float16
         assert not state[name][~mask[name]].any()
+
+
+def _fresh(model):
+    """A copy of `model` with other weights (so that loading has something to do)."""
+    import copy
+
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.normal_(generator=torch.Generator().manual_seed(p.numel()))
+    return out
+
+
+def test_torch_prune_export_loads_into_an_ao_pruning_parametrised_model(finished_run, reference,
+                                                                       tmp_path):
+    from torch.ao.pruning import WeightNormSparsifier
+    from torch.ao.pruning.sparsifier.utils import FakeSparsity
+
+    from swamp.export import to_parametrized
+
+    model, x, expected, mask = reference
+    summary = export_level(finished_run, tmp_path / "p.safetensors", level=LEVEL,
+                           format="torch-prune")
+    loaded = to_parametrized(_fresh(model), summary.path)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), expected, rtol=1e-6, atol=1e-6)
+    # the layout torch.ao.pruning itself makes: the same state-dict keys, FakeSparsity masks
+    theirs = _fresh(model)
+    WeightNormSparsifier().prepare(theirs, [{"tensor_fqn": n} for n in mask])
+    assert set(loaded.state_dict()) == set(theirs.state_dict())
+    modules = dict(loaded.named_modules())
+    for name in mask:
+        fake = modules[name.rpartition(".")[0]].parametrizations.weight[0]
+        assert isinstance(fake, FakeSparsity)
+        assert torch.equal(fake.mask.bool(), mask[name])
+    # the parametrisation re-applies the mask after each optimiser step (momentum and decay too)
+    loaded.train()
+    optimiser = torch.optim.SGD(loaded.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    before = {n: modules[n.rpartition(".")[0]].weight.detach().clone() for n in mask}
+    for _ in range(2):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(loaded(x), torch.arange(len(x)) % 10).backward()
+        optimiser.step()
+    for name in mask:
+        weight = modules[name.rpartition(".")[0]].weight
+        assert not weight[~mask[name]].any(), name
+        assert not torch.equal(weight[mask[name]], before[name][mask[name]]), name
+
+
+def test_to_parametrized_fills_a_prepared_sparsifiers_masks_in_place(finished_run, reference,
+                                                                     tmp_path):
+    from safetensors.torch import load_file
+    from torch.ao.pruning import WeightNormSparsifier
+
+    from swamp.export import to_parametrized
+
+    model, x, expected, mask = reference
+    path = export_level(finished_run, tmp_path / "p.safetensors", level=LEVEL,
+                        format="torch-prune").path
+    target = _fresh(model)
+    sparsifier = WeightNormSparsifier()
+    sparsifier.prepare(target, [{"tensor_fqn": n} for n in mask])
+    held = {n: sparsifier.state[n]["mask"] for n in mask}
+    to_parametrized(target, load_file(str(path)))           # a state dict works as well
+    modules = dict(target.named_modules())
+    for name in mask:
+        assert sparsifier.state[name]["mask"] is held[name]     # the same tensor, filled
+        assert torch.equal(held[name].bool(), mask[name])
+        assert len(modules[name.rpartition(".")[0]].parametrizations.weight) == 1
+    with torch.no_grad():
+        assert torch.allclose(target(x), expected, rtol=1e-6, atol=1e-6)
+    sparsifier.squash_mask()             # back to plain modules, the zeros baked in
+    with torch.no_grad():
+        assert torch.allclose(target(x), expected, rtol=1e-6, atol=1e-6)
+    assert not dict(target.named_parameters())["3.weight"][~mask["3.weight"]].any()
+
+
+def test_to_parametrized_refuses_other_files_and_models_in_one_line(finished_run, reference,
+                                                                    tmp_path):
+    from swamp.errors import SwampError
+    from swamp.export import to_parametrized
+
+    model, _, _, _ = reference
+    dense = export_level(finished_run, tmp_path / "d.safetensors", level=LEVEL, format="dense")
+    with pytest.raises(SwampError, match="not a torch-prune export"):
+        to_parametrized(_fresh(model), dense.path)
+    path = export_level(finished_run, tmp_path / "p.safetensors", level=LEVEL,
+                        format="torch-prune").path
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 256), torch.nn.ReLU(),
+                                torch.nn.Linear(256, 10))
+    with pytest.raises(SwampError, match="pass the model the run was made with") as err:
+        to_parametrized(other, path)
+    assert "\n" not in str(err.value)

@@ -82,6 +82,19 @@ def test_a_form_with_other_outputs_is_refused_before_timing():
         check_forms(forms, torch.ones(3))
 
 
+def test_the_check_scales_its_tolerance_with_the_outputs():
+    """Trained logits of tens: float32 noise (3e-5 on an output near 0) passes, an error
+    of a few 1e-3 does not."""
+    ident = (lambda x: x), (lambda y: y)
+    logits = torch.tensor([40.0, 0.0, -25.0])
+    noisy = [Form("dense", lambda x: logits, *ident),
+             Form("ort", lambda x: logits + torch.tensor([0.0, 3e-5, 0.0]), *ident)]
+    assert check_forms(noisy, torch.ones(3))["ort"] == pytest.approx(3e-5)
+    wrong = [noisy[0], Form("csr", lambda x: logits + torch.tensor([0.0, 3e-3, 0.0]), *ident)]
+    with pytest.raises(swamp.SwampError, match="other outputs"):
+        check_forms(wrong, torch.ones(3))
+
+
 def test_paired_timing_compares_forms_within_rounds():
     ident = (lambda x: x), (lambda y: y)
     forms = [Form("dense", lambda x: time.sleep(0.0005), *ident),

@@ -22,7 +22,10 @@ Other formats (`format`), for use outside swamp:
   safetensors.torch.load_file(path))` with nothing but torch and safetensors;
 - "torch-prune": the state dict `torch.nn.utils.prune` makes, each prunable `name` stored as
   `name_orig` (the weights) and `name_mask` (0/1 in the weights' dtype): apply
-  `prune.identity(module, "weight")` to each pruned module, then `load_state_dict`;
+  `prune.identity(module, "weight")` to each pruned module, then `load_state_dict`. For
+  `torch.ao.pruning` (torch.nn.utils.parametrize with a `FakeSparsity` mask, state dict key
+  `name.parametrizations.weight.original`, the mask not in the model's state dict but in
+  the sparsifier's state), `to_parametrized(model, state)` loads it (see there);
 - "onnx": the model's graph with the solution's weights, by `torch.onnx.export` (the
   torch.export-based exporter, PyTorch's default since 2.9; the TorchScript one is
   deprecated), checked with onnxruntime against PyTorch on validation inputs before it is
@@ -302,6 +305,92 @@ def torch_prune_state(solution: StateDict, mask: Mapping[str, torch.Tensor],
         else:
             state[name] = _cast(t, dtype)
     return state
+
+
+def to_parametrized(model: torch.nn.Module, state: Mapping[str, torch.Tensor] | str | Path
+                    ) -> torch.nn.Module:
+    """Load a "torch-prune" export (a file or its state dict) into `model` as
+    `torch.ao.pruning` keeps a pruned model: each masked tensor `name` parametrised by
+    `torch.nn.utils.parametrize` with the ao sparsifiers' `FakeSparsity(mask)`, its weights
+    in `<module>.parametrizations.<tensor>.original`; returns `model` (changed in place).
+
+    Use it on a bare model, or on one a sparsifier has already prepared
+    (`sparsifier.prepare(model, [{"tensor_fqn": "fc.weight"}, ...])`): an existing
+    FakeSparsity's mask is then filled in place, so the sparsifier's `state[fqn]["mask"]`
+    stays the same tensor (as FakeSparsity requires) and `sparsifier.step()` or
+    `squash_mask()` work on the exported mask. The forward pass then computes
+    `mask * original`, so the pruned weights stay zero through optimiser steps.
+
+    Why not `load_state_dict` alone: ao.pruning saves no mask in the model's state dict
+    (FakeSparsity.state_dict returns {}), while a strict `load_state_dict` into a prepared
+    model asks for `...parametrizations.weight.0.mask` all the same; so the masks are set here
+    and the rest is loaded strictly, every other key checked."""
+    from torch.ao.pruning.sparsifier.utils import FakeSparsity
+    from torch.nn.utils import parametrize
+
+    if isinstance(state, (str, Path)):
+        state = _read_torch_prune(Path(state))
+    masks = {k[:-len("_mask")]: v for k, v in state.items()
+             if k.endswith("_mask") and k[:-len("_mask")] + "_orig" in state}
+    if not masks:
+        raise SwampError("the state has no `name_orig` / `name_mask` pairs; pass a "
+                         "`swamp export --format torch-prune` file or its state dict")
+    renamed = {k: v for k, v in state.items()
+               if not any(k in (f"{n}_orig", f"{n}_mask") for n in masks)}
+    mask_keys = set()
+    for name, mask in masks.items():
+        module_name, _, tensor = name.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            raise SwampError(f"the model has no module {module_name!r} (for {name!r}); pass "
+                             f"the model the run was made with") from None
+        if not hasattr(module, tensor):
+            raise SwampError(f"module {module_name!r} has no tensor {tensor!r}; pass the "
+                             f"model the run was made with")
+        if tuple(getattr(module, tensor).shape) != tuple(mask.shape):
+            raise SwampError(f"{name} has shape {tuple(getattr(module, tensor).shape)} in the "
+                             f"model and {tuple(mask.shape)} in the export; pass the model "
+                             f"the run was made with")
+        chain = (module.parametrizations[tensor]
+                 if parametrize.is_parametrized(module, tensor) else [])
+        found = [i for i, p in enumerate(chain) if isinstance(p, FakeSparsity)]
+        if found:
+            fake = chain[found[0]]
+            with torch.no_grad():
+                fake.mask.copy_(mask)          # in place: the sparsifier holds this tensor
+        else:
+            device = getattr(module, tensor).device
+            parametrize.register_parametrization(
+                module, tensor, FakeSparsity(mask.to(device, getattr(module, tensor).dtype)))
+            found = [len(module.parametrizations[tensor]) - 1]
+        prefix = f"{module_name}.parametrizations.{tensor}" if module_name else \
+            f"parametrizations.{tensor}"
+        renamed[f"{prefix}.original"] = state[f"{name}_orig"]
+        mask_keys.add(f"{prefix}.{found[0]}.mask")
+    result = model.load_state_dict(renamed, strict=False)
+    missing = [k for k in result.missing_keys if k not in mask_keys]
+    if missing or result.unexpected_keys:
+        first = (f"no tensor {missing[0]!r} in the export" if missing
+                 else f"the export's tensor {result.unexpected_keys[0]!r} is not in the model")
+        raise SwampError(f"the export does not fit the model ({first}); pass the model the "
+                         f"run was made with")
+    return model
+
+
+def _read_torch_prune(path: Path) -> StateDict:
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except (OSError, SafetensorError, ValueError) as exc:
+        raise SwampError(f"{path} cannot be read as safetensors ({exc}); pass a file written "
+                         f"by `swamp export --format torch-prune`") from None
+    if fmt != PRUNE_FORMAT:
+        raise SwampError(f"{path} is not a torch-prune export (format {fmt!r}); write one "
+                         f"with `swamp export RUN --format torch-prune`")
+    return load_file(str(path))
 
 
 def _write_onnx(path: Path, reader: RunReader, solution: StateDict,
