@@ -353,6 +353,21 @@ def test_report_of_generators_has_mmd_tables(tiny, tmp_path):
     assert "## Test MMD²" in report and "## Frechet distance" in report
     table = report.split("## Test MMD²")[1].split("##")[0]
     assert "| imp | slt |" in table and "nan" not in table
+    # summary.csv carries the generators' metrics: the mean over seeds of each level's MMD²
+    import csv
+
+    from swamp.studies.report import GENERATIVE_COLUMNS, SUMMARY_COLUMNS
+
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == SUMMARY_COLUMNS + GENERATIVE_COLUMNS
+    for row in rows:
+        d = dirs[["imp", "slt"].index(row["method"])]
+        record = RunStore(d).level_metrics()[int(row["level"])]
+        assert float(row["test_mmd_mean"]) == pytest.approx(record["test_mmd"], rel=1e-5)
+        assert float(row["test_frechet_mean"]) == pytest.approx(record["test_frechet"],
+                                                                rel=1e-5)
+        assert row["test_acc_mean"] == ""                  # no accuracy for a generator
 
 
 def test_report_figure_of_generators_plots_mmd_and_frechet(tiny, tmp_path, monkeypatch):
