@@ -116,6 +116,7 @@ def main() -> None:
     imp_acc: dict[int, dict[int, float]] = {}
     density: dict[int, float] = {}
     paired_imp: dict[str, list[dict]] = {}
+    parts: dict[str, dict[str, dict[int, dict[int, float]]]] = {}
     for k, (variant, extra) in enumerate(VARIANTS.items()):
         report = root / f"compare-{k}"
         if report.exists():
@@ -142,6 +143,10 @@ def main() -> None:
             if all(s["method"][key] == v for key, v in settings.items()):
                 for r in records(d):
                     acc.setdefault(r["level"], {})[s["run"]["seed"]] = r["test_acc"]
+                    if settings["particles"] > 1:      # the particles' own tickets
+                        for key in ("particle_acc_mean", "ensemble_acc"):
+                            parts.setdefault(variant, {}).setdefault(key, {}).setdefault(
+                                r["level"], {})[s["run"]["seed"]] = r[key]
         slt_acc[variant] = acc
 
     levels = sorted(density)
@@ -151,6 +156,7 @@ def main() -> None:
     cls["slt"] = slt_acc
     cls["slt_minus_imp"] = paired_imp
     single = slt_acc["1 particle"]
+    cls["particles_own_tickets"] = parts
     cls["variant_minus_single"] = {}
     for variant in list(VARIANTS)[1:]:
         cls["variant_minus_single"][variant] = {
@@ -230,6 +236,19 @@ def main() -> None:
         for v in list(VARIANTS)[1:]:
             p = paired_difference(slt_acc[v][lvl], single[lvl], DIRECTION["acc"])
             cells.append(paired_cell(p, 100, 1))
+        lines.append(f"| {100 * density[lvl]:.1f}% | " + " | ".join(cells) + " |")
+    mean_v, vote_v = list(VARIANTS)[1:]
+    lines += ["", "The 3 particles' own tickets (each particle's top |score| alone; from the "
+              "runs' level records, the same particles in both 3-particle variants: only the "
+              "combination differs) next to the level's combined ticket: the mean over "
+              "particles, and the output ensemble of the 3 particle tickets (3 models):", "",
+              "| density | combined: mean score | combined: mask vote | particle mean | "
+              "ensemble of 3 |", "|---:|---:|---:|---:|---:|"]
+    for lvl in levels[1:]:
+        cells = [cell(list(slt_acc[mean_v][lvl].values()), 100, 1),
+                 cell(list(slt_acc[vote_v][lvl].values()), 100, 1),
+                 cell(list(parts[mean_v]["particle_acc_mean"][lvl].values()), 100, 1),
+                 cell(list(parts[mean_v]["ensemble_acc"][lvl].values()), 100, 1)]
         lines.append(f"| {100 * density[lvl]:.1f}% | " + " | ".join(cells) + " |")
     lines += ["", "Figure (the first compare's, IMP vs slt with 1 particle): "
               "`benchmarks/results/slt.png`.", "",
