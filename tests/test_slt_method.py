@@ -393,6 +393,8 @@ def test_report_figure_of_generators_plots_mmd_and_frechet(tiny, tmp_path, monke
     (fig,) = figures
     axes = fig.get_axes()
     assert [ax.get_ylabel() for ax in axes] == ["test MMD²", "Frechet distance"]
+    assert fig._suptitle.get_text().startswith("MMD² and Frechet distance vs sparsity")
+    assert (out / "report.md").read_text().startswith("# MMD² and Frechet distance vs sparsity")
     rows = summarise([read_result(d) for d in dirs])
     for ax, metric in zip(axes, ("mmd", "frechet")):
         lines = {line.get_label().split(" ")[0]: line for line in ax.get_lines()}

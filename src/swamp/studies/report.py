@@ -609,7 +609,9 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
     atomic_write_bytes(out / "summary.csv", summary_csv(rows).encode())
     atomic_write_bytes(out / "paired.csv", paired_csv(rows, baseline).encode())
     s = results[0].settings
-    title = title or f"Accuracy vs sparsity: {s.model.model} on {s.data.dataset}"
+    generators = _has(rows, "mmd") and not _has(rows, "acc")    # issue 16: what is plotted
+    what = "MMD² and Frechet distance" if generators else "Accuracy"
+    title = title or f"{what} vs sparsity: {s.model.model} on {s.data.dataset}"
     figures = plot(rows, out / "accuracy_vs_sparsity.png", title, formats)
     parts = [f"# {title}", ""]
     if command:
@@ -619,7 +621,8 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
         parts += [notes.strip(), ""]
     shown = [f for f in figures if f.suffix in (".png", ".svg")]
     if shown:
-        parts += [f"![accuracy, NLL and calibration vs sparsity]({shown[0].name})", ""]
+        alt = "MMD² and Frechet distance" if generators else "accuracy, NLL and calibration"
+        parts += [f"![{alt} vs sparsity]({shown[0].name})", ""]
     others = [f for f in figures if not shown or f != shown[0]]
     if others:
         parts += ["Figure: " + ", ".join(f"[{f.name}]({f.name})" for f in others), ""]
