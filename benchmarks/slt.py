@@ -197,7 +197,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     lines = ["# Strong lottery tickets on MNIST-1D", "",
              "Made by `OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/slt.py`, which runs "
-             "only the product's commands:", "", "```", *commands, "```", "",
+             "only the product's commands (DIR: the runs folder, `--runs` or a temporary "
+             "one):", "", "```", *(c.replace(str(root), "DIR") for c in commands), "```", "",
              "Scale: 4000 MNIST-1D signals (90% of the train split trained on, 10% "
              "validation), 10 epochs per level, batch 128, seeds 0, 1, 2, per-layer exact "
              "counts for every method. Strong tickets: signed-constant frozen weights "
