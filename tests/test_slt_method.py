@@ -353,6 +353,58 @@ def test_report_of_generators_has_mmd_tables(tiny, tmp_path):
     assert "## Test MMD²" in report and "## Frechet distance" in report
     table = report.split("## Test MMD²")[1].split("##")[0]
     assert "| imp | slt |" in table and "nan" not in table
+    # summary.csv carries the generators' metrics: the mean over seeds of each level's MMD²
+    import csv
+
+    from swamp.studies.report import GENERATIVE_COLUMNS, SUMMARY_COLUMNS
+
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == SUMMARY_COLUMNS + GENERATIVE_COLUMNS
+    for row in rows:
+        d = dirs[["imp", "slt"].index(row["method"])]
+        record = RunStore(d).level_metrics()[int(row["level"])]
+        assert float(row["test_mmd_mean"]) == pytest.approx(record["test_mmd"], rel=1e-5)
+        assert float(row["test_frechet_mean"]) == pytest.approx(record["test_frechet"],
+                                                                rel=1e-5)
+        assert row["test_acc_mean"] == ""                  # no accuracy for a generator
+
+
+def test_report_figure_of_generators_plots_mmd_and_frechet(tiny, tmp_path, monkeypatch):
+    """Generator runs have no accuracy: the figure's panels are MMD² and the Frechet distance,
+    one line per method through its level means (not empty accuracy panels)."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from swamp.studies.report import build_report, read_result, summarise
+
+    dirs = []
+    for method in ("imp", "slt"):
+        s = tiny(method=method, dataset="gaussian-mixture", data_size=200, particles=1,
+                 levels=1, optimizer="adam", lr=0.01, weight_decay=0.0, epochs=1,
+                 batch_size=50, engine="sequential")
+        dirs.append(run(s, model=_generator()).run_dir)
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    out = build_report(dirs, tmp_path / "report")
+    assert (out / "accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    (fig,) = figures
+    axes = fig.get_axes()
+    assert [ax.get_ylabel() for ax in axes] == ["test MMD²", "Frechet distance"]
+    assert fig._suptitle.get_text().startswith("MMD² and Frechet distance vs sparsity")
+    assert (out / "report.md").read_text().startswith("# MMD² and Frechet distance vs sparsity")
+    rows = summarise([read_result(d) for d in dirs])
+    for ax, metric in zip(axes, ("mmd", "frechet")):
+        lines = {line.get_label().split(" ")[0]: line for line in ax.get_lines()}
+        assert sorted(lines) == ["imp", "slt"]
+        for method, line in lines.items():
+            want = [math.fsum(getattr(r, metric)) / len(getattr(r, metric))
+                    for r in sorted((r for r in rows if r.method == method),
+                                    key=lambda r: -r.density)]
+            assert list(line.get_ydata()) == pytest.approx(want)
+            assert all(math.isfinite(y) for y in line.get_ydata())
 
 
 def test_an_interrupted_slt_run_resumes_to_the_same_tickets(tiny, tmp_path):

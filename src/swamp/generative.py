@@ -42,7 +42,7 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, bandwidths: Sequence[float] = BANDWID
 # Kernel widths of a run, as multiples of the data's root-mean-square distance between two
 # points (sqrt(2 * total variance)): scale-free, like the median heuristic, without a
 # pass over pairs. The widest (8x) keeps a gradient for samples far from the data (a ticket
-# whose samples drifted got none from narrow kernels: benchmarks/results/slt.md).
+# whose samples drifted got none from narrow kernels: the first version of benchmarks/slt.py).
 BANDWIDTH_FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0, 8.0)
 
 

@@ -41,6 +41,8 @@ SUMMARY_COLUMNS = ["method", "level", "density", "sparsity", "seeds", "test_acc_
                    "test_acc_std", "test_nll_mean", "test_nll_std",
                    # calibration; empty where no run of the row recorded it
                    "test_ece_mean", "test_ece_std", "test_nll_ts_mean", "test_nll_ts_std"]
+# generator runs only (issue 16): appended to SUMMARY_COLUMNS when the runs have them
+GENERATIVE_COLUMNS = ["test_mmd_mean", "test_mmd_std", "test_frechet_mean", "test_frechet_std"]
 PAIRED_COLUMNS = ["metric", "method", "baseline", "density", "sparsity", "n", "mean_diff",
                   "ci_low", "ci_high", "p_value", "verdict", "seeds", "unpaired_seeds"]
 FORMATS = ("png", "pdf", "svg")
@@ -260,11 +262,18 @@ def _rank(method: str) -> tuple[int, str]:
 
 
 def summary_csv(rows: Sequence[SummaryRow]) -> str:
+    """One line per (method, level); generator runs add their MMD² and Frechet columns (as
+    their metrics.csv does), classifier summaries keep SUMMARY_COLUMNS."""
+    generative = _has(rows, "mmd")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS + (GENERATIVE_COLUMNS if generative
+                                                               else []), lineterminator="\n")
     writer.writeheader()
     for s in rows:
         d = s.as_dict()
+        if generative:
+            d |= {"test_mmd_mean": _mean(s.mmd), "test_mmd_std": _std(s.mmd),
+                  "test_frechet_mean": _mean(s.frechet), "test_frechet_std": _std(s.frechet)}
         writer.writerow({k: _csv_value(v) for k, v in d.items()})
     return buf.getvalue()
 
@@ -600,7 +609,9 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
     atomic_write_bytes(out / "summary.csv", summary_csv(rows).encode())
     atomic_write_bytes(out / "paired.csv", paired_csv(rows, baseline).encode())
     s = results[0].settings
-    title = title or f"Accuracy vs sparsity: {s.model.model} on {s.data.dataset}"
+    generators = _has(rows, "mmd") and not _has(rows, "acc")    # issue 16: what is plotted
+    what = "MMD² and Frechet distance" if generators else "Accuracy"
+    title = title or f"{what} vs sparsity: {s.model.model} on {s.data.dataset}"
     figures = plot(rows, out / "accuracy_vs_sparsity.png", title, formats)
     parts = [f"# {title}", ""]
     if command:
@@ -610,7 +621,8 @@ def write_report(results: Sequence[Result], out: Path, *, command: str | None = 
         parts += [notes.strip(), ""]
     shown = [f for f in figures if f.suffix in (".png", ".svg")]
     if shown:
-        parts += [f"![accuracy, NLL and calibration vs sparsity]({shown[0].name})", ""]
+        alt = "MMD² and Frechet distance" if generators else "accuracy, NLL and calibration"
+        parts += [f"![{alt} vs sparsity]({shown[0].name})", ""]
     others = [f for f in figures if not shown or f != shown[0]]
     if others:
         parts += ["Figure: " + ", ".join(f"[{f.name}]({f.name})" for f in others), ""]
