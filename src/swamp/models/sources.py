@@ -84,7 +84,11 @@ class LogitsOf(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
+        if x.dim() == 3 and x.shape[1] == 2 and not x.is_floating_point():
+            # text classification from data/files.py: (B, 2, L) token ids and attention mask
+            out = self.model(input_ids=x[:, 0], attention_mask=x[:, 1])
+        else:
+            out = self.model(x)
         return out.logits if hasattr(out, "logits") else out[0]
 
 
