@@ -273,6 +273,31 @@ def test_hf_model_takes_text_classification_batches_as_ids_and_attention_mask(tm
     assert not torch.allclose(out[1], unmasked[1], atol=1e-3)
 
 
+def test_a_runs_file_of_an_hf_model_loads_back_as_weights(tmp_path, transformers):
+    # a run saves LogitsOf's state dict (names `model.` + the transformers model's own):
+    # `--weights RUN/level_0/solution.safetensors` in `swamp run` and `swamp prune` takes it
+    from safetensors.torch import save_file
+
+    _tiny_bert(tmp_path / "bert", seed=7)
+    trained = build_model(f"hf:{tmp_path / 'bert'}", (2, 8), 3)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()},
+              str(tmp_path / "solution.safetensors"))
+    wrapped = build_model(f"hf:{tmp_path / 'bert'}", (2, 8), 3)
+    load_weights(wrapped, tmp_path / "solution.safetensors")
+    assert _same_state(wrapped, trained)
+    bare = build_source(parse_spec(f"hf:{tmp_path / 'bert'}"))
+    load_weights(bare, tmp_path / "solution.safetensors")
+    assert _same_state(bare, trained.model)
+    # another prefix is still the one-line error naming it
+    save_file({f"module.{k}": v.contiguous() for k, v in trained.model.state_dict().items()},
+              str(tmp_path / "ddp.safetensors"))
+    with pytest.raises(SwampError, match="prefix"):
+        load_weights(bare, tmp_path / "ddp.safetensors")
+
+
 # -- timm / torchvision: what swamp asks of them ---------------------------------------------
 
 def test_timm_is_built_without_pretrained_weights_and_its_head_stays_dense(monkeypatch):
