@@ -380,6 +380,30 @@ def test_end_to_end_text_lm_reports_perplexity(tmp, text_file, tokenizer_file, c
         assert math.isfinite(r["test_nll"]) and 0.0 <= r["test_acc"] <= 1.0
 
 
+def test_end_to_end_csv_with_an_hf_transformer_fine_tuned_from_its_own_run(tmp, csv_file,
+                                                                            tokenizer_file):
+    # the path benchmarks/finetune_transformer.py takes: hf:DIR on csv: data, pretrained
+    # dense, then gradual pruning with SquareHead from that run's solution (`--weights`)
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(WORDS) + 2, hidden_size=16,
+                                     num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=8,
+                                     num_labels=3, architectures=["BertForSequenceClassification"])
+    transformers.BertForSequenceClassification(config).save_pretrained(str(tmp / "bert"))
+    data = ["--dataset", f"csv:{csv_file}", "--tokenizer", str(tokenizer_file),
+            "--max-length", "8", "--model", f"hf:{tmp / 'bert'}", "--engine", "sequential",
+            "--optimizer", "adam", "--lr", "0.001"]
+    pre, _ = run_cli(tmp, "e2e_hf_pre", *data, "--method", "imp", "--levels", "0")
+    solution = pre / "level_0" / "solution.safetensors"
+    run_dir, rows = run_cli(tmp, "e2e_hf_ft", *data, "--method", "imp", "--weights",
+                            str(solution), "--prune-schedule", "gradual", "--ramp", "cubic",
+                            "--prune-fraction", "0.75", "--distill", "squarehead",
+                            "--teacher", "init")
+    assert rows[1]["density"] == pytest.approx(0.25, abs=1e-3)
+    assert all(0.0 <= r["test_acc"] <= 1.0 and math.isfinite(r["test_nll"]) for r in rows)
+
+
 # --------------------------------------------------------------------------- token models
 
 def test_token_models_shapes_masking_and_causality():

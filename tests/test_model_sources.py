@@ -172,13 +172,14 @@ def transformers():
     return pytest.importorskip("transformers")
 
 
-def _tiny_bert(path, seed=0, labels=3):
+def _tiny_bert(path, seed=0, labels=3, init=0.02):
     import transformers
 
     torch.manual_seed(seed)
     config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=32,
-                                     max_position_embeddings=32, num_labels=labels)
+                                     max_position_embeddings=32, num_labels=labels,
+                                     initializer_range=init)
     model = transformers.BertForSequenceClassification(config)
     model.save_pretrained(str(path))
     return model
@@ -248,6 +249,53 @@ def test_hf_model_in_a_run_gives_logits_and_takes_its_own_weights_file(tmp_path,
     other = _tiny_bert(tmp_path / "other", seed=5)
     load_weights(model, tmp_path / "bert" / "model.safetensors")
     assert _same_state(model.model, saved) and not _same_state(model.model, other)
+
+
+def test_hf_model_takes_text_classification_batches_as_ids_and_attention_mask(tmp_path,
+                                                                              transformers):
+    # data/files.py gives (B, 2, L): [:, 0] token ids, [:, 1] the attention mask
+    saved = _tiny_bert(tmp_path / "bert", seed=6, init=0.5).eval()   # outputs far apart
+    model = build_model(f"hf:{tmp_path / 'bert'}", (2, 8), 3).eval()
+    ids = torch.randint(1, 50, (2, 8))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        out = model(torch.stack([ids, mask], dim=1))
+        want = saved(input_ids=ids, attention_mask=mask).logits
+        other_pad = ids.clone()
+        other_pad[1, 5:] = 7                       # what stands under the mask does not count
+        moved = model(torch.stack([other_pad, mask], dim=1))
+    assert out.shape == (2, 3)
+    assert torch.allclose(out, want, atol=1e-6)
+    assert torch.allclose(out, moved, atol=1e-5)
+    unmasked = saved(input_ids=ids).logits.detach()
+    assert torch.allclose(out[0], unmasked[0], atol=1e-6)
+    assert not torch.allclose(out[1], unmasked[1], atol=1e-3)
+
+
+def test_a_runs_file_of_an_hf_model_loads_back_as_weights(tmp_path, transformers):
+    # a run saves LogitsOf's state dict (names `model.` + the transformers model's own):
+    # `--weights RUN/level_0/solution.safetensors` in `swamp run` and `swamp prune` takes it
+    from safetensors.torch import save_file
+
+    _tiny_bert(tmp_path / "bert", seed=7)
+    trained = build_model(f"hf:{tmp_path / 'bert'}", (2, 8), 3)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()},
+              str(tmp_path / "solution.safetensors"))
+    wrapped = build_model(f"hf:{tmp_path / 'bert'}", (2, 8), 3)
+    load_weights(wrapped, tmp_path / "solution.safetensors")
+    assert _same_state(wrapped, trained)
+    bare = build_source(parse_spec(f"hf:{tmp_path / 'bert'}"))
+    load_weights(bare, tmp_path / "solution.safetensors")
+    assert _same_state(bare, trained.model)
+    # another prefix is still the one-line error naming it
+    save_file({f"module.{k}": v.contiguous() for k, v in trained.model.state_dict().items()},
+              str(tmp_path / "ddp.safetensors"))
+    with pytest.raises(SwampError, match="prefix"):
+        load_weights(bare, tmp_path / "ddp.safetensors")
 
 
 # -- timm / torchvision: what swamp asks of them ---------------------------------------------

@@ -84,7 +84,11 @@ class LogitsOf(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.model(x)
+        if x.dim() == 3 and x.shape[1] == 2 and not x.is_floating_point():
+            # text classification from data/files.py: (B, 2, L) token ids and attention mask
+            out = self.model(input_ids=x[:, 0], attention_mask=x[:, 1])
+        else:
+            out = self.model(x)
         return out.logits if hasattr(out, "logits") else out[0]
 
 
@@ -213,10 +217,28 @@ def _tied_aliases(model: nn.Module) -> set[str]:
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load `path` into `model` in place. Keys and shapes must match the model's state dict
     (a tied alias may be absent); the first mismatch is one line naming the key."""
-    if isinstance(model, LogitsOf):   # a transformers model's file names its own tensors
-        load_weights(model.model, path)
-        return model
     state = read_weights(path)
+    if isinstance(model, LogitsOf):   # a transformers model's file names its own tensors
+        _load_state(model.model, _unwrapped(model.model, state), path)
+        return model
+    _load_state(model, _unwrapped(model, state), path)
+    return model
+
+
+def _unwrapped(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A swamp run's files of a transformers model (solution.safetensors) name LogitsOf's
+    tensors, `model.` + the model's own: those names without the prefix, where that gives
+    exactly the model's tensors (a tied alias may be absent); else `state` as it is."""
+    own = set(model.state_dict())
+    if not state or set(state) <= own or not all(k.startswith("model.") for k in state):
+        return state
+    stripped = {k[len("model."):]: v for k, v in state.items()}
+    if set(stripped) <= own and own - set(stripped) <= _tied_aliases(model):
+        return stripped
+    return state
+
+
+def _load_state(model: nn.Module, state: dict[str, Tensor], path: str | os.PathLike[str]) -> None:
     own = model.state_dict()
     tied = _tied_aliases(model)
     for key, value in own.items():
@@ -241,7 +263,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
                          f"lacks ({len(extra)} such); pass weights saved from the same "
                          f"architecture")
     model.load_state_dict({k: v for k, v in state.items()}, strict=False)
-    return model
 
 
 # ---------------------------------------------------------------------------------------
