@@ -317,7 +317,10 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / f"level_{levels}" / "metrics.json").is_file()
 
 
-def plot(acc, one, names, seeds) -> None:
+def plot(acc, one, names, seeds, title: str = "a pretrained conv1d on MNIST-1D",
+         path: Path | None = None) -> None:
+    """Accuracy against sparsity, task loss alone and with SquareHead: mean and 95%
+    t-interval over seeds, with the untrained one-shot line (finetune_transformer.py too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,10 +342,10 @@ def plot(acc, one, names, seeds) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"fine-tuning a pretrained conv1d on MNIST-1D: mean and 95% t-interval, "
-                 f"n = {len(seeds)} seeds", fontsize=10)
+    fig.suptitle(f"fine-tuning {title}: mean and 95% t-interval, n = {len(seeds)} seeds",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(RESULTS / "finetune.png", dpi=120)
+    fig.savefig(path or RESULTS / "finetune.png", dpi=120)
     plt.close(fig)
 
 

@@ -55,11 +55,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from finetune import cell, level_acc, run_all, t_interval, the_run, verdict  # noqa: E402
+from finetune import (SPARSITIES as _SHARED, cell, level_acc, plot, run_all,  # noqa: E402
+                      t_interval, the_run, verdict)
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
+SPARSITIES = _SHARED      # the same levels of alpha = 0.5 (finetune.plot draws these)
 LEVELS = 4
 BINS = 16
 MAX_LENGTH = 17                           # LENGTH tokens and [CLS]
@@ -291,37 +292,9 @@ def main() -> None:
     (RESULTS / "finetune_transformer.json").write_text(json.dumps({
         "sparsities": SPARSITIES, "seeds": seeds, "pretrained_acc": pre_acc, "oneshot": one,
         "accuracy": {f"{n}@{s}": acc[(n, s)] for n in names for s in SPARSITIES}}, indent=1))
-    plot(acc, one, names, seeds)
+    plot(acc, one, names, seeds, "a pretrained 2-layer BERT (synthetic counting task)",
+         RESULTS / "finetune_transformer.png")
     print(text)
-
-
-def plot(acc, one, names, seeds) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    xs = [100 * s for s in SPARSITIES]
-    for ax, tag in zip(axes, VARIANTS):
-        ax.plot(xs, [100 * one[s] for s in SPARSITIES], "k:", marker="x", label="one-shot")
-        for name in [n for n in names if n.endswith(tag) and (tag or "+" not in n)]:
-            stats = [t_interval([acc[(name, s)][k] for k in seeds]) for s in SPARSITIES]
-            means = [100 * m for m, _ in stats]
-            halves = [100 * h for _, h in stats]
-            line, = ax.plot(xs, means, marker="o", ms=3, label=name.replace(tag, ""))
-            ax.fill_between(xs, [m - h for m, h in zip(means, halves)],
-                            [m + h for m, h in zip(means, halves)], color=line.get_color(),
-                            alpha=0.15)
-        ax.set(xlabel="sparsity (%)", title="task loss" + (" + SquareHead" if tag else ""))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=8)
-    fig.suptitle(f"fine-tuning a pretrained 2-layer BERT (synthetic counting task): mean and 95% "
-                 f"t-interval, n = {len(seeds)} seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "finetune_transformer.png", dpi=120)
-    plt.close(fig)
 
 
 if __name__ == "__main__":
