@@ -287,14 +287,7 @@ def main() -> None:
         transfer_rows[level] = {"found": found, "transferred": moved, "random": rand}
         lines.append(f"| {100 * (1 - 0.5 ** level):g}% | {cell(found)} | {cell(moved)} | "
                      f"{cell(rand)} | {verdict([a - b for a, b in zip(moved, found)])} |")
-    # The time of the invocations that trained, kept beside the runs: a re-render (all runs
-    # finished) must not report its own few seconds as the study's cost.
-    timing = runs / "wall.json"
-    spent = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0}
-    if trained:
-        spent = {"seconds": spent["seconds"] + time.time() - started, "jobs": args.jobs,
-                 "load_before": load_before[0], "load_after": os.getloadavg()[0]}
-        timing.write_text(json.dumps(spent))
+    spent = training_time(runs, trained, started, load_before[0], args.jobs)
     lines += ["", f"Wall time of the training: {spent['seconds'] / 60:.1f} min with "
               f"{spent.get('jobs', args.jobs)} jobs of 1 thread on a shared 2-core CPU (load "
               f"average before {spent.get('load_before', math.nan):.2f}, after "
@@ -309,6 +302,19 @@ def main() -> None:
         "transfer": transfer_rows}, indent=1))
     plot(acc, one, names, seeds)
     print(text)
+
+
+def training_time(runs: Path, trained: bool, started: float, load_before: float,
+                  jobs: int) -> dict:
+    """The wall time of the invocations that trained, kept beside the runs (`wall.json`): a
+    re-render (all runs finished) must not report its own few seconds as the study's cost."""
+    timing = runs / "wall.json"
+    spent = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0}
+    if trained:
+        spent = {**spent, "seconds": spent["seconds"] + time.time() - started, "jobs": jobs,
+                 "load_before": load_before, "load_after": os.getloadavg()[0]}
+        timing.write_text(json.dumps(spent))
+    return spent
 
 
 def _finished(run_dir: Path) -> bool:

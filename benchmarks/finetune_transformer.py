@@ -56,7 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune import (SPARSITIES as _SHARED, cell, level_acc, plot, run_all,  # noqa: E402
-                      t_interval, the_run, verdict)
+                      t_interval, the_run, training_time, verdict)
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -269,12 +269,7 @@ def main() -> None:
         lines.append(f"| {m} | " + " | ".join(
             verdict([acc[(m + '+SquareHead', s)][k] - acc[(m, s)][k] for k in seeds])
             for s in SPARSITIES) + " |")
-    timing = runs / "wall.json"
-    spent = json.loads(timing.read_text()) if timing.is_file() else {"seconds": 0.0}
-    if trained:
-        spent = {"seconds": spent["seconds"] + time.time() - started, "jobs": args.jobs,
-                 "load_before": load_before[0], "load_after": os.getloadavg()[0]}
-        timing.write_text(json.dumps(spent))
+    spent = training_time(runs, trained, started, load_before[0], args.jobs)
     lines += ["", f"Wall time of the training: {spent['seconds'] / 60:.1f} min with "
               f"{spent.get('jobs', args.jobs)} jobs of 1 thread on a shared 2-core CPU (load "
               f"average before {spent.get('load_before', math.nan):.2f}, after "

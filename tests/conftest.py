@@ -38,3 +38,20 @@ class RecordingEngine(SequentialEngine):
             raise KeyboardInterrupt
         self.tasks.append(task)
         return super().train_particles(task, ctx, progress)
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """(method, level) of every level trained, whatever the engine (every level goes
+    through LevelLoop.run_level)."""
+    from swamp.loop import LevelLoop
+
+    calls = []
+    original = LevelLoop.run_level
+
+    def counting(self, level, start, mask):
+        calls.append((self.settings.method.method, level))
+        return original(self, level, start, mask)
+
+    monkeypatch.setattr(LevelLoop, "run_level", counting)
+    return calls

@@ -9,25 +9,10 @@ from swamp.posthoc.methods import ensemble_pairs
 from swamp.studies.compare import compare, method_settings
 from swamp.config import Settings
 from swamp.errors import SwampError
-from swamp.loop import LevelLoop
 
 TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "1",
         "--batch-size", "50", "--levels", "1", "--device", "cpu", "--rewind-epochs", "0",
         "--particles", "2"]
-
-
-@pytest.fixture
-def trainings(monkeypatch):
-    """Counts the levels trained, whatever the engine (every level goes through run_level)."""
-    calls = []
-    original = LevelLoop.run_level
-
-    def counting(self, level, start, mask):
-        calls.append(level)
-        return original(self, level, start, mask)
-
-    monkeypatch.setattr(LevelLoop, "run_level", counting)
-    return calls
 
 
 def test_compare_runs_what_is_missing_and_reuses_finished_runs(tmp_path, trainings, capsys):

@@ -9,26 +9,12 @@ import pytest
 from swamp.app.cli import build_parser, main
 from swamp.app.flags import settings_from_args
 from swamp.config import Settings
-from swamp.loop import LevelLoop
 from swamp.studies.compare import method_settings
 from swamp.studies.launch import settings_flags
 
 TINY = ["--dataset", "synthetic", "--data-size", "200", "--model", "mlp", "--epochs", "2",
         "--batch-size", "50", "--levels", "1", "--device", "cpu", "--rewind-epochs", "0",
         "--particles", "2"]
-
-
-@pytest.fixture
-def trainings(monkeypatch):
-    calls = []
-    original = LevelLoop.run_level
-
-    def counting(self, level, start, mask):
-        calls.append((self.settings.method.method, level))
-        return original(self, level, start, mask)
-
-    monkeypatch.setattr(LevelLoop, "run_level", counting)
-    return calls
 
 
 def _parse(line: str):

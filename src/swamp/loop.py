@@ -345,10 +345,11 @@ class LevelLoop:
         reused = self._reuse_level0(task)
         if reused is not None:
             return reused
+        ctx = ctx or self.ctx        # slt trains on a schedule of its own (ScoreLevel)
         return self._engine().train_particles(
-            task, ctx or self.ctx,
+            task, ctx,
             lambda index, it: self.events.emit(ParticleProgress(
-                task.level, index, it, self.schedule.lr_at(it - 1) if it > 0 else None)))
+                task.level, index, it, ctx.schedule.lr_at(it - 1) if it > 0 else None)))
 
     def _finish_particle(self, result: ParticleResult) -> StateDict:
         """A particle's solution, with BN statistics recomputed if it is an average."""

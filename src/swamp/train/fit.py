@@ -211,7 +211,8 @@ def train_steps(model: torch.nn.Module, mask: Any, train: Split, schedule: Sched
     def report(done: int) -> None:
         if done > start:                 # the first report is the start itself
             on_step(done)
-    (result,), _ = fit(SingleReplica(model, captures=plan.objective.captures), plan, precision=settings.precision,
+    replica = SingleReplica(model, captures=plan.objective.captures)
+    (result,), _ = fit(replica, plan, precision=settings.precision,
                        clip_grad_norm=settings.clip_grad_norm,
                        progress=report if on_step is not None else None, callbacks=callbacks)
     return result
