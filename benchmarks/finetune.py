@@ -11,17 +11,20 @@ and fine-tunes for 5 epochs per level (`EPOCHS`) at a fifth of the pretraining l
 - one-shot + FT:       `--method oneshot --target-sparsity S`, one fine-tuning level;
 - gradual cubic / harmonic: `--prune-schedule gradual --ramp cubic|harmonic`, one level that
                        prunes while it trains, from dense to S;
-- IMP FT:              `--method imp`, levels of α = 0.5, each rewound to the pretrained weights;
+- IMP FT:              `--method imp`, levels each rewound to the pretrained weights;
 - SWAMP FT:            `--method swamp --particles 2`, the same levels;
 
 each with and without SquareHead distillation against the pretrained model (`--distill
-squarehead --teacher init`). Sparsities 50, 75, 87.5 and 93.75%: the levels of α = 0.5, so
-that IMP and SWAMP reach them exactly (they stand in for the issue's 90 and 95%). Seeds vary
-the fine-tuning (data order, and the random parts of pruning); the pretrained model is one.
+squarehead --teacher init`). Sparsities 50, 75, 90 and 95%. IMP and SWAMP reach each one
+exactly at the end of a run of L levels of a constant fraction α = 1 - (1 - S)^(1/L), with L
+the number of halvings nearest to it (`imp_plans`): one run of α = 0.5 for 50 and 75% (levels
+1 and 2), α = 0.536 over 3 levels for 90%, α = 0.527 over 4 levels for 95%. Seeds vary the
+fine-tuning (data order, and the random parts of pruning); the pretrained model is one.
 
 Training cost differs, and the tables should be read with it: one-shot + FT and the gradual
-runs train one pruned level (5 epochs) after the dense level; IMP reaches level l's sparsity
-after l pruned levels (5 l epochs), SWAMP after the same with 2 particles (10 l epochs).
+runs train one pruned level (5 epochs) after the dense level; IMP reaches a sparsity after L
+pruned levels (5 L epochs: L = 1, 2, 3, 4 for 50 ... 95%), SWAMP after the same with 2
+particles (10 L epochs).
 
 Transfer. IMP tickets (α = 0.5, trained from initialisation for 10 epochs a level) found on
 `mnist1d-noisy` (a shifted distribution of the same task) are trained on `mnist1d` with
@@ -50,8 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
-SPARSITIES = (0.5, 0.75, 0.875, 0.9375)
-LEVELS = 4                                # alpha = 0.5: 50, 75, 87.5, 93.75 %
+SPARSITIES = (0.5, 0.75, 0.9, 0.95)
 EPOCHS = 5
 PRETRAIN = ["--dataset", "mnist1d", "--model", "conv1d", "--method", "imp", "--levels", "0",
             "--epochs", "20", "--seed", "1000", "--device", "cpu", "--threads", "1"]
@@ -59,10 +61,26 @@ FT = ["--dataset", "mnist1d", "--model", "conv1d", "--rewind-epochs", "0", "--ep
       str(EPOCHS), "--lr", "0.02", "--device", "cpu", "--threads", "1",
       "--no-save-particles", "--quiet"]
 SQUAREHEAD = ["--distill", "squarehead", "--teacher", "init"]
-TRANSFER = ["--model", "conv1d", "--method", "imp", "--levels", str(LEVELS),
+TRANSFER = ["--model", "conv1d", "--method", "imp", "--levels", "4",
             "--prune-fraction", "0.5", "--epochs", "10", "--rewind-epochs", "1",
             "--device", "cpu", "--threads", "1", "--no-save-particles", "--quiet"]
 TRANSFER_LEVELS = (2, 4)
+
+
+def imp_plans(sparsities=SPARSITIES) -> list[tuple[str, float, int, dict[int, float]]]:
+    """The IMP/SWAMP runs that reach every sparsity exactly, as (name suffix, prune fraction,
+    levels, {level: sparsity reached}): S is the last level of L levels of a constant fraction
+    1 - (1 - S)^(1/L), L the number of halvings nearest to S; sparsities whose fractions agree
+    (50 and 75%: 0.5) share one run."""
+    plans: dict[str, tuple[float, int, dict[int, float]]] = {}
+    for s in sparsities:
+        levels = max(1, round(math.log(1 - s) / math.log(0.5)))
+        fraction = 1 - (1 - s) ** (1 / levels)
+        key = f"a{fraction:.4f}"
+        _, most, reached = plans.get(key, (fraction, 0, {}))
+        plans[key] = (fraction, max(most, levels), {**reached, levels: s})
+    return [(key, fraction, levels, reached)
+            for key, (fraction, levels, reached) in plans.items()]
 
 
 def swamp(*args: str) -> list[str]:
@@ -192,9 +210,11 @@ def main() -> None:
                 for ramp in ("cubic", "harmonic"):
                     add(f"gradual-{ramp}-{s}", "--method", "imp", "--prune-schedule",
                         "gradual", "--ramp", ramp, "--levels", "1", "--prune-fraction", str(s))
-            add("imp-ft", "--method", "imp", "--levels", str(LEVELS), "--prune-fraction", "0.5")
-            add("swamp-ft", "--method", "swamp", "--particles", "2", "--levels", str(LEVELS),
-                "--prune-fraction", "0.5")
+            for key, fraction, levels, _ in imp_plans():
+                add(f"imp-ft-{key}", "--method", "imp", "--levels", str(levels),
+                    "--prune-fraction", repr(fraction))
+                add(f"swamp-ft-{key}", "--method", "swamp", "--particles", "2",
+                    "--levels", str(levels), "--prune-fraction", repr(fraction))
     for seed in seeds:
         for data in ("mnist1d", "mnist1d-noisy"):
             key = f"ticket-{data}/seed{seed}"
@@ -232,11 +252,7 @@ def main() -> None:
                 for name in ("oneshot-ft", "gradual-cubic", "gradual-harmonic"):
                     levels = level_acc(the_run(runs / f"{name}-{s}{tag}/seed{seed}"))
                     acc.setdefault((name + tag, s), {})[seed] = levels[1][1]
-            for name in ("imp-ft", "swamp-ft"):
-                levels = level_acc(the_run(runs / f"{name}{tag}/seed{seed}"))
-                for lv, s in enumerate(SPARSITIES, 1):
-                    assert abs(1 - levels[lv][0] - s) < 1e-3, (name, lv, levels[lv])
-                    acc.setdefault((name + tag, s), {})[seed] = levels[lv][1]
+            imp_accuracy(acc, runs, tag, seed)
     one = {s: oneshot_acc(pretrained, s, runs, env) for s in SPARSITIES}
     methods = ["oneshot-ft", "gradual-cubic", "gradual-harmonic", "imp-ft", "swamp-ft"]
     names = [m + tag for tag in variants for m in methods]
@@ -302,6 +318,17 @@ def main() -> None:
         "transfer": transfer_rows}, indent=1))
     plot(acc, one, names, seeds)
     print(text)
+
+
+def imp_accuracy(acc: dict, runs: Path, tag: str, seed: int) -> None:
+    """Into `acc[(name + tag, sparsity)][seed]`: the test accuracy of the IMP and SWAMP runs
+    of `imp_plans` at the levels where they reach each sparsity (checked)."""
+    for name in ("imp-ft", "swamp-ft"):
+        for key, _, _, reached in imp_plans():
+            levels = level_acc(the_run(runs / f"{name}-{key}{tag}/seed{seed}"))
+            for lv, s in reached.items():
+                assert abs(1 - levels[lv][0] - s) < 1e-3, (name, key, lv, levels[lv])
+                acc.setdefault((name + tag, s), {})[seed] = levels[lv][1]
 
 
 def training_time(runs: Path, trained: bool, started: float, load_before: float,

@@ -160,6 +160,72 @@ def test_auto_says_what_it_chose_and_keeps_small_runs_in_process(tiny):
     assert "sequential" in engine.description
 
 
+def test_the_timed_step_leaves_out_the_processes_one_time_costs(monkeypatch):
+    """A process's first training loop imports torch._dynamo (torch.optim does, seconds):
+    counted as a step, it would make this process look many times slower than it is."""
+    import swamp.engines.auto as auto
+
+    times = iter([1.3, 0.011, 0.041, 0.011])     # first loop, warm-up again, 4 steps, 1 step
+    monkeypatch.setattr(auto, "_fit_seconds", lambda replicas, ctx, n, steps: next(times))
+    assert auto._step_time(lambda: None, None, 1) == pytest.approx(0.01)
+    slow = iter([2.0, 0.9])                       # a slow step stays one measured step
+    monkeypatch.setattr(auto, "_fit_seconds", lambda replicas, ctx, n, steps: next(slow))
+    assert auto._step_time(lambda: None, None, 1) == 0.9
+
+
+@pytest.mark.parametrize("processes_win", [False, True])
+def test_a_long_run_starts_processes_before_timing_and_keeps_them_only_if_they_win(
+        tiny, monkeypatch, processes_win):
+    """The timed steps' first one imports torch._dynamo (seconds): a long run starts its
+    processes first so that this overlaps their start, and stops them if they lose."""
+    import swamp.engines.auto as auto
+    import swamp.engines.processes as processes
+
+    events = []
+
+    class Started:
+        description = "distributed (stand-in)"
+
+        def close(self, rows=()):
+            events.append("closed")
+
+    def start(k, ctx, threads, info=None, wait=True):
+        events.append(("started", k, threads, wait))
+        return Started()
+
+    def step(ctx, threads):
+        events.append("timed")
+        if threads == 1:      # a process's share of 2 cores
+            return 1e-3 if processes_win else 1.0
+        return 0.5
+
+    monkeypatch.setattr(processes, "start_processes", start)
+    monkeypatch.setattr(auto, "step_seconds", step)
+    monkeypatch.setattr(auto.cpu, "usable_cores", lambda: 2)
+    monkeypatch.setattr(auto.cpu, "run_threads", lambda threads=0: threads or 2)
+    monkeypatch.setattr(auto, "EARLY_START_STEPS", 1)
+    loop = LevelLoop(tiny(particles=2))
+    before = torch.get_num_threads()
+    engine = make_engine("auto", loop.ctx, loop.settings, particles=[2, 2])
+    assert events[0] == ("started", 2, 1, False) and events[1:3] == ["timed", "timed"]
+    if processes_win:
+        assert isinstance(engine._choice[2], Started) and "closed" not in events
+        assert torch.get_num_threads() == 1          # this process takes a process's share
+        engine.close()
+        assert events[-1] == "closed"
+    else:
+        assert events[3:] == ["closed"]              # started early, stopped at once
+        assert isinstance(engine._choice[2], SequentialEngine)
+    assert torch.get_num_threads() == before
+    # a short run decides first and starts nothing it does not use
+    events.clear()
+    monkeypatch.setattr(auto, "EARLY_START_STEPS", 10**9)
+    engine = make_engine("auto", loop.ctx, loop.settings, particles=[2, 2])
+    assert events[:2] == ["timed", "timed"]
+    assert events[2:] == ([("started", 2, 1, False)] if processes_win else [])
+    engine.close()
+
+
 def test_engine_settings_are_checked_and_not_hashed(tiny):
     base = tiny()
     for kw in [dict(engine="sequential"), dict(engine="vectorised"), dict(processes=2),

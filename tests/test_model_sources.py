@@ -338,8 +338,8 @@ def test_torchvision_is_built_without_weights(monkeypatch):
 
 
 def test_swamp_run_trains_a_timm_model(tmp_path, monkeypatch, capsys):
-    """`swamp run --model timm:NAME`: the level loop builds the model through timm
-    (stood in for here: timm needs torchvision, whose wheels here are CUDA builds)."""
+    """`swamp run --model timm:NAME`: the level loop builds the model through timm (a
+    stand-in here, in the main suite; tests/test_vision_models.py runs the real timm)."""
     class Net(nn.Module):
         def __init__(self, in_chans, num_classes):
             super().__init__()

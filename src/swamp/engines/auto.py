@@ -6,7 +6,9 @@ have), from measurements rather than rules of thumb, and said in one line:
 - CPU: K = min(particles, cores) processes with cores // K threads each, where timed
   training steps estimate that they finish the run's remaining training sooner than this
   process alone, their start (a few seconds, overlapped with the rewind segment) included;
-  otherwise the sequential engine with threads matched to the cores. With processes, this
+  otherwise the sequential engine with threads matched to the cores. Long runs start the
+  processes before the timed steps (`EARLY_START_STEPS`), and stop them again if the
+  measurement goes against them. With processes, this
   process also keeps cores // K threads for its own phases (rewind, evaluation, BatchNorm),
   so that nothing oversubscribes the cores. Measured here (2 cores,
   benchmarks/results/particles.md): two single-thread processes beat one two-thread process
@@ -45,6 +47,14 @@ Info = Callable[[str], None]
 PROCESS_START_SECONDS = 3.0
 # The vectorised engine must beat sequential by this factor in the probe to be chosen.
 VECTORISED_MARGIN = 1.05
+# Runs of at least this many particle iterations still to train start their processes
+# before the timed steps rather than after: the first step of a process imports
+# torch._dynamo (torch.optim does, once; about 1.3 s here), which then overlaps the
+# processes' own start instead of delaying it. The default run (4 particles, 2 levels of
+# ~600 iterations each) has ~4,700; runs this long chose processes in every measurement on
+# 2 cores (benchmarks/results/engine_policy.md). Shorter runs decide first and start nothing
+# they do not use.
+EARLY_START_STEPS = 2000
 
 
 def _fit_seconds(replicas: Any, ctx: TrainContext, n: int, steps: int) -> float:
@@ -66,6 +76,10 @@ def _step_time(make: Callable[[], Any], ctx: TrainContext, n: int) -> float:
     """Seconds per iteration of the training loop: 4 iterations less 1 (which also pays the
     loop's set-up), after a warm-up; one iteration alone where a step is slow."""
     first = _fit_seconds(make(), ctx, n, 1)          # warm-up; also a first estimate
+    if first > 0.5:
+        # The first loop of a process also pays one-time costs (torch.optim imports
+        # torch._dynamo: about 1.3 s here), which are not a step's: time it again.
+        first = _fit_seconds(make(), ctx, n, 1)
     if first > 0.5:
         return first
     return max(1e-9, (_fit_seconds(make(), ctx, n, 4) - _fit_seconds(make(), ctx, n, 1)) / 3)
@@ -133,6 +147,14 @@ class AutoEngine:
             self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
         return self._distributed
+
+    def _stop_processes(self) -> None:
+        """Release processes started early for a choice that went the other way."""
+        self._distributed.close()
+        self._distributed = None
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     @property
     def record(self) -> dict[str, dict[str, Any]]:
@@ -222,17 +244,27 @@ class AutoEngine:
                 else "one core")
         k = min(n, self.processes if self.processes > 1 else cores)
         threads = self.threads or max(1, cores // k)
+        early: Any = None
         if not forced:
+            steps = self._steps_left(n, ctx, level)
+            if steps >= EARLY_START_STEPS:
+                try:
+                    early = self._start_processes(k, threads, ctx)
+                except SwampError:
+                    early = None                 # decided below; they will not start then
             # Measured, not assumed: one step with the threads this process would use, and
             # one with a process's share of the cores; K processes run K such steps at once.
             here = cpu.run_threads(self.threads)
-            steps = self._steps_left(n, ctx, level)
             alone = steps * step_seconds(ctx, here)
             spread = steps * step_seconds(ctx, threads) / k + PROCESS_START_SECONDS
             if alone <= spread:
+                if early is not None:
+                    self._stop_processes()
                 return SequentialEngine(self.threads, self.info), (
                     f"about {alone:.0f} s of training here with {here} thread(s), against "
                     f"{spread:.0f} s in {k} processes with their start")
+        if early is not None:
+            return early, f"{cores} cores"
         try:
             engine = self._start_processes(k, threads, ctx)
         except SwampError as exc:
