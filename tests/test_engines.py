@@ -174,10 +174,11 @@ def test_the_timed_step_leaves_out_the_processes_one_time_costs(monkeypatch):
 
 
 @pytest.mark.parametrize("processes_win", [False, True])
-def test_a_long_run_starts_processes_before_timing_and_keeps_them_only_if_they_win(
+def test_a_long_run_starts_processes_at_once_and_keeps_them_only_if_they_win(
         tiny, monkeypatch, processes_win):
-    """The timed steps' first one imports torch._dynamo (seconds): a long run starts its
-    processes first so that this overlaps their start, and stops them if they lose."""
+    """A long CPU run starts its processes before the rewind segment, as `--processes K`
+    does; the timing that decides whether to keep them runs at the first level (timed
+    before, it delayed their start by seconds), and stops them if they lose."""
     import swamp.engines.auto as auto
     import swamp.engines.processes as processes
 
@@ -185,6 +186,7 @@ def test_a_long_run_starts_processes_before_timing_and_keeps_them_only_if_they_w
 
     class Started:
         description = "distributed (stand-in)"
+        record = {"engine": "distributed", "processes": 2, "threads": 1}
 
         def close(self, rows=()):
             events.append("closed")
@@ -194,7 +196,7 @@ def test_a_long_run_starts_processes_before_timing_and_keeps_them_only_if_they_w
         return Started()
 
     def step(ctx, threads):
-        events.append("timed")
+        events.append(("timed", threads))
         if threads == 1:      # a process's share of 2 cores
             return 1e-3 if processes_win else 1.0
         return 0.5
@@ -202,28 +204,35 @@ def test_a_long_run_starts_processes_before_timing_and_keeps_them_only_if_they_w
     monkeypatch.setattr(processes, "start_processes", start)
     monkeypatch.setattr(auto, "step_seconds", step)
     monkeypatch.setattr(auto.cpu, "usable_cores", lambda: 2)
-    monkeypatch.setattr(auto.cpu, "run_threads", lambda threads=0: threads or 2)
     monkeypatch.setattr(auto, "EARLY_START_STEPS", 1)
     loop = LevelLoop(tiny(particles=2))
     before = torch.get_num_threads()
-    engine = make_engine("auto", loop.ctx, loop.settings, particles=[2, 2])
-    assert events[0] == ("started", 2, 1, False) and events[1:3] == ["timed", "timed"]
-    if processes_win:
-        assert isinstance(engine._choice[2], Started) and "closed" not in events
-        assert torch.get_num_threads() == 1          # this process takes a process's share
-        engine.close()
-        assert events[-1] == "closed"
-    else:
-        assert events[3:] == ["closed"]              # started early, stopped at once
-        assert isinstance(engine._choice[2], SequentialEngine)
+    with cpu.torch_threads(2):
+        engine = make_engine("auto", loop.ctx, loop.settings, particles=[2, 2])
+        assert events == [("started", 2, 1, False)]         # nothing timed yet
+        assert torch.get_num_threads() == 1     # the rewind segment takes a process's share
+        chosen = engine.choose(2, loop.ctx, loop.ctx.model.state_dict())   # the first level
+        # "here" is this process's own thread count, read before the processes started
+        assert events[1:3] == [("timed", 2), ("timed", 1)]
+        if processes_win:
+            assert isinstance(chosen, Started) and "closed" not in events
+            assert engine.record == {"2": Started.record}
+            engine.close()
+            assert events[-1] == "closed"
+        else:
+            assert events[3:] == ["closed"]          # started at once, stopped at once
+            assert isinstance(chosen, SequentialEngine)
+            assert torch.get_num_threads() == 2
+        assert engine.choose(2, loop.ctx, {}) is chosen     # decided once
     assert torch.get_num_threads() == before
     # a short run decides first and starts nothing it does not use
     events.clear()
     monkeypatch.setattr(auto, "EARLY_START_STEPS", 10**9)
-    engine = make_engine("auto", loop.ctx, loop.settings, particles=[2, 2])
-    assert events[:2] == ["timed", "timed"]
-    assert events[2:] == ([("started", 2, 1, False)] if processes_win else [])
-    engine.close()
+    with cpu.torch_threads(2):
+        engine = make_engine("auto", loop.ctx, loop.settings, particles=[2, 2])
+        assert events[:2] == [("timed", 2), ("timed", 1)]
+        assert events[2:] == ([("started", 2, 1, False)] if processes_win else [])
+        engine.close()
 
 
 def test_engine_settings_are_checked_and_not_hashed(tiny):

@@ -7,8 +7,8 @@ have), from measurements rather than rules of thumb, and said in one line:
   training steps estimate that they finish the run's remaining training sooner than this
   process alone, their start (a few seconds, overlapped with the rewind segment) included;
   otherwise the sequential engine with threads matched to the cores. Long runs start the
-  processes before the timed steps (`EARLY_START_STEPS`), and stop them again if the
-  measurement goes against them. With processes, this
+  processes at once and time the steps at the first level (`EARLY_START_STEPS`), stopping
+  the processes again if the timing goes against them. With processes, this
   process also keeps cores // K threads for its own phases (rewind, evaluation, BatchNorm),
   so that nothing oversubscribes the cores. Measured here (2 cores,
   benchmarks/results/particles.md): two single-thread processes beat one two-thread process
@@ -47,13 +47,14 @@ Info = Callable[[str], None]
 PROCESS_START_SECONDS = 3.0
 # The vectorised engine must beat sequential by this factor in the probe to be chosen.
 VECTORISED_MARGIN = 1.05
-# Runs of at least this many particle iterations still to train start their processes
-# before the timed steps rather than after: the first step of a process imports
-# torch._dynamo (torch.optim does, once; about 1.3 s here), which then overlaps the
-# processes' own start instead of delaying it. The default run (4 particles, 2 levels of
-# ~600 iterations each) has ~4,700; runs this long chose processes in every measurement on
-# 2 cores (benchmarks/results/engine_policy.md). Shorter runs decide first and start nothing
-# they do not use.
+# CPU runs with at least this many particle iterations still to train start their
+# processes at once, as `--processes K` does, and time the steps that decide whether to keep
+# them at the first level, after the rewind segment: timed before it, the decision delayed
+# the processes' start by its own cost (about 1.3 s, most of it torch.optim's first import of
+# torch._dynamo), and the timing competed with their start for the cores. The default run
+# (4 particles, 2 levels of ~600 iterations) has ~4,700; processes won every such run
+# measured on 2 cores (benchmarks/results/engine_policy.md). Shorter runs decide first and
+# start nothing they do not use.
 EARLY_START_STEPS = 2000
 
 
@@ -131,10 +132,33 @@ class AutoEngine:
         self._threads_before: int | None = None  # this process's threads before processes
         self.description = f"{requested} (chosen at the first level)"
         self._levels = list(particles)
+        self._early: tuple[int, int, int] | None = None   # (k, threads, here) started early
         if ctx is not None:
             state = ctx.model.state_dict()
             for n in sorted(set(self._levels), reverse=True):
+                if self._start_early(n, ctx):
+                    break                       # the rest is decided at the first level
                 self.choose(n, ctx, state)
+
+    def _start_early(self, n: int, ctx: TrainContext) -> bool:
+        """Start the processes of a long CPU run now (see EARLY_START_STEPS); the timing
+        that keeps or stops them runs when the first level asks for its engine."""
+        if (ctx.model_device.type != "cpu" or n < 2 or self.processes != 0
+                or self.requested != "auto" or str(n) in self.recorded
+                or self._distributed is not None):
+            return False
+        cores = cpu.usable_cores()
+        if cores < 2 or self._steps_left(n, ctx, 0) < EARLY_START_STEPS:
+            return False
+        k = min(n, cores)
+        threads = self.threads or max(1, cores // k)
+        here = cpu.run_threads(self.threads)      # before the processes take their share
+        try:
+            self._start_processes(k, threads, ctx)
+        except SwampError:
+            return False                          # decided (and said) at the first level
+        self._early = (k, threads, here)
+        return True
 
     # ---- the choice ---------------------------------------------------------------------
     def _start_processes(self, k: int, threads: int, ctx: TrainContext) -> Any:
@@ -193,7 +217,7 @@ class AutoEngine:
     def _decide(self, n: int, ctx: TrainContext, state: dict[str, torch.Tensor],
                 level: int) -> tuple[Any, str]:
         device = ctx.model_device
-        if self._distributed is not None and n > 1:
+        if self._distributed is not None and n > 1 and self._early is None:
             return self._distributed, "the processes already running"
         if n == 1 and self.processes <= 1:
             threads = cpu.run_threads(self.threads) if device.type == "cpu" else 0
@@ -244,17 +268,15 @@ class AutoEngine:
                 else "one core")
         k = min(n, self.processes if self.processes > 1 else cores)
         threads = self.threads or max(1, cores // k)
-        early: Any = None
+        early, self._early = self._early, None
+        if early is not None:
+            k, threads, here = early             # the processes already starting
         if not forced:
-            steps = self._steps_left(n, ctx, level)
-            if steps >= EARLY_START_STEPS:
-                try:
-                    early = self._start_processes(k, threads, ctx)
-                except SwampError:
-                    early = None                 # decided below; they will not start then
             # Measured, not assumed: one step with the threads this process would use, and
             # one with a process's share of the cores; K processes run K such steps at once.
-            here = cpu.run_threads(self.threads)
+            if early is None:
+                here = cpu.run_threads(self.threads)
+            steps = self._steps_left(n, ctx, level)
             alone = steps * step_seconds(ctx, here)
             spread = steps * step_seconds(ctx, threads) / k + PROCESS_START_SECONDS
             if alone <= spread:
@@ -264,7 +286,7 @@ class AutoEngine:
                     f"about {alone:.0f} s of training here with {here} thread(s), against "
                     f"{spread:.0f} s in {k} processes with their start")
         if early is not None:
-            return early, f"{cores} cores"
+            return self._distributed, f"{cores} cores"
         try:
             engine = self._start_processes(k, threads, ctx)
         except SwampError as exc:
