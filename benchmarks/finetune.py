@@ -320,11 +320,12 @@ def main() -> None:
     print(text)
 
 
-def imp_accuracy(acc: dict, runs: Path, tag: str, seed: int) -> None:
+def imp_accuracy(acc: dict, runs: Path, tag: str, seed: int, plans=None) -> None:
     """Into `acc[(name + tag, sparsity)][seed]`: the test accuracy of the IMP and SWAMP runs
-    of `imp_plans` at the levels where they reach each sparsity (checked)."""
+    of `plans` (default `imp_plans()`) at the levels where they reach each sparsity
+    (checked)."""
     for name in ("imp-ft", "swamp-ft"):
-        for key, _, _, reached in imp_plans():
+        for key, _, _, reached in plans or imp_plans():
             levels = level_acc(the_run(runs / f"{name}-{key}{tag}/seed{seed}"))
             for lv, s in reached.items():
                 assert abs(1 - levels[lv][0] - s) < 1e-3, (name, key, lv, levels[lv])
@@ -351,7 +352,7 @@ def _finished(run_dir: Path) -> bool:
 
 
 def plot(acc, one, names, seeds, title: str = "a pretrained conv1d on MNIST-1D",
-         path: Path | None = None) -> None:
+         path: Path | None = None, sparsities=SPARSITIES) -> None:
     """Accuracy against sparsity, task loss alone and with SquareHead: mean and 95%
     t-interval over seeds, with the untrained one-shot line (finetune_transformer.py too)."""
     import matplotlib
@@ -360,11 +361,11 @@ def plot(acc, one, names, seeds, title: str = "a pretrained conv1d on MNIST-1D",
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    xs = [100 * s for s in SPARSITIES]
+    xs = [100 * s for s in sparsities]
     for ax, tag in zip(axes, ("", "+SquareHead")):
-        ax.plot(xs, [100 * one[s] for s in SPARSITIES], "k:", marker="x", label="one-shot")
+        ax.plot(xs, [100 * one[s] for s in sparsities], "k:", marker="x", label="one-shot")
         for name in [n for n in names if n.endswith(tag) and (tag or "+" not in n)]:
-            stats = [t_interval([acc[(name, s)][k] for k in seeds]) for s in SPARSITIES]
+            stats = [t_interval([acc[(name, s)][k] for k in seeds]) for s in sparsities]
             means = [100 * m for m, _ in stats]
             halves = [100 * h for _, h in stats]
             line, = ax.plot(xs, means, marker="o", ms=3, label=name.replace(tag, ""))
