@@ -289,6 +289,14 @@ def main() -> None:
             verdict([acc[(m + '+SquareHead', s)][k] - acc[(m, s)][k] for k in seeds])
             for s in SPARSITIES) + " |")
 
+    lines += ["", "## SWAMP against IMP (paired, points)", "",
+              "| loss | " + " | ".join(f"{100 * s:g}%" for s in SPARSITIES) + " |",
+              "|---|" + "---:|" * len(SPARSITIES)]
+    for tag in variants:
+        lines.append(f"| task{tag} | " + " | ".join(
+            verdict([acc[("swamp-ft" + tag, s)][k] - acc[("imp-ft" + tag, s)][k]
+                     for k in seeds]) for s in SPARSITIES) + " |")
+
     # ---- transfer -------------------------------------------------------------------------
     lines += ["", "## Ticket transfer: mnist1d-noisy -> mnist1d (test accuracy %, 95% "
               "t-interval)", "",

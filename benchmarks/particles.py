@@ -1,4 +1,4 @@
-"""Particle-training throughput per engine and CPU setting, and our step vs. a bare loop.
+"""Particle-training throughput per engine and CPU setting.
 
     python benchmarks/particles.py [--rounds 2] [--models mlp,conv1d,resnet20]
                                    [--particles 1,2,4,8] [--out PATH]
@@ -17,8 +17,7 @@ weight decay, a 50%-dense mask and SWA, for N particles of one level:
 - the CPU settings on and off: the allocator (child processes with and without it,
   alternated; mallopt at runtime and the environment variables at start both shown),
   threads (product policy vs. torch's default) and channels_last, each in the same run;
-- our training step (`train_steps`: masked step, SWA, schedule) against a bare PyTorch loop
-  doing the same forward, backward and optimiser step on the same model and batches.
+Our training step against a bare PyTorch loop: benchmarks/step_vs_bare.py.
 
 The machine load (os.getloadavg) is recorded before and after; this machine is shared, so
 read ratios (measured side by side) rather than absolute numbers. Writes
@@ -152,7 +151,7 @@ def child(args: argparse.Namespace) -> None:
     from swamp.core.averaging import recompute_batchnorm
     from swamp.engines import SequentialEngine, VectorisedEngine
     from swamp.engines.auto import AutoEngine
-    from swamp.train import Schedule, train_steps
+    from swamp.train import Schedule
 
     if args.alloc == "mallopt":
         assert cpu.tune_allocator()
@@ -160,7 +159,7 @@ def child(args: argparse.Namespace) -> None:
     policy_threads = cpu.run_threads()
     out: dict = {"alloc": args.alloc, "default_threads": default_threads,
                  "policy_threads": policy_threads, "free_cores": cpu.free_cores(),
-                 "cases": [], "steps": [], "bn": []}
+                 "cases": [], "bn": []}
     engines_needed = args.cases.split(",")
     dist_engine = None
     for model_name in args.models.split(","):
@@ -237,48 +236,6 @@ def child(args: argparse.Namespace) -> None:
                 for name, engine, threads, the_ctx in order:
                     out["cases"].append(measure(name, engine, n, threads, the_ctx))
 
-        if "steps" in engines_needed:
-            # our step vs. a bare PyTorch loop: same model, batches, threads, optimiser
-            import torch.nn.functional as F
-
-            from swamp.train import BatchOrder, make_optimizer
-
-            task = make_task(model, 1, steps)
-            n_steps = steps * 4
-            long_sched = bench_schedule(n_steps)
-
-            def ours() -> float:
-                model.load_state_dict(task.start_state)
-                t = time.perf_counter()
-                train_steps(model, task.mask, data.train, long_sched, tsettings, start=0,
-                            stop=n_steps, order_seed=7, augment=data.augment, augment_seed=8)
-                return time.perf_counter() - t
-
-            def bare() -> float:
-                model.load_state_dict(task.start_state)
-                opt = make_optimizer(model.parameters(), tsettings)
-                order = BatchOrder(len(data.train), BATCH, 7, torch.device("cpu"))
-                gen = torch.Generator().manual_seed(8)
-                model.train()
-                t = time.perf_counter()
-                for step in range(n_steps):
-                    idx = order.batch(step)
-                    x, y = data.train.x[idx], data.train.y[idx]
-                    if data.augment is not None:
-                        x = data.augment(x, gen)
-                    loss = F.cross_entropy(model(x), y)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                return time.perf_counter() - t
-
-            with cpu.torch_threads(policy_threads):
-                ours(), bare()
-                for r in range(args.inner + 1):
-                    pair = (ours, bare) if r % 2 == 0 else (bare, ours)
-                    for fn in pair:
-                        out["steps"].append({"model": model_name, "case": fn.__name__,
-                                             "samples_per_s": n_steps * BATCH / fn()})
         if dist_engine is not None and dist_engine is not auto._distributed:
             dist_engine.close()                     # the ranks hold this model
         dist_engine = None
@@ -326,7 +283,7 @@ def driver(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     started = time.perf_counter()
     children: list[dict] = []
-    all_cases = "untuned,sequential,threads-default,contiguous,vectorised,distributed,auto,steps,bn"
+    all_cases = "untuned,sequential,threads-default,contiguous,vectorised,distributed,auto,bn"
     for r in range(args.rounds):
         for alloc in (("off", "mallopt") if r % 2 == 0 else ("mallopt", "off")):
             print(f"round {r + 1}/{args.rounds}: allocator {alloc} "
@@ -334,7 +291,7 @@ def driver(args: argparse.Namespace) -> None:
             children.append(run_child(alloc, args.models, args.particles,
                                       all_cases.replace("untuned,", "")
                                       if alloc == "mallopt" else
-                                      "untuned,sequential,steps,bn", args.inner))
+                                      "untuned,sequential,bn", args.inner))
         # the environment-variable mechanism, for comparison with mallopt at runtime
         print(f"round {r + 1}/{args.rounds}: allocator env", flush=True)
         children.append(run_child("env", args.models, "1,4", "sequential,bn", args.inner))
@@ -448,18 +405,6 @@ def driver(args: argparse.Namespace) -> None:
                          f"{bn_off[m] / bn_on[m]:.2f}x |")
     lines.append("")
 
-    # our step vs bare
-    lines += ["## Our training step vs. a bare PyTorch loop (N = 1, same threads)", "",
-              "| model | bare samples/s | ours samples/s | ours / bare |", "|---|---:|---:|---:|"]
-    step_rows = rows("mallopt", "steps")
-    for m in models:
-        ours = median([r["samples_per_s"] for r in step_rows if r["model"] == m
-                       and r["case"] == "ours"])
-        bare = median([r["samples_per_s"] for r in step_rows if r["model"] == m
-                       and r["case"] == "bare"])
-        lines.append(f"| {m} | {bare:,.0f} | {ours:,.0f} | {ours / bare:.2f} |")
-    lines.append("")
-
     # targets
     def auto_is_sequential(m: str, n: int) -> bool:
         return any(a.startswith(f"{m}: engine auto: sequential for {n} particle(s)")
@@ -479,16 +424,8 @@ def driver(args: argparse.Namespace) -> None:
         return worst
 
     lines += ["## Targets", ""]
-    steps_ok = []
-    for m in models:
-        ours = median([r["samples_per_s"] for r in step_rows if r["model"] == m
-                       and r["case"] == "ours"])
-        bare = median([r["samples_per_s"] for r in step_rows if r["model"] == m
-                       and r["case"] == "bare"])
-        steps_ok.append((ours / bare, m))
-    low = min(steps_ok)
-    lines.append(f"- Our step within 10% of the bare loop: worst {low[0]:.2f} ({low[1]}): "
-                 f"{'met' if low[0] >= 0.9 else 'NOT met'}")
+    lines.append("- Our step within 10% of a bare loop: measured by "
+                 "`benchmarks/step_vs_bare.py` (`benchmarks/results/step_vs_bare.md`).")
     w, noise = worst_auto(False), worst_auto(True)
     lines.append(f"- `auto` never more than 5% slower than `sequential`: where auto chose "
                  f"processes, worst {w[0]:.2f}x ({w[1]}): "
