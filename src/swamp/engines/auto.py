@@ -1,7 +1,8 @@
 """`--engine auto`: the fastest way to train the particles on this device and model.
 
 Decided before the run trains its rewind segment (for every number of particles its levels
-have), from measurements rather than rules of thumb, and said in one line:
+have; a long CPU run starts its processes then and times its steps at the first level), from
+measurements rather than rules of thumb, and said in one line:
 
 - CPU: K = min(particles, cores) processes with cores // K threads each, where timed
   training steps estimate that they finish the run's remaining training sooner than this
