@@ -328,12 +328,11 @@ def main() -> None:
     print(text)
 
 
-def imp_accuracy(acc: dict, runs: Path, tag: str, seed: int, plans=None) -> None:
+def imp_accuracy(acc: dict, runs: Path, tag: str, seed: int) -> None:
     """Into `acc[(name + tag, sparsity)][seed]`: the test accuracy of the IMP and SWAMP runs
-    of `plans` (default `imp_plans()`) at the levels where they reach each sparsity
-    (checked)."""
+    of `imp_plans` at the levels where they reach each sparsity (checked)."""
     for name in ("imp-ft", "swamp-ft"):
-        for key, _, _, reached in plans or imp_plans():
+        for key, _, _, reached in imp_plans():
             levels = level_acc(the_run(runs / f"{name}-{key}{tag}/seed{seed}"))
             for lv, s in reached.items():
                 assert abs(1 - levels[lv][0] - s) < 1e-3, (name, key, lv, levels[lv])
@@ -362,7 +361,8 @@ def _finished(run_dir: Path) -> bool:
 def plot(acc, one, names, seeds, title: str = "a pretrained conv1d on MNIST-1D",
          path: Path | None = None, sparsities=SPARSITIES) -> None:
     """Accuracy against sparsity, task loss alone and with SquareHead: mean and 95%
-    t-interval over seeds, with the untrained one-shot line (finetune_transformer.py too)."""
+    t-interval over seeds, with the untrained one-shot line (finetune_transformer.py too,
+    with its own `sparsities`)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -10,7 +10,7 @@
 #
 # The environment lives in $SWAMP_VISION_VENV (default ~/.cache/swamp/vision-venv) and is made
 # again when its torch is not the pinned one. On this machine kind pip takes both wheels from
-# local disk (about 5.5 GB installed, a minute or two).
+# local disk (about 5.3 GB installed, a minute or two).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -151,8 +151,7 @@ class AutoEngine:
         cores = cpu.usable_cores()
         if cores < 2 or self._steps_left(n, ctx, 0) < EARLY_START_STEPS:
             return False
-        k = min(n, cores)
-        threads = self.threads or max(1, cores // k)
+        k, threads = self._layout(n, cores)
         here = cpu.run_threads(self.threads)      # before the processes take their share
         try:
             self._start_processes(k, threads, ctx)
@@ -160,6 +159,11 @@ class AutoEngine:
             return False                          # decided (and said) at the first level
         self._early = (k, threads, here)
         return True
+
+    def _layout(self, n: int, cores: int) -> tuple[int, int]:
+        """(K processes, threads each) for `n` particles on `cores` CPU cores."""
+        k = min(n, self.processes if self.processes > 1 else cores)
+        return k, self.threads or max(1, cores // k)
 
     # ---- the choice ---------------------------------------------------------------------
     def _start_processes(self, k: int, threads: int, ctx: TrainContext) -> Any:
@@ -267,16 +271,11 @@ class AutoEngine:
             return SequentialEngine(self.threads, self.info), (
                 f"`processes` 1, {threads} thread(s)" if self.processes == 1
                 else "one core")
-        k = min(n, self.processes if self.processes > 1 else cores)
-        threads = self.threads or max(1, cores // k)
-        early, self._early = self._early, None
-        if early is not None:
-            k, threads, here = early             # the processes already starting
+        early, self._early = self._early, None   # the processes already starting, if any
+        k, threads, here = early or (*self._layout(n, cores), cpu.run_threads(self.threads))
         if not forced:
             # Measured, not assumed: one step with the threads this process would use, and
             # one with a process's share of the cores; K processes run K such steps at once.
-            if early is None:
-                here = cpu.run_threads(self.threads)
             steps = self._steps_left(n, ctx, level)
             alone = steps * step_seconds(ctx, here)
             spread = steps * step_seconds(ctx, threads) / k + PROCESS_START_SECONDS
